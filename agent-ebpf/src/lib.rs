@@ -1,0 +1,274 @@
+//! Types shared by idlecut's kernel programs and its user-space agent.
+//!
+//! Everything here is `#[repr(C)]`, laid out without implicit padding (the unit tests pin sizes
+//! and offsets), and plain old data: the kernel writes these bytes and the agent reads them.
+//! The agent enables the `user` feature to get `aya::Pod` for them.
+#![no_std]
+
+/// Name of the ring buffer that carries [`RawEvent`]s to user space.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-socket state map ([`ConnectionState`] keyed by the kernel socket address).
+pub const CONNECTIONS_MAP: &str = "CONNECTIONS";
+/// Name of the per-CPU `u64` counters indexed by [`counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the global holding the port bitmap ([`PortBitmap`]).
+pub const PORTS_GLOBAL: &str = "MAIL_PORTS";
+/// Name of the global holding the minimum idle gap, in nanoseconds, that earns an event.
+pub const MIN_IDLE_GAP_GLOBAL: &str = "MIN_IDLE_GAP_NS";
+
+/// Address families as the kernel spells them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// TCP states (include/net/tcp_states.h); stable kernel ABI.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+
+    /// States a connection passes through once it has been established.
+    pub const fn was_established(state: u8) -> bool {
+        matches!(
+            state,
+            ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | CLOSING | LAST_ACK
+        )
+    }
+}
+
+/// What a [`RawEvent`] reports. Plain `u8` constants rather than an enum: the bytes come from
+/// the kernel, and user space must reject an unknown value instead of trusting it.
+pub mod event_kind {
+    /// The connection reached ESTABLISHED. Addresses and ports are set.
+    pub const OPEN: u8 = 1;
+    /// The connection reached CLOSE. Addresses, ports, `old_state`, `flags`, `count`
+    /// (retransmissions) and `value_ns` (kernel open time, 0 if unknown) are set.
+    pub const CLOSE: u8 = 2;
+    /// A valid RST arrived for the socket (tcp:tcp_receive_reset).
+    pub const RESET_RECEIVED: u8 = 3;
+    /// The socket sent a RST (tcp:tcp_send_reset).
+    pub const RESET_SENT: u8 = 4;
+    /// A segment of the socket was retransmitted. `count` is the total so far.
+    pub const RETRANSMIT: u8 = 5;
+    /// The kernel reported an error on a socket (sock:inet_sk_error_report). That tracepoint
+    /// has no socket pointer: `socket` is 0 and addresses, ports and `error` identify it.
+    pub const ERROR_REPORT: u8 = 6;
+    /// A segment arrived after the peer had been silent for at least the minimum idle gap.
+    /// `value_ns` is the length of the silence.
+    pub const IDLE_GAP_END: u8 = 7;
+}
+
+/// Bits of [`RawEvent::flags`].
+pub mod event_flags {
+    /// CLOSE: the kernel held no state for this socket (opened before the agent started, or
+    /// evicted from the LRU map under pressure).
+    pub const NO_STATE: u8 = 1 << 0;
+    /// CLOSE: the local side sent its FIN first (went through FIN_WAIT1).
+    pub const LOCAL_CLOSED_FIRST: u8 = 1 << 1;
+    /// CLOSE: the peer sent its FIN first (went through CLOSE_WAIT).
+    pub const REMOTE_CLOSED_FIRST: u8 = 1 << 2;
+}
+
+/// Indexes of the per-CPU counters in [`COUNTERS_MAP`].
+pub mod counter {
+    /// An event could not be reserved in the ring buffer (user space too slow): it is lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A connection closed on a watched port and the kernel had no state for it.
+    pub const CLOSE_WITHOUT_STATE: u32 = 1;
+    /// Inserting a connection's state failed (should not happen with an LRU map).
+    pub const STATE_INSERT_FAILED: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+/// One fact from the kernel. 72 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, in nanoseconds.
+    pub timestamp_ns: u64,
+    /// Kernel address of the socket: the connection's identity while it lives.
+    pub socket: u64,
+    /// Kind-specific duration or time, see [`event_kind`].
+    pub value_ns: u64,
+    /// Local address as IPv6 (IPv4 is stored v4-mapped, as the kernel's tracepoints do).
+    pub local_addr: [u8; 16],
+    /// Remote address as IPv6 (IPv4 is stored v4-mapped).
+    pub remote_addr: [u8; 16],
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    /// Socket family (AF_INET or AF_INET6; an AF_INET6 socket may carry v4-mapped addresses).
+    pub family: u16,
+    /// One of [`event_kind`].
+    pub kind: u8,
+    /// CLOSE: the state the connection left.
+    pub old_state: u8,
+    /// Bits of [`event_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 1],
+    /// ERROR_REPORT: positive errno.
+    pub error: u16,
+    /// CLOSE, RETRANSMIT: retransmissions seen on the socket.
+    pub count: u32,
+    pub _reserved: u32,
+}
+
+impl RawEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            timestamp_ns: 0,
+            socket: 0,
+            value_ns: 0,
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: 0,
+            remote_port: 0,
+            family: 0,
+            kind: 0,
+            old_state: 0,
+            flags: 0,
+            _pad: [0; 1],
+            error: 0,
+            count: 0,
+            _reserved: 0,
+        }
+    }
+}
+
+/// What the kernel keeps per tracked connection, in the LRU map keyed by socket address.
+/// Kept small on purpose: identity and addresses live in user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionState {
+    /// When the connection reached ESTABLISHED (`bpf_ktime_get_ns()`).
+    pub opened_ns: u64,
+    /// When the last segment from the peer arrived.
+    pub last_received_ns: u64,
+    pub retransmits: u32,
+    /// Bits of [`event_flags`] gathered along the way (who closed first).
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Where the fields the programs read sit in a tracepoint's record, read from tracefs at
+/// start-up so that one binary works across kernel versions. [`FieldOffsets::ABSENT`] marks a
+/// field this kernel's tracepoint does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldOffsets {
+    pub skaddr: u16,
+    /// Local port, host order (`sport`), or the port inside a `sockaddr` (`saddr`, big endian)
+    /// when [`FieldOffsets::ports_in_sockaddr`] is set.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub local_addr_v6: u16,
+    pub remote_addr_v6: u16,
+    pub old_state: u16,
+    pub new_state: u16,
+    pub error: u16,
+    /// 1 when the ports are the network-order `sin_port` of `sockaddr` fields.
+    pub ports_in_sockaddr: u16,
+    pub _pad: u16,
+}
+
+impl FieldOffsets {
+    pub const ABSENT: u16 = u16::MAX;
+
+    pub const fn absent() -> Self {
+        Self {
+            skaddr: Self::ABSENT,
+            local_port: Self::ABSENT,
+            remote_port: Self::ABSENT,
+            family: Self::ABSENT,
+            protocol: Self::ABSENT,
+            local_addr_v6: Self::ABSENT,
+            remote_addr_v6: Self::ABSENT,
+            old_state: Self::ABSENT,
+            new_state: Self::ABSENT,
+            error: Self::ABSENT,
+            ports_in_sockaddr: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// The global that carries each program's [`FieldOffsets`]; one per program.
+pub mod offsets_global {
+    pub const INET_SOCK_SET_STATE: &str = "OFFSETS_INET_SOCK_SET_STATE";
+    pub const TCP_PROBE: &str = "OFFSETS_TCP_PROBE";
+    pub const TCP_RECEIVE_RESET: &str = "OFFSETS_TCP_RECEIVE_RESET";
+    pub const TCP_SEND_RESET: &str = "OFFSETS_TCP_SEND_RESET";
+    pub const TCP_RETRANSMIT_SKB: &str = "OFFSETS_TCP_RETRANSMIT_SKB";
+    pub const INET_SK_ERROR_REPORT: &str = "OFFSETS_INET_SK_ERROR_REPORT";
+}
+
+/// A bitmap of the watched ports: bit `p % 64` of word `p / 64`.
+pub type PortBitmap = [u64; 1024];
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{ConnectionState, FieldOffsets, RawEvent};
+
+    // SAFETY: `#[repr(C)]`, only integer fields and arrays, no implicit padding (pinned by the
+    // layout tests below), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for RawEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnectionState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FieldOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn raw_event_layout_is_pinned() {
+        assert_eq!(size_of::<RawEvent>(), 72);
+        assert_eq!(align_of::<RawEvent>(), 8);
+        assert_eq!(offset_of!(RawEvent, local_addr), 24);
+        assert_eq!(offset_of!(RawEvent, remote_addr), 40);
+        assert_eq!(offset_of!(RawEvent, local_port), 56);
+        assert_eq!(offset_of!(RawEvent, kind), 62);
+        assert_eq!(offset_of!(RawEvent, error), 66);
+        assert_eq!(offset_of!(RawEvent, count), 68);
+        // No implicit padding: the fields add up to the size.
+        let fields = 8 * 3 + 16 * 2 + 2 * 3 + 1 * 4 + 2 + 4 + 4;
+        assert_eq!(fields, size_of::<RawEvent>());
+    }
+
+    #[test]
+    fn connection_state_layout_is_pinned() {
+        assert_eq!(size_of::<ConnectionState>(), 24);
+        assert_eq!(offset_of!(ConnectionState, retransmits), 16);
+        assert_eq!(offset_of!(ConnectionState, flags), 20);
+    }
+
+    #[test]
+    fn field_offsets_layout_is_pinned() {
+        assert_eq!(size_of::<FieldOffsets>(), 24);
+        assert_eq!(align_of::<FieldOffsets>(), 2);
+    }
+
+    #[test]
+    fn established_family_of_states() {
+        assert!(tcp_state::was_established(tcp_state::LAST_ACK));
+        assert!(!tcp_state::was_established(tcp_state::SYN_SENT));
+        assert!(!tcp_state::was_established(tcp_state::LISTEN));
+    }
+}

@@ -1,0 +1,142 @@
+//! idlecut: follows TCP connections on the mail ports with eBPF and tells which network path
+//! cuts long-lived connections, and how.
+//!
+//! Data flows one way: probes (kernel) -> events -> connection model -> paths -> metrics/HTTP.
+
+mod config;
+mod events;
+mod http;
+mod metrics;
+mod model;
+mod paths;
+mod pipeline;
+mod probes;
+mod tracefs;
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::{
+    config::{Config, Flags, LogFormat},
+    metrics::{Metrics, ProbeLabels},
+    model::ConnectionModel,
+    paths::PathTable,
+    pipeline::Pipeline,
+};
+
+/// Finds the network paths that cut long-lived mail connections (IMAP IDLE, Submission...),
+/// after how long, and how. Serves Prometheus metrics over HTTP. Needs root (or CAP_BPF,
+/// CAP_PERFMON, CAP_SYS_RESOURCE) and Linux 5.8 or later.
+#[derive(Debug, Parser)]
+#[command(name = "idlecut", version)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.flags) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("idlecut: error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("idlecut: error: starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("idlecut: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let filter = EnvFilter::try_from_env("IDLECUT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = http::bind(config.listen).await?;
+    let probes = probes::load(&config)?;
+    let services = config
+        .ports
+        .ports()
+        .filter_map(|port| config.ports.service(port))
+        .map(Arc::from);
+    let metrics = Arc::new(Metrics::new(services));
+    for (probe, attached) in &probes.attached {
+        metrics
+            .probe_attached
+            .get_or_create(&ProbeLabels { probe })
+            .set(i64::from(*attached));
+    }
+    let probes::Probes {
+        ebpf,
+        events,
+        counters,
+        attached: _,
+    } = probes;
+    let pipeline = Pipeline {
+        model: ConnectionModel::new(config.ports.clone()),
+        paths: PathTable::new(config.ipv4_prefix, config.ipv6_prefix, config.max_paths),
+        metrics: metrics.clone(),
+        counters,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
+    let server = tokio::spawn(http::serve(listener, metrics, stopped));
+    info!(
+        listen = %config.listen,
+        ports = %config.ports,
+        "idlecut is running: metrics at http://{}/metrics",
+        config.listen
+    );
+
+    shutdown_signal().await?;
+    info!("shutting down");
+    let _ = stop.send(true);
+    pipeline.await.context("pipeline task")??;
+    server.await.context("HTTP task")??;
+    // Detaches the programs.
+    drop(ebpf);
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {},
+        _ = interrupt.recv() => {},
+    }
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! Prometheus metrics: the exporter end of the data flow. Names and labels here are a contract
+//! (dashboards and alerts depend on them); README.md lists them.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    events::Nanos,
+    model::{End, Role, Update},
+    paths::{PathKey, PathTable},
+};
+
+/// Histogram edges in seconds for durations and idle gaps: fine below a minute, then the
+/// timeouts real middleboxes use (AWS 350 s, Azure 240 s, GCP 600/1200 s...) and the RFC 5382
+/// REQ-5 floor of 7440 s.
+pub const DURATION_BUCKETS: [f64; 23] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 300.0, 350.0, 600.0, 900.0, 1200.0,
+    1800.0, 3600.0, 7200.0, 7440.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub service: Arc<str>,
+    pub role: &'static str,
+    pub path: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndLabels {
+    pub service: Arc<str>,
+    pub role: &'static str,
+    pub path: Arc<str>,
+    pub end: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResetLabels {
+    pub service: Arc<str>,
+    pub role: &'static str,
+    pub path: Arc<str>,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: Arc<str>,
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub probe: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Every metric the agent exports, and the registry that encodes them.
+pub struct Metrics {
+    pub registry: Registry,
+    opened: Family<PathLabels, Counter>,
+    closed: Family<EndLabels, Counter>,
+    open: Family<ServiceLabels, Gauge>,
+    duration: Family<EndLabels, Histogram, fn() -> Histogram>,
+    resets: Family<ResetLabels, Counter>,
+    retransmits: Family<PathLabels, Counter>,
+    pub events_lost: Counter,
+    pub events_malformed: Counter,
+    pub tracked_connections: Gauge,
+    pub probe_attached: Family<ProbeLabels, Gauge>,
+    pub untracked_closes: Counter,
+    pub kernel_state_evictions: Counter,
+    pub kernel_state_insert_failures: Counter,
+    pub paths: Gauge,
+}
+
+impl Metrics {
+    pub fn new(services: impl IntoIterator<Item = Arc<str>>) -> Self {
+        let mut registry = Registry::with_prefix("idlecut");
+        let opened = Family::<PathLabels, Counter>::default();
+        registry.register(
+            "connections_opened",
+            "Connections that reached ESTABLISHED on a watched port",
+            opened.clone(),
+        );
+        let closed = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections that ended, by how they ended (fin, reset_received, reset_sent, timeout, error, unknown)",
+            closed.clone(),
+        );
+        let open = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now whose start the agent saw",
+            open.clone(),
+        );
+        let duration: Family<EndLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "connection_duration",
+            "Lifetime of connections whose start was seen, by how they ended",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let resets = Family::<ResetLabels, Counter>::default();
+        registry.register(
+            "resets",
+            "TCP resets on watched connections, received from the path or sent by this host",
+            resets.clone(),
+        );
+        let retransmits = Family::<PathLabels, Counter>::default();
+        registry.register(
+            "retransmits",
+            "Segments retransmitted on watched connections",
+            retransmits.clone(),
+        );
+        let events_lost = Counter::default();
+        registry.register(
+            "events_lost",
+            "Kernel events dropped because the ring buffer was full (raise --ring-buffer-size)",
+            events_lost.clone(),
+        );
+        let events_malformed = Counter::default();
+        registry.register(
+            "events_malformed",
+            "Kernel events the agent could not decode, skipped",
+            events_malformed.clone(),
+        );
+        let tracked_connections = Gauge::default();
+        registry.register(
+            "tracked_connections",
+            "Connections the agent follows now",
+            tracked_connections.clone(),
+        );
+        let probe_attached = Family::<ProbeLabels, Gauge>::default();
+        registry.register(
+            "probe_attached",
+            "1 when the kernel program on this tracepoint is attached, 0 when this kernel lacks it",
+            probe_attached.clone(),
+        );
+        let untracked_closes = Counter::default();
+        registry.register(
+            "untracked_closes",
+            "Connections that closed without the agent having seen them open (older than the agent)",
+            untracked_closes.clone(),
+        );
+        let kernel_state_evictions = Counter::default();
+        registry.register(
+            "kernel_state_evictions",
+            "Connections whose kernel state was evicted under LRU pressure (raise --max-connections)",
+            kernel_state_evictions.clone(),
+        );
+        let kernel_state_insert_failures = Counter::default();
+        registry.register(
+            "kernel_state_insert_failures",
+            "Connections the kernel could not start tracking",
+            kernel_state_insert_failures.clone(),
+        );
+        let paths = Gauge::default();
+        registry.register(
+            "paths",
+            "Paths with their own label (at most --max-paths; the rest are path=\"other\")",
+            paths.clone(),
+        );
+        registry.register(
+            "build",
+            "Version of the running agent",
+            Info::new(VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        // Every service and role shows an open-connection count from the start, even at 0, so
+        // that dashboards and alerts see the series before the first connection.
+        for service in services {
+            for role in [Role::Server, Role::Client] {
+                open.get_or_create(&ServiceLabels {
+                    service: service.clone(),
+                    role: role.as_str(),
+                })
+                .set(0);
+            }
+        }
+        Self {
+            registry,
+            opened,
+            closed,
+            open,
+            duration,
+            resets,
+            retransmits,
+            events_lost,
+            events_malformed,
+            tracked_connections,
+            probe_attached,
+            untracked_closes,
+            kernel_state_evictions,
+            kernel_state_insert_failures,
+            paths,
+        }
+    }
+
+    /// Records what the connection model concluded.
+    pub fn record(&self, paths: &mut PathTable, update: &Update) {
+        let labels = |paths: &mut PathTable, identity| {
+            let PathKey {
+                service,
+                role,
+                path,
+            } = paths.key(identity);
+            PathLabels {
+                service,
+                role: role.as_str(),
+                path,
+            }
+        };
+        match update {
+            Update::Opened(identity) => {
+                let labels = labels(paths, identity);
+                self.open_gauge(&labels).inc();
+                self.opened.get_or_create(&labels).inc();
+            }
+            Update::Closed {
+                identity,
+                end,
+                duration,
+            } => {
+                let labels = labels(paths, identity);
+                self.open_gauge(&labels).dec();
+                let labels = with_end(labels, *end);
+                self.closed.get_or_create(&labels).inc();
+                if let Some(duration) = duration {
+                    self.duration
+                        .get_or_create(&labels)
+                        .observe(seconds(*duration));
+                }
+            }
+            Update::Reset(identity, direction) => {
+                let PathLabels {
+                    service,
+                    role,
+                    path,
+                } = labels(paths, identity);
+                self.resets
+                    .get_or_create(&ResetLabels {
+                        service,
+                        role,
+                        path,
+                        direction: direction.as_str(),
+                    })
+                    .inc();
+            }
+            Update::Retransmit(identity) => {
+                self.retransmits.get_or_create(&labels(paths, identity)).inc();
+            }
+            // Idle gaps are aggregated by the cut inference.
+            Update::IdleGapSurvived(..) => {}
+            Update::UntrackedClose => {
+                self.untracked_closes.inc();
+            }
+            Update::KernelStateEvicted => {
+                self.kernel_state_evictions.inc();
+            }
+        }
+        self.paths.set(i64::try_from(paths.len()).unwrap_or(i64::MAX));
+    }
+
+    fn open_gauge(
+        &self,
+        labels: &PathLabels,
+    ) -> impl std::ops::Deref<Target = Gauge> + '_ {
+        self.open.get_or_create(&ServiceLabels {
+            service: labels.service.clone(),
+            role: labels.role,
+        })
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+fn with_end(labels: PathLabels, end: End) -> EndLabels {
+    EndLabels {
+        service: labels.service,
+        role: labels.role,
+        path: labels.path,
+        end: end.as_str(),
+    }
+}
+
+fn seconds(ns: Nanos) -> f64 {
+    // Precision loss past 2^53 ns (104 days) is irrelevant for a histogram.
+    #[expect(clippy::cast_precision_loss, reason = "histogram resolution")]
+    let seconds = ns as f64 / 1e9;
+    seconds
+}
+
+/// Increases a counter to a kernel-side running total (the kernel's counters only grow).
+#[derive(Debug, Default)]
+pub struct KernelCounterSync {
+    last: AtomicU64,
+}
+
+impl KernelCounterSync {
+    pub fn sync(&self, counter: &Counter, kernel_total: u64) {
+        let last = self.last.swap(kernel_total, Ordering::Relaxed);
+        if kernel_total > last {
+            counter.inc_by(kernel_total - last);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Direction, Identity};
+
+    fn identity(remote: &str) -> Identity {
+        Identity {
+            service: Arc::from("imap"),
+            role: Role::Client,
+            remote: remote.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn buckets_include_the_contract_edges() {
+        for edge in [
+            60.0, 240.0, 300.0, 350.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0, 7440.0,
+            14400.0, 28800.0, 86400.0,
+        ] {
+            assert!(DURATION_BUCKETS.contains(&edge), "{edge} missing");
+        }
+        assert!(DURATION_BUCKETS.is_sorted());
+    }
+
+    #[test]
+    fn exposition_has_the_contract_names_and_labels() {
+        let metrics = Metrics::new([Arc::from("imap")]);
+        let mut paths = PathTable::new(24, 48, 1);
+        for update in [
+            Update::Opened(identity("192.0.2.1")),
+            Update::Opened(identity("198.51.100.1")),
+            Update::Reset(identity("192.0.2.1"), Direction::Received),
+            Update::Closed {
+                identity: identity("192.0.2.1"),
+                end: End::ResetReceived,
+                duration: Some(350_000_000_000),
+            },
+        ] {
+            metrics.record(&mut paths, &update);
+        }
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"idlecut_connections_opened_total{service="imap",role="client",path="192.0.2.0/24"} 1"#,
+            r#"idlecut_connections_opened_total{service="imap",role="client",path="other"} 1"#,
+            r#"idlecut_connections_closed_total{service="imap",role="client",path="192.0.2.0/24",end="reset_received"} 1"#,
+            r#"idlecut_connections_open{service="imap",role="client"} 1"#,
+            r#"idlecut_connections_open{service="imap",role="server"} 0"#,
+            r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="received"} 1"#,
+            r#"idlecut_connection_duration_seconds_bucket{le="350.0",service="imap",role="client",path="192.0.2.0/24",end="reset_received"} 1"#,
+            r#"idlecut_connection_duration_seconds_bucket{le="300.0",service="imap",role="client",path="192.0.2.0/24",end="reset_received"} 0"#,
+            r#"idlecut_build_info{version=""#,
+            "idlecut_paths 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "missing {line}\nin\n{text}");
+        }
+    }
+
+    #[test]
+    fn kernel_counters_are_followed_by_deltas() {
+        let counter = Counter::default();
+        let sync = KernelCounterSync::default();
+        sync.sync(&counter, 5);
+        sync.sync(&counter, 5);
+        sync.sync(&counter, 9);
+        assert_eq!(counter.get(), 9);
+    }
+}
