@@ -14,7 +14,11 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", toolchain_file.display()))?
         .lines()
         .find_map(|line| {
-            let value = line.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
             Some(value.trim().trim_matches('"').to_owned())
         })
         .ok_or_else(|| anyhow!("no `channel = ...` in {}", toolchain_file.display()))?;

@@ -121,7 +121,6 @@ pub struct RawEvent {
     pub error: u16,
     /// CLOSE, RETRANSMIT: retransmissions seen on the socket.
     pub count: u32,
-    pub _reserved: u32,
 }
 
 impl RawEvent {
@@ -141,7 +140,6 @@ impl RawEvent {
             _pad: [0; 1],
             error: 0,
             count: 0,
-            _reserved: 0,
         }
     }
 }
@@ -248,7 +246,7 @@ mod tests {
         assert_eq!(offset_of!(RawEvent, error), 66);
         assert_eq!(offset_of!(RawEvent, count), 68);
         // No implicit padding: the fields add up to the size.
-        let fields = 8 * 3 + 16 * 2 + 2 * 3 + 1 * 4 + 2 + 4 + 4;
+        let fields = 8 * 3 + 16 * 2 + 2 * 3 + 4 + 2 + 4; // u64s, addresses, u16s, u8s, error, count
         assert_eq!(fields, size_of::<RawEvent>());
     }
 

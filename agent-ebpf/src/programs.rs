@@ -84,7 +84,10 @@ fn mail_ports(ctx: &TracePointContext, off: &FieldOffsets) -> Option<(u16, u16)>
         let remote = u16::from_be(read::<u16>(ctx, off.remote_port.wrapping_add(2))?);
         (local, remote)
     } else {
-        (read::<u16>(ctx, off.local_port)?, read::<u16>(ctx, off.remote_port)?)
+        (
+            read::<u16>(ctx, off.local_port)?,
+            read::<u16>(ctx, off.remote_port)?,
+        )
     };
     if is_mail_port(local) || is_mail_port(remote) {
         Some((local, remote))
@@ -152,7 +155,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 flags: 0,
                 _pad: [0; 3],
             };
-            if CONNECTIONS.insert(&socket, &state, u64::from(BPF_NOEXIST)).is_err() {
+            if CONNECTIONS
+                .insert(&socket, &state, u64::from(BPF_NOEXIST))
+                .is_err()
+            {
                 count(counter::STATE_INSERT_FAILED);
             }
             let mut event = RawEvent::zeroed();
@@ -194,7 +200,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 // SAFETY: pointer from a successful lookup. Only flags of this connection are
                 // written, and only on its own state transitions.
                 let state = unsafe { &mut *state };
-                if state.flags & (event_flags::LOCAL_CLOSED_FIRST | event_flags::REMOTE_CLOSED_FIRST)
+                if state.flags
+                    & (event_flags::LOCAL_CLOSED_FIRST | event_flags::REMOTE_CLOSED_FIRST)
                     == 0
                 {
                     state.flags |= if new_state == tcp_state::FIN_WAIT1 {
@@ -248,7 +255,11 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
 /// tcp:tcp_receive_reset: a valid RST arrived for a socket.
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    reset(&ctx, &offsets(&OFFSETS_TCP_RECEIVE_RESET), event_kind::RESET_RECEIVED);
+    reset(
+        &ctx,
+        &offsets(&OFFSETS_TCP_RECEIVE_RESET),
+        event_kind::RESET_RECEIVED,
+    );
     0
 }
 
@@ -256,7 +267,11 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 /// Fires after the state change to CLOSE on an abort, so user space matches it afterwards.
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    reset(&ctx, &offsets(&OFFSETS_TCP_SEND_RESET), event_kind::RESET_SENT);
+    reset(
+        &ctx,
+        &offsets(&OFFSETS_TCP_SEND_RESET),
+        event_kind::RESET_SENT,
+    );
     0
 }
 

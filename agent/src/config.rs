@@ -8,8 +8,7 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duratio
 use serde::Deserialize;
 
 /// The mail ports watched by default, with the service name each one reports as.
-pub const DEFAULT_PORTS: &str =
-    "25=smtp,110=pop3,143=imap,465=submissions,587=submission,674=acap,993=imaps,995=pop3s,4190=sieve";
+pub const DEFAULT_PORTS: &str = "25=smtp,110=pop3,143=imap,465=submissions,587=submission,674=acap,993=imaps,995=pop3s,4190=sieve";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_IPV4_PREFIX: u8 = 24;
 pub const DEFAULT_IPV6_PREFIX: u8 = 48;
@@ -183,21 +182,24 @@ impl Config {
         };
         let ipv4_prefix = match (flags.ipv4_prefix, file.ipv4_prefix) {
             (Some(bits), _) => bits,
-            (None, Some(bits)) => at(origin("ipv4_prefix"),
+            (None, Some(bits)) => at(
+                origin("ipv4_prefix"),
                 int::<u8>(bits).and_then(|bits| check_prefix(bits, 32)),
             )?,
             (None, None) => DEFAULT_IPV4_PREFIX,
         };
         let ipv6_prefix = match (flags.ipv6_prefix, file.ipv6_prefix) {
             (Some(bits), _) => bits,
-            (None, Some(bits)) => at(origin("ipv6_prefix"),
+            (None, Some(bits)) => at(
+                origin("ipv6_prefix"),
                 int::<u8>(bits).and_then(|bits| check_prefix(bits, 128)),
             )?,
             (None, None) => DEFAULT_IPV6_PREFIX,
         };
         let max_paths = match (flags.max_paths, file.max_paths) {
             (Some(n), _) => n,
-            (None, Some(n)) => at(origin("max_paths"),
+            (None, Some(n)) => at(
+                origin("max_paths"),
                 int::<usize>(n).and_then(|n| parse_max_paths(&n.to_string())),
             )?,
             (None, None) => DEFAULT_MAX_PATHS,
@@ -209,14 +211,16 @@ impl Config {
         };
         let max_connections = match (flags.max_connections, file.max_connections) {
             (Some(n), _) => n,
-            (None, Some(n)) => at(origin("max_connections"),
+            (None, Some(n)) => at(
+                origin("max_connections"),
                 int::<u32>(n).and_then(|n| parse_max_connections(&n.to_string())),
             )?,
             (None, None) => DEFAULT_MAX_CONNECTIONS,
         };
         let ring_buffer_bytes = match (flags.ring_buffer_size, file.ring_buffer_size) {
             (Some(n), _) => n,
-            (None, Some(n)) => at(origin("ring_buffer_size"),
+            (None, Some(n)) => at(
+                origin("ring_buffer_size"),
                 int::<u32>(n).and_then(|n| parse_ring_buffer_bytes(&n.to_string())),
             )?,
             (None, None) => DEFAULT_RING_BUFFER_BYTES,
@@ -262,7 +266,11 @@ pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
 
 pub fn parse_ports(value: &str) -> Result<PortMap, String> {
     let mut ports = BTreeMap::new();
-    for entry in value.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+    for entry in value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
         let (port, name) = match entry.split_once('=') {
             Some((port, name)) => (port.trim(), name.trim()),
             None => (entry, entry),
@@ -287,7 +295,9 @@ pub fn parse_ports(value: &str) -> Result<PortMap, String> {
         }
     }
     if ports.is_empty() {
-        return Err("no ports given: expected PORT=NAME,... such as 143=imap,587=submission".into());
+        return Err(
+            "no ports given: expected PORT=NAME,... such as 143=imap,587=submission".into(),
+        );
     }
     Ok(PortMap(ports))
 }
@@ -325,7 +335,9 @@ pub fn parse_max_paths(value: &str) -> Result<usize, String> {
 pub fn parse_max_connections(value: &str) -> Result<u32, String> {
     match value.parse::<u32>() {
         Ok(n) if (64..=16_777_216).contains(&n) => Ok(n),
-        _ => Err(format!("`{value}` is not a number of connections (64-16777216)")),
+        _ => Err(format!(
+            "`{value}` is not a number of connections (64-16777216)"
+        )),
     }
 }
 
@@ -341,7 +353,9 @@ pub fn parse_ring_buffer_bytes(value: &str) -> Result<u32, String> {
 pub fn parse_min_idle_gap(value: &str) -> Result<Duration, String> {
     let gap = parse_duration(value)?;
     if gap < Duration::from_millis(100) {
-        return Err(format!("`{value}` is too short for an idle gap (at least 100ms)"));
+        return Err(format!(
+            "`{value}` is too short for an idle gap (at least 100ms)"
+        ));
     }
     Ok(gap)
 }
@@ -349,7 +363,9 @@ pub fn parse_min_idle_gap(value: &str) -> Result<Duration, String> {
 /// Parses durations written like `90s`, `2h4m`, `1h 30m`, `500ms`, `1d`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let bad = || {
-        format!("`{value}` is not a duration: write a number and a unit (ms, s, m, h, d), such as 90s or 2h4m")
+        format!(
+            "`{value}` is not a duration: write a number and a unit (ms, s, m, h, d), such as 90s or 2h4m"
+        )
     };
     let mut total = Duration::ZERO;
     let mut rest = value.trim();
@@ -357,7 +373,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
@@ -386,8 +404,6 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
-
     use super::*;
 
     #[test]
@@ -409,15 +425,30 @@ mod tests {
         assert_eq!(ports.service(143), Some("imap"));
         assert_eq!(ports.service(587), Some("submission"));
         assert_eq!(ports.service(80), None);
-        assert_eq!(ports.to_string(), DEFAULT_PORTS.split(',').collect::<Vec<_>>().join(","));
+        assert_eq!(
+            ports.to_string(),
+            DEFAULT_PORTS.split(',').collect::<Vec<_>>().join(",")
+        );
     }
 
     #[test]
     fn port_errors_say_what_is_wrong() {
         assert!(parse_ports("").unwrap_err().contains("no ports"));
-        assert!(parse_ports("0=x").unwrap_err().contains("not a port number"));
-        assert!(parse_ports("70000=x").unwrap_err().contains("not a port number"));
-        assert!(parse_ports("143=im ap").unwrap_err().contains("not a service name"));
+        assert!(
+            parse_ports("0=x")
+                .unwrap_err()
+                .contains("not a port number")
+        );
+        assert!(
+            parse_ports("70000=x")
+                .unwrap_err()
+                .contains("not a port number")
+        );
+        assert!(
+            parse_ports("143=im ap")
+                .unwrap_err()
+                .contains("not a service name")
+        );
         assert!(parse_ports("143=a,143=b").unwrap_err().contains("twice"));
         assert_eq!(parse_ports("8143").unwrap().service(8143), Some("8143"));
     }
@@ -510,8 +541,7 @@ mod tests {
                     std::process::id(),
                     NEXT.fetch_add(1, Ordering::Relaxed)
                 ));
-                let mut file = std::fs::File::create(&path).unwrap();
-                super::Write::write_all(&mut file, contents.as_bytes()).unwrap();
+                std::fs::write(&path, contents).unwrap();
                 Self(path)
             }
 

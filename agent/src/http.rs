@@ -26,7 +26,11 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     match metrics.encode() {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
     }
 }
 

@@ -32,7 +32,7 @@ use crate::{
 /// after how long, and how. Serves Prometheus metrics over HTTP. Needs root (or CAP_BPF,
 /// CAP_PERFMON, CAP_SYS_RESOURCE) and Linux 5.8 or later.
 #[derive(Debug, Parser)]
-#[command(name = "idlecut", version)]
+#[command(name = "idlecut", version, allow_negative_numbers = true)]
 struct Cli {
     #[command(flatten)]
     flags: Flags,

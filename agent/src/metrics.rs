@@ -22,8 +22,8 @@ use crate::{
 /// timeouts real middleboxes use (AWS 350 s, Azure 240 s, GCP 600/1200 s...) and the RFC 5382
 /// REQ-5 floor of 7440 s.
 pub const DURATION_BUCKETS: [f64; 23] = [
-    0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 300.0, 350.0, 600.0, 900.0, 1200.0,
-    1800.0, 3600.0, 7200.0, 7440.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
+    0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 300.0, 350.0, 600.0, 900.0, 1200.0, 1800.0,
+    3600.0, 7200.0, 7440.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -265,7 +265,9 @@ impl Metrics {
                     .inc();
             }
             Update::Retransmit(identity) => {
-                self.retransmits.get_or_create(&labels(paths, identity)).inc();
+                self.retransmits
+                    .get_or_create(&labels(paths, identity))
+                    .inc();
             }
             // Idle gaps are aggregated by the cut inference.
             Update::IdleGapSurvived(..) => {}
@@ -276,13 +278,11 @@ impl Metrics {
                 self.kernel_state_evictions.inc();
             }
         }
-        self.paths.set(i64::try_from(paths.len()).unwrap_or(i64::MAX));
+        self.paths
+            .set(i64::try_from(paths.len()).unwrap_or(i64::MAX));
     }
 
-    fn open_gauge(
-        &self,
-        labels: &PathLabels,
-    ) -> impl std::ops::Deref<Target = Gauge> + '_ {
+    fn open_gauge(&self, labels: &PathLabels) -> impl std::ops::Deref<Target = Gauge> + '_ {
         self.open.get_or_create(&ServiceLabels {
             service: labels.service.clone(),
             role: labels.role,

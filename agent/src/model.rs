@@ -6,11 +6,7 @@
 //! period before its ending is classified. Everything here is plain data and unit-tested; the
 //! only clock is the kernel's, passed in.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use idlecut_ebpf::tcp_state;
 use serde::Serialize;
@@ -499,7 +495,10 @@ mod tests {
 
     #[test]
     fn fin_close_with_duration() {
-        let updates = run(&[open(SECOND), close(91 * SECOND, tcp_state::LAST_ACK, Some(SECOND))]);
+        let updates = run(&[
+            open(SECOND),
+            close(91 * SECOND, tcp_state::LAST_ACK, Some(SECOND)),
+        ]);
         assert_eq!(
             updates,
             vec![
@@ -518,7 +517,13 @@ mod tests {
         let mut model = model();
         let mut out = Vec::new();
         model.apply(open(0), &mut out);
-        model.apply(Event::ResetReceived { at: 1, socket: SOCK }, &mut out);
+        model.apply(
+            Event::ResetReceived {
+                at: 1,
+                socket: SOCK,
+            },
+            &mut out,
+        );
         model.apply(close(2, tcp_state::ESTABLISHED, Some(0)), &mut out);
         assert_eq!(ends(&out), vec![End::ResetReceived]);
         assert_eq!(model.open_count(), 0);
@@ -533,8 +538,18 @@ mod tests {
         model.apply(open(0), &mut out);
         model.apply(close(SECOND, tcp_state::ESTABLISHED, Some(0)), &mut out);
         model.expire(SECOND + 1, &mut out);
-        assert_eq!(ends(&out), vec![], "classified before its grace period ended");
-        model.apply(Event::ResetSent { at: SECOND + 2, socket: SOCK }, &mut out);
+        assert_eq!(
+            ends(&out),
+            vec![],
+            "classified before its grace period ended"
+        );
+        model.apply(
+            Event::ResetSent {
+                at: SECOND + 2,
+                socket: SOCK,
+            },
+            &mut out,
+        );
         model.apply(
             Event::ErrorReport {
                 at: SECOND + 3,
@@ -555,7 +570,10 @@ mod tests {
     fn timeout_after_close_is_matched_by_endpoints() {
         let updates = run(&[
             open(0),
-            Event::Retransmit { at: 1, socket: SOCK },
+            Event::Retransmit {
+                at: 1,
+                socket: SOCK,
+            },
             close(2, tcp_state::ESTABLISHED, Some(0)),
             Event::ErrorReport {
                 at: 3,
@@ -564,7 +582,11 @@ mod tests {
             },
         ]);
         assert_eq!(ends(&updates), vec![End::Timeout]);
-        assert!(updates.contains(&Update::Retransmit(identity("imap", Role::Server, "10.0.1.2"))));
+        assert!(updates.contains(&Update::Retransmit(identity(
+            "imap",
+            Role::Server,
+            "10.0.1.2"
+        ))));
     }
 
     #[test]
@@ -588,10 +610,22 @@ mod tests {
     #[test]
     fn end_classification_priorities() {
         use tcp_state::*;
-        assert_eq!(classify_end(true, true, Some(ETIMEDOUT), LAST_ACK), End::ResetReceived);
-        assert_eq!(classify_end(false, true, Some(ETIMEDOUT), ESTABLISHED), End::Timeout);
-        assert_eq!(classify_end(false, true, Some(104), ESTABLISHED), End::ResetSent);
-        assert_eq!(classify_end(false, false, Some(113), ESTABLISHED), End::Error);
+        assert_eq!(
+            classify_end(true, true, Some(ETIMEDOUT), LAST_ACK),
+            End::ResetReceived
+        );
+        assert_eq!(
+            classify_end(false, true, Some(ETIMEDOUT), ESTABLISHED),
+            End::Timeout
+        );
+        assert_eq!(
+            classify_end(false, true, Some(104), ESTABLISHED),
+            End::ResetSent
+        );
+        assert_eq!(
+            classify_end(false, false, Some(113), ESTABLISHED),
+            End::Error
+        );
         for state in [FIN_WAIT2, TIME_WAIT, CLOSING, LAST_ACK] {
             assert_eq!(classify_end(false, false, None, state), End::Fin);
         }
@@ -617,7 +651,10 @@ mod tests {
 
     #[test]
     fn close_of_a_connection_older_than_the_agent_is_untracked() {
-        assert_eq!(run(&[close(1, tcp_state::LAST_ACK, None)]), vec![Update::UntrackedClose]);
+        assert_eq!(
+            run(&[close(1, tcp_state::LAST_ACK, None)]),
+            vec![Update::UntrackedClose]
+        );
     }
 
     #[test]
@@ -638,8 +675,18 @@ mod tests {
         model.apply(open(0), &mut out);
         model.apply(close(5, tcp_state::LAST_ACK, Some(0)), &mut out);
         model.apply(open(6), &mut out);
-        model.apply(Event::ResetSent { at: 7, socket: SOCK }, &mut out);
-        assert_eq!(ends(&out), vec![End::Fin], "the RST belongs to the new connection");
+        model.apply(
+            Event::ResetSent {
+                at: 7,
+                socket: SOCK,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            ends(&out),
+            vec![End::Fin],
+            "the RST belongs to the new connection"
+        );
         assert_eq!(model.open_count(), 1);
     }
 
@@ -649,7 +696,11 @@ mod tests {
             run(&[
                 Event::ResetReceived { at: 1, socket: 7 },
                 Event::Retransmit { at: 1, socket: 7 },
-                Event::IdleGapEnd { at: 1, socket: 7, gap: 1 },
+                Event::IdleGapEnd {
+                    at: 1,
+                    socket: 7,
+                    gap: 1
+                },
             ]),
             vec![]
         );

@@ -109,7 +109,10 @@ mod tests {
         assert_eq!(network(ip("192.0.2.77"), 0, 48), ip("0.0.0.0"));
         assert_eq!(network(ip("192.0.2.77"), 20, 48), ip("192.0.0.0"));
         assert_eq!(network(ip("2001:db8:1:2::5"), 24, 48), ip("2001:db8:1::"));
-        assert_eq!(network(ip("2001:db8:1:2::5"), 24, 128), ip("2001:db8:1:2::5"));
+        assert_eq!(
+            network(ip("2001:db8:1:2::5"), 24, 128),
+            ip("2001:db8:1:2::5")
+        );
         assert_eq!(network(ip("2001:db8:1:2::5"), 24, 0), ip("::"));
     }
 
@@ -135,7 +138,10 @@ mod tests {
         let third = table.key(&identity("imap", Role::Client, "203.0.113.1"));
         assert_eq!(&*third.path, OTHER);
         assert_eq!(&*third.service, "imap");
-        assert_eq!(table.key(&identity("imap", Role::Client, "192.0.2.9")), first);
+        assert_eq!(
+            table.key(&identity("imap", Role::Client, "192.0.2.9")),
+            first
+        );
         assert_eq!(table.len(), 2);
     }
 }

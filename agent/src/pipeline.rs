@@ -70,7 +70,7 @@ impl Pipeline {
                     self.model.expire(monotonic_now(), &mut updates);
                     self.record(&mut updates);
                     ticks = ticks.wrapping_add(1);
-                    if ticks % COUNTER_SYNC_TICKS == 0 {
+                    if ticks.is_multiple_of(COUNTER_SYNC_TICKS) {
                         match (self.counters.ringbuf_full(), self.counters.state_insert_failed()) {
                             (Ok(full), Ok(failed)) => {
                                 lost.sync(&self.metrics.events_lost, full);

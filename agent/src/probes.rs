@@ -9,7 +9,7 @@ use aya::{
     programs::TracePoint,
 };
 use idlecut_ebpf::{
-    COUNTERS_MAP, CONNECTIONS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL, PORTS_GLOBAL,
+    CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL, PORTS_GLOBAL,
     counter, offsets_global,
 };
 use tracing::{info, warn};
@@ -20,7 +20,8 @@ use crate::{
 };
 
 /// The eBPF object built by build.rs from the `idlecut-ebpf` crate.
-static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/idlecut-probes"));
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/idlecut-probes"));
 
 /// A kernel program and the tracepoint it attaches to.
 #[derive(Clone, Copy, Debug)]
@@ -216,7 +217,9 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
         .program_mut(spec.program)
         .with_context(|| format!("no program {} in the eBPF object", spec.program))?
         .try_into()?;
-    program.load().context("the verifier rejected the program")?;
+    program
+        .load()
+        .context("the verifier rejected the program")?;
     program.attach(spec.category, spec.name)?;
     Ok(())
 }
@@ -231,6 +234,9 @@ fn raise_memlock_limit() {
     // by the map creation itself.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     if rc != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -60,14 +60,18 @@ pub struct Format {
 
 impl Format {
     pub fn read(tracefs: &Path, category: &str, name: &str) -> anyhow::Result<Self> {
-        let path = tracefs.join("events").join(category).join(name).join("format");
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// Parses lines such as
-    /// `field:__u8 saddr_v6[16];	offset:40;	size:16;	signed:0;`.
+    /// `field:__u8 saddr_v6[16];<TAB>offset:40;<TAB>size:16;<TAB>signed:0;`.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut fields = HashMap::new();
         for line in text.lines().map(str::trim) {
@@ -225,10 +229,22 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
     fn parses_fields_with_pointers_arrays_and_enums() {
         let format = Format::parse(SET_STATE_6_18).unwrap();
         assert_eq!(format.fields["skaddr"], Field { offset: 8, size: 8 });
-        assert_eq!(format.fields["saddr_v6"], Field { offset: 40, size: 16 });
+        assert_eq!(
+            format.fields["saddr_v6"],
+            Field {
+                offset: 40,
+                size: 16
+            }
+        );
         assert_eq!(format.fields["common_pid"], Field { offset: 4, size: 4 });
         let reset = Format::parse(SEND_RESET_6_18).unwrap();
-        assert_eq!(reset.fields["reason"], Field { offset: 28, size: 4 });
+        assert_eq!(
+            reset.fields["reason"],
+            Field {
+                offset: 28,
+                size: 4
+            }
+        );
     }
 
     #[test]
@@ -236,7 +252,13 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
         let format = Format::parse(SET_STATE_6_18).unwrap();
         let off = offsets_for(&format, Needs::StateChange).unwrap();
         assert_eq!(
-            (off.skaddr, off.old_state, off.new_state, off.local_port, off.remote_port),
+            (
+                off.skaddr,
+                off.old_state,
+                off.new_state,
+                off.local_port,
+                off.remote_port
+            ),
             (8, 16, 20, 24, 26)
         );
         assert_eq!((off.family, off.protocol), (28, 30));
@@ -246,13 +268,22 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
 
     #[test]
     fn send_reset_ports_come_from_sockaddr_on_new_kernels_and_fields_on_old_ones() {
-        let new = offsets_for(&Format::parse(SEND_RESET_6_18).unwrap(), Needs::SocketAndAnyPorts)
-            .unwrap();
+        let new = offsets_for(
+            &Format::parse(SEND_RESET_6_18).unwrap(),
+            Needs::SocketAndAnyPorts,
+        )
+        .unwrap();
         assert_eq!((new.skaddr, new.local_port, new.remote_port), (16, 32, 60));
         assert_eq!(new.ports_in_sockaddr, 1);
-        let old = offsets_for(&Format::parse(SEND_RESET_5_15).unwrap(), Needs::SocketAndAnyPorts)
-            .unwrap();
-        assert_eq!((old.local_port, old.remote_port, old.ports_in_sockaddr), (28, 30, 0));
+        let old = offsets_for(
+            &Format::parse(SEND_RESET_5_15).unwrap(),
+            Needs::SocketAndAnyPorts,
+        )
+        .unwrap();
+        assert_eq!(
+            (old.local_port, old.remote_port, old.ports_in_sockaddr),
+            (28, 30, 0)
+        );
     }
 
     #[test]

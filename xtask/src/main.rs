@@ -1,1 +1,168 @@
-fn main() {}
+//! `cargo xtask`: build, run and test idlecut. `./x` installs the toolchains and calls this.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "Build, run and test idlecut")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build the agent (release) with its eBPF programs embedded: target/release/idlecut
+    Build,
+    /// Build, then run the agent as root (through sudo when needed) with the given arguments
+    Run {
+        /// Arguments for the agent, after `--`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check, clippy with warnings denied (host and BPF target), unit tests, then the
+    /// kernel integration tests as root
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run_task(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(cli: Cli) -> anyhow::Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Task::Build => build(),
+        Task::Run { args } => {
+            build()?;
+            let binary = root.join("target/release/idlecut");
+            let mut command = as_root(&binary);
+            command.args(args);
+            run(&mut command)
+        }
+        Task::Test => test(&root),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command that runs `program` as root: directly when we are root, through sudo otherwise.
+fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command.arg("--preserve-env").arg(program);
+        command
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "--package", "idlecut"]))
+}
+
+/// The eBPF nightly, from agent-ebpf/rust-toolchain.toml (where build.rs reads it too).
+fn ebpf_toolchain(root: &Path) -> anyhow::Result<String> {
+    let path = root.join("agent-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .with_context(|| format!("no `channel = ...` in {}", path.display()))
+}
+
+fn test(root: &Path) -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The kernel programs, linted as what they are: BPF code built with the pinned nightly.
+    let nightly = ebpf_toolchain(root)?;
+    run(Command::new("rustup")
+        .args([
+            "run",
+            &nightly,
+            "cargo",
+            "clippy",
+            "--package",
+            "idlecut-ebpf",
+        ])
+        .args(["--bins", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--target-dir", "target/ebpf-clippy"])
+        .args(["--", "-D", "warnings"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC"))?;
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "idlecut-integration-tests",
+    ]))?;
+    build()?;
+    // The integration tests load eBPF programs and create network namespaces: root only.
+    let binary = root.join("target/release/idlecut");
+    let mut integration = cargo();
+    integration
+        .args(["test", "--package", "idlecut-integration-tests"])
+        .env("IDLECUT_BIN", &binary);
+    if !is_root() {
+        eprintln!("xtask: not root; the kernel tests run through sudo");
+        integration.args([
+            "--config",
+            "target.'cfg(target_os = \"linux\")'.runner = ['sudo', '--preserve-env']",
+        ]);
+    }
+    // One agent at a time: every agent sees every namespace's connections.
+    integration.args(["--", "--test-threads=1"]);
+    run(&mut integration)
+}

@@ -1,0 +1,80 @@
+//! The command line: bad values get a one-line error that names the flag or key, and exit 2.
+//! These run the real binary but load nothing into the kernel.
+
+use std::process::Command;
+
+use idlecut_integration_tests::agent_binary;
+
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(agent_binary())
+        .args(args)
+        .output()
+        .expect("running idlecut");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flag_values_name_the_flag_and_exit_2() {
+    for (args, flag) in [
+        (&["--ports", "143=imap,99999=x"][..], "--ports"),
+        (&["--ipv4-prefix", "33"][..], "--ipv4-prefix"),
+        (&["--ipv6-prefix", "-1"][..], "--ipv6-prefix"),
+        (&["--max-paths", "0"][..], "--max-paths"),
+        (&["--listen", "nowhere"][..], "--listen"),
+        (&["--min-idle-gap", "10"][..], "--min-idle-gap"),
+        (&["--log-format", "xml"][..], "--log-format"),
+        (&["--ring-buffer-size", "5000"][..], "--ring-buffer-size"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error:"), "{args:?}: {stderr}");
+        assert!(
+            first.contains(flag),
+            "{args:?} does not name {flag}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_config_file_names_the_key_and_exits_2() {
+    let path = std::env::temp_dir().join(format!("idlecut-cli-{}.toml", std::process::id()));
+    std::fs::write(&path, "max_paths = 10\nipv6_prefix = 200\n").expect("writing the file");
+    let (code, stderr) = run(&["--config", path.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("key `ipv6_prefix`"), "{stderr}");
+
+    let (code, stderr) = run(&["--config", "/nonexistent/idlecut.toml"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/idlecut.toml"), "{stderr}");
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let output = Command::new(agent_binary())
+        .arg("--help")
+        .output()
+        .expect("running idlecut --help");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--config",
+        "--listen",
+        "--ports",
+        "--ipv4-prefix",
+        "--ipv6-prefix",
+        "--max-paths",
+        "--log-format",
+        "--min-idle-gap",
+        "--max-connections",
+        "--ring-buffer-size",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}

@@ -1,0 +1,387 @@
+//! Connection lifecycles seen by the real eBPF programs: real TCP connections between network
+//! namespaces, endings by FIN, by a peer RST, by a RST from a middlebox, over IPv4 and IPv6,
+//! checked through the agent's `/metrics` with exact counts per label set.
+//!
+//! Both ends of every connection live on this host (in different namespaces), so the agent sees
+//! each connection twice: once as the client, once as the server.
+
+use std::{thread, time::Duration};
+
+use idlecut_integration_tests::{
+    Agent, Scrape, Topology, abort, close_gracefully, connect, exchange, listen, require_root,
+};
+
+const OPENED: &str = "idlecut_connections_opened_total";
+const CLOSED: &str = "idlecut_connections_closed_total";
+const RESETS: &str = "idlecut_resets_total";
+
+fn opened(scrape: &Scrape, service: &str, role: &str, path: &str) -> f64 {
+    scrape.value(
+        OPENED,
+        &[("service", service), ("role", role), ("path", path)],
+    )
+}
+
+fn closed(scrape: &Scrape, service: &str, role: &str, path: &str, end: &str) -> f64 {
+    scrape.value(
+        CLOSED,
+        &[
+            ("service", service),
+            ("role", role),
+            ("path", path),
+            ("end", end),
+        ],
+    )
+}
+
+fn resets(scrape: &Scrape, service: &str, role: &str, path: &str, direction: &str) -> f64 {
+    scrape.value(
+        RESETS,
+        &[
+            ("service", service),
+            ("role", role),
+            ("path", path),
+            ("direction", direction),
+        ],
+    )
+}
+
+#[test]
+fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
+    if !require_root() {
+        return;
+    }
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let server_ip = net.server_v4();
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let submission = listen(&net.server, "0.0.0.0:587");
+    let unwatched = listen(&net.server, "0.0.0.0:8143");
+
+    for (listener, port, count) in [
+        (&imap, 143, 2),
+        (&submission, 587, 1),
+        (&unwatched, 8143, 3),
+    ] {
+        for _ in 0..count {
+            let (mut client, mut server) =
+                connect(&net.client, listener, &format!("{server_ip}:{port}"));
+            exchange(&mut client, &mut server);
+            close_gracefully(client, server);
+        }
+    }
+
+    let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
+    let scrape = agent.wait_for("three FIN closes on each side", |s| {
+        s.sum(CLOSED, &[("end", "fin")]) >= 6.0
+    });
+    for (service, count) in [("imap", 2.0), ("submission", 1.0)] {
+        assert_eq!(
+            opened(&scrape, service, "server", &client_path),
+            count,
+            "{service} server"
+        );
+        assert_eq!(
+            opened(&scrape, service, "client", &server_path),
+            count,
+            "{service} client"
+        );
+        assert_eq!(
+            closed(&scrape, service, "server", &client_path, "fin"),
+            count,
+            "{service} server\n{}",
+            scrape.text
+        );
+        assert_eq!(
+            closed(&scrape, service, "client", &server_path, "fin"),
+            count
+        );
+        for role in ["server", "client"] {
+            assert_eq!(
+                scrape.get(
+                    "idlecut_connections_open",
+                    &[("service", service), ("role", role)]
+                ),
+                Some(0.0)
+            );
+        }
+    }
+    // Exactly the watched connections, nothing for port 8143.
+    assert_eq!(scrape.sum(OPENED, &[]), 6.0, "{}", scrape.text);
+    assert_eq!(scrape.sum(CLOSED, &[]), 6.0, "{}", scrape.text);
+    assert!(
+        !scrape.text.contains("8143"),
+        "port 8143 leaked:\n{}",
+        scrape.text
+    );
+    // Every probe attaches on this kernel; a silently missing one would hide a feature.
+    for probe in [
+        "sock:inet_sock_set_state",
+        "tcp:tcp_probe",
+        "tcp:tcp_receive_reset",
+        "tcp:tcp_send_reset",
+        "tcp:tcp_retransmit_skb",
+        "sock:inet_sk_error_report",
+    ] {
+        assert_eq!(
+            scrape.get("idlecut_probe_attached", &[("probe", probe)]),
+            Some(1.0),
+            "{probe}"
+        );
+    }
+    assert_eq!(scrape.get("idlecut_events_lost_total", &[]), Some(0.0));
+    assert_eq!(scrape.get("idlecut_tracked_connections", &[]), Some(0.0));
+    assert!(scrape.text.contains("idlecut_build_info{version="));
+    // Durations were observed for each closed connection.
+    assert_eq!(
+        scrape.value(
+            "idlecut_connection_duration_seconds_count",
+            &[
+                ("service", "imap"),
+                ("role", "server"),
+                ("path", &client_path),
+                ("end", "fin")
+            ]
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn open_connections_are_counted_while_they_last() {
+    if !require_root() {
+        return;
+    }
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    exchange(&mut client, &mut server);
+    let scrape = agent.wait_for("one open connection on each side", |s| {
+        s.value("idlecut_tracked_connections", &[]) >= 2.0
+    });
+    for role in ["server", "client"] {
+        assert_eq!(
+            scrape.get(
+                "idlecut_connections_open",
+                &[("service", "imap"), ("role", role)]
+            ),
+            Some(1.0)
+        );
+    }
+    assert_eq!(scrape.value("idlecut_tracked_connections", &[]), 2.0);
+    close_gracefully(client, server);
+    let scrape = agent.wait_for("both closed", |s| s.sum(CLOSED, &[]) >= 2.0);
+    assert_eq!(scrape.value("idlecut_tracked_connections", &[]), 0.0);
+}
+
+#[test]
+fn peer_reset_with_so_linger_zero() {
+    if !require_root() {
+        return;
+    }
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    exchange(&mut client, &mut server);
+    // The server aborts: it sends a RST, the client receives it.
+    abort(server);
+    let mut buf = [0u8; 8];
+    let err = std::io::Read::read(&mut client, &mut buf).expect_err("the client sees the reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    drop(client);
+
+    let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
+    let scrape = agent.wait_for("the abort on both sides", |s| s.sum(CLOSED, &[]) >= 2.0);
+    assert_eq!(
+        closed(&scrape, "imap", "server", &client_path, "reset_sent"),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        closed(&scrape, "imap", "client", &server_path, "reset_received"),
+        1.0
+    );
+    assert_eq!(resets(&scrape, "imap", "server", &client_path, "sent"), 1.0);
+    assert_eq!(
+        resets(&scrape, "imap", "client", &server_path, "received"),
+        1.0
+    );
+    assert_eq!(scrape.sum(RESETS, &[]), 2.0, "{}", scrape.text);
+    assert_eq!(scrape.sum(CLOSED, &[]), 2.0);
+}
+
+#[test]
+fn reset_from_a_middlebox_rule_on_the_router() {
+    if !require_root() {
+        return;
+    }
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let submission = listen(&net.server, "0.0.0.0:587");
+    let (mut client, mut server) = connect(
+        &net.client,
+        &submission,
+        &format!("{}:587", net.server_v4()),
+    );
+    exchange(&mut client, &mut server);
+
+    // The middlebox forgets the flow and answers whatever comes next, from either side, with a
+    // RST, as an AWS Network Load Balancer does once its idle timeout has passed.
+    net.router_rules("tcp dport 587 reject with tcp reset\n  tcp sport 587 reject with tcp reset");
+    std::io::Write::write_all(&mut client, b"a2 NOOP\r\n").expect("the write itself succeeds");
+    let mut buf = [0u8; 8];
+    let err = std::io::Read::read(&mut client, &mut buf).expect_err("the router's RST");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    drop(client);
+    // The server never heard of it. When it closes, the router answers its FIN with a RST.
+    drop(server);
+
+    let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
+    let scrape = agent.wait_for("both ends cut", |s| s.sum(CLOSED, &[]) >= 2.0);
+    assert_eq!(
+        closed(
+            &scrape,
+            "submission",
+            "client",
+            &server_path,
+            "reset_received"
+        ),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        resets(&scrape, "submission", "client", &server_path, "received"),
+        1.0
+    );
+    assert_eq!(
+        closed(
+            &scrape,
+            "submission",
+            "server",
+            &client_path,
+            "reset_received"
+        ),
+        1.0
+    );
+    assert_eq!(
+        resets(&scrape, "submission", "server", &client_path, "received"),
+        1.0
+    );
+    assert_eq!(
+        scrape.sum(RESETS, &[("direction", "sent")]),
+        0.0,
+        "{}",
+        scrape.text
+    );
+}
+
+#[test]
+fn ipv6_fin_and_reset() {
+    if !require_root() {
+        return;
+    }
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let imap = listen(&net.server, "[::]:143");
+    let target = format!("[{}]:143", net.server_v6());
+
+    let (mut client, mut server) = connect(&net.client, &imap, &target);
+    exchange(&mut client, &mut server);
+    close_gracefully(client, server);
+    let (mut client, mut server) = connect(&net.client, &imap, &target);
+    exchange(&mut client, &mut server);
+    abort(client);
+    let mut buf = [0u8; 8];
+    assert!(std::io::Read::read(&mut server, &mut buf).is_err());
+    drop(server);
+
+    let (client_path, server_path) = (net.client_path_v6(), net.server_path_v6());
+    let scrape = agent.wait_for("two IPv6 connections closed on both sides", |s| {
+        s.sum(CLOSED, &[]) >= 4.0
+    });
+    assert_eq!(
+        opened(&scrape, "imap", "server", &client_path),
+        2.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(opened(&scrape, "imap", "client", &server_path), 2.0);
+    assert_eq!(closed(&scrape, "imap", "server", &client_path, "fin"), 1.0);
+    assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
+    assert_eq!(
+        closed(&scrape, "imap", "client", &server_path, "reset_sent"),
+        1.0
+    );
+    assert_eq!(
+        closed(&scrape, "imap", "server", &client_path, "reset_received"),
+        1.0
+    );
+}
+
+#[test]
+fn ipv4_clients_of_a_dual_stack_server_are_grouped_as_ipv4() {
+    if !require_root() {
+        return;
+    }
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    // An IPv6 socket with IPV6_V6ONLY off accepts IPv4 clients as v4-mapped addresses.
+    let imap = listen(&net.server, "[::]:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    exchange(&mut client, &mut server);
+    close_gracefully(client, server);
+
+    let scrape = agent.wait_for("the close on both sides", |s| s.sum(CLOSED, &[]) >= 2.0);
+    assert_eq!(
+        closed(&scrape, "imap", "server", &net.client_path_v4(), "fin"),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    assert!(!scrape.text.contains("::ffff:"), "{}", scrape.text);
+}
+
+#[test]
+fn retransmissions_during_a_short_outage_are_counted() {
+    if !require_root() {
+        return;
+    }
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    exchange(&mut client, &mut server);
+
+    // Everything towards the server is lost for a second: the client retransmits (RTO starts
+    // at 200 ms or more), then the path recovers and the data gets through.
+    net.router_rules("tcp dport 143 drop");
+    std::io::Write::write_all(&mut client, b"a3 NOOP\r\n").expect("write");
+    thread::sleep(Duration::from_millis(1200));
+    net.clear_router_rules();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut server, &mut buf).expect("the data arrives after the outage");
+    assert_eq!(&buf[..n], b"a3 NOOP\r\n");
+    close_gracefully(client, server);
+
+    let server_path = net.server_path_v4();
+    let scrape = agent.wait_for("the close after the outage", |s| s.sum(CLOSED, &[]) >= 2.0);
+    let retransmits = scrape.value(
+        "idlecut_retransmits_total",
+        &[
+            ("service", "imap"),
+            ("role", "client"),
+            ("path", &server_path),
+        ],
+    );
+    // At least two timeouts fit in the outage (200 ms, then 400 ms); at most a handful.
+    assert!(
+        (2.0..=6.0).contains(&retransmits),
+        "{retransmits} retransmits\n{}",
+        scrape.text
+    );
+    assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
+}
