@@ -15,6 +15,8 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const PORTS_GLOBAL: &str = "MAIL_PORTS";
 /// Name of the global holding the minimum idle gap, in nanoseconds, that earns an event.
 pub const MIN_IDLE_GAP_GLOBAL: &str = "MIN_IDLE_GAP_NS";
+/// Name of the global holding [`SkbOffsets`] (from BTF) for the ICMP error programs.
+pub const SKB_OFFSETS_GLOBAL: &str = "SKB_OFFSETS";
 
 /// Address families as the kernel spells them.
 pub const AF_INET: u16 = 2;
@@ -51,20 +53,33 @@ pub mod event_kind {
     /// The connection reached ESTABLISHED. Addresses and ports are set.
     pub const OPEN: u8 = 1;
     /// The connection reached CLOSE. Addresses, ports, `old_state`, `flags`, `count`
-    /// (retransmissions) and `value_ns` (kernel open time, 0 if unknown) are set.
+    /// (retransmissions), `value_ns` (kernel open time, 0 if unknown) and `aux_ns` (how long
+    /// the connection had been stalled, retransmitting without hearing from the peer; 0 if it
+    /// was not) are set.
     pub const CLOSE: u8 = 2;
     /// A valid RST arrived for the socket (tcp:tcp_receive_reset).
     pub const RESET_RECEIVED: u8 = 3;
     /// The socket sent a RST (tcp:tcp_send_reset).
     pub const RESET_SENT: u8 = 4;
-    /// A segment of the socket was retransmitted. `count` is the total so far.
+    /// A segment of the socket was retransmitted. `count` is the total so far, `value_ns` how
+    /// long the current stall has lasted (0 for its first retransmission).
     pub const RETRANSMIT: u8 = 5;
     /// The kernel reported an error on a socket (sock:inet_sk_error_report). That tracepoint
     /// has no socket pointer: `socket` is 0 and addresses, ports and `error` identify it.
     pub const ERROR_REPORT: u8 = 6;
-    /// A segment arrived after the peer had been silent for at least the minimum idle gap.
-    /// `value_ns` is the length of the silence.
+    /// Traffic resumed after neither side had sent anything for at least the minimum idle gap.
+    /// `value_ns` is the length of the silence; `flags` says which side spoke first
+    /// ([`super::event_flags::LOCAL_SPOKE_FIRST`]).
     pub const IDLE_GAP_END: u8 = 7;
+    /// The peer was heard from after a gap that the local side ended: the path let the
+    /// connection through. `value_ns` is the gap, `aux_ns` how long the answer took.
+    pub const GAP_ANSWERED: u8 = 8;
+    /// A segment arrived from the peer after retransmissions: the stall is over.
+    /// `value_ns` is how long it lasted, from the first retransmission.
+    pub const STALL_RECOVERED: u8 = 9;
+    /// An ICMP error arrived for the connection (fentry on tcp_v4_err / tcp_v6_err). No socket
+    /// pointer: addresses and ports identify it; `error` is `type << 8 | code`.
+    pub const ICMP_ERROR: u8 = 10;
 }
 
 /// Bits of [`RawEvent::flags`].
@@ -76,6 +91,10 @@ pub mod event_flags {
     pub const LOCAL_CLOSED_FIRST: u8 = 1 << 1;
     /// CLOSE: the peer sent its FIN first (went through CLOSE_WAIT).
     pub const REMOTE_CLOSED_FIRST: u8 = 1 << 2;
+    /// IDLE_GAP_END: this host sent first after the gap (else the peer did).
+    pub const LOCAL_SPOKE_FIRST: u8 = 1 << 3;
+    /// CLOSE: the local side had ended an idle gap and the peer had not answered since.
+    pub const AWAITING_ANSWER: u8 = 1 << 4;
 }
 
 /// Indexes of the per-CPU counters in [`COUNTERS_MAP`].
@@ -90,7 +109,7 @@ pub mod counter {
     pub const COUNT: u32 = 3;
 }
 
-/// One fact from the kernel. 72 bytes, no padding.
+/// One fact from the kernel. 80 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawEvent {
@@ -100,6 +119,8 @@ pub struct RawEvent {
     pub socket: u64,
     /// Kind-specific duration or time, see [`event_kind`].
     pub value_ns: u64,
+    /// A second kind-specific duration, see [`event_kind`].
+    pub aux_ns: u64,
     /// Local address as IPv6 (IPv4 is stored v4-mapped, as the kernel's tracepoints do).
     pub local_addr: [u8; 16],
     /// Remote address as IPv6 (IPv4 is stored v4-mapped).
@@ -117,7 +138,7 @@ pub struct RawEvent {
     /// Bits of [`event_flags`].
     pub flags: u8,
     pub _pad: [u8; 1],
-    /// ERROR_REPORT: positive errno.
+    /// ERROR_REPORT: positive errno. ICMP_ERROR: `type << 8 | code`.
     pub error: u16,
     /// CLOSE, RETRANSMIT: retransmissions seen on the socket.
     pub count: u32,
@@ -129,6 +150,7 @@ impl RawEvent {
             timestamp_ns: 0,
             socket: 0,
             value_ns: 0,
+            aux_ns: 0,
             local_addr: [0; 16],
             remote_addr: [0; 16],
             local_port: 0,
@@ -145,7 +167,7 @@ impl RawEvent {
 }
 
 /// What the kernel keeps per tracked connection, in the LRU map keyed by socket address.
-/// Kept small on purpose: identity and addresses live in user space.
+/// Kept small on purpose (40 bytes): identity and addresses live in user space.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionState {
@@ -153,10 +175,24 @@ pub struct ConnectionState {
     pub opened_ns: u64,
     /// When the last segment from the peer arrived.
     pub last_received_ns: u64,
+    /// When this host last sent data (or retransmitted).
+    pub last_sent_ns: u64,
+    /// First retransmission since the peer was last heard from; 0 when not stalled.
+    pub stall_started_ns: u64,
     pub retransmits: u32,
-    /// Bits of [`event_flags`] gathered along the way (who closed first).
+    /// Bits of [`event_flags`] gathered along the way (who closed first, awaiting an answer).
     pub flags: u8,
     pub _pad: [u8; 3],
+}
+
+/// Offsets of the `struct sk_buff` fields the ICMP error programs read, from the kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkbOffsets {
+    pub head: u16,
+    pub data: u16,
+    pub transport_header: u16,
+    pub _pad: u16,
 }
 
 /// Where the fields the programs read sit in a tracepoint's record, read from tracefs at
@@ -179,7 +215,8 @@ pub struct FieldOffsets {
     pub error: u16,
     /// 1 when the ports are the network-order `sin_port` of `sockaddr` fields.
     pub ports_in_sockaddr: u16,
-    pub _pad: u16,
+    /// sock:sock_send_length's return value (bytes sent, or a negative errno).
+    pub ret: u16,
 }
 
 impl FieldOffsets {
@@ -198,7 +235,7 @@ impl FieldOffsets {
             new_state: Self::ABSENT,
             error: Self::ABSENT,
             ports_in_sockaddr: 0,
-            _pad: 0,
+            ret: Self::ABSENT,
         }
     }
 }
@@ -211,6 +248,7 @@ pub mod offsets_global {
     pub const TCP_SEND_RESET: &str = "OFFSETS_TCP_SEND_RESET";
     pub const TCP_RETRANSMIT_SKB: &str = "OFFSETS_TCP_RETRANSMIT_SKB";
     pub const INET_SK_ERROR_REPORT: &str = "OFFSETS_INET_SK_ERROR_REPORT";
+    pub const SOCK_SEND_LENGTH: &str = "OFFSETS_SOCK_SEND_LENGTH";
 }
 
 /// A bitmap of the watched ports: bit `p % 64` of word `p / 64`.
@@ -218,7 +256,7 @@ pub type PortBitmap = [u64; 1024];
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{ConnectionState, FieldOffsets, RawEvent};
+    use super::{ConnectionState, FieldOffsets, RawEvent, SkbOffsets};
 
     // SAFETY: `#[repr(C)]`, only integer fields and arrays, no implicit padding (pinned by the
     // layout tests below), so every bit pattern is a valid value.
@@ -227,6 +265,8 @@ mod user {
     unsafe impl aya::Pod for ConnectionState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FieldOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SkbOffsets {}
 }
 
 #[cfg(test)]
@@ -237,24 +277,29 @@ mod tests {
 
     #[test]
     fn raw_event_layout_is_pinned() {
-        assert_eq!(size_of::<RawEvent>(), 72);
+        assert_eq!(size_of::<RawEvent>(), 80);
         assert_eq!(align_of::<RawEvent>(), 8);
-        assert_eq!(offset_of!(RawEvent, local_addr), 24);
-        assert_eq!(offset_of!(RawEvent, remote_addr), 40);
-        assert_eq!(offset_of!(RawEvent, local_port), 56);
-        assert_eq!(offset_of!(RawEvent, kind), 62);
-        assert_eq!(offset_of!(RawEvent, error), 66);
-        assert_eq!(offset_of!(RawEvent, count), 68);
+        assert_eq!(offset_of!(RawEvent, local_addr), 32);
+        assert_eq!(offset_of!(RawEvent, remote_addr), 48);
+        assert_eq!(offset_of!(RawEvent, local_port), 64);
+        assert_eq!(offset_of!(RawEvent, kind), 70);
+        assert_eq!(offset_of!(RawEvent, error), 74);
+        assert_eq!(offset_of!(RawEvent, count), 76);
         // No implicit padding: the fields add up to the size.
-        let fields = 8 * 3 + 16 * 2 + 2 * 3 + 4 + 2 + 4; // u64s, addresses, u16s, u8s, error, count
+        let fields = 8 * 4 + 16 * 2 + 2 * 3 + 4 + 2 + 4; // u64s, addresses, u16s, u8s, error, count
         assert_eq!(fields, size_of::<RawEvent>());
     }
 
     #[test]
     fn connection_state_layout_is_pinned() {
-        assert_eq!(size_of::<ConnectionState>(), 24);
-        assert_eq!(offset_of!(ConnectionState, retransmits), 16);
-        assert_eq!(offset_of!(ConnectionState, flags), 20);
+        assert_eq!(size_of::<ConnectionState>(), 40);
+        assert_eq!(offset_of!(ConnectionState, retransmits), 32);
+        assert_eq!(offset_of!(ConnectionState, flags), 36);
+    }
+
+    #[test]
+    fn skb_offsets_layout_is_pinned() {
+        assert_eq!(size_of::<SkbOffsets>(), 8);
     }
 
     #[test]

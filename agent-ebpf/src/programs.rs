@@ -1,13 +1,13 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
-    macros::{map, tracepoint},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{fentry, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{FEntryContext, TracePointContext},
 };
 use idlecut_ebpf::{
-    ConnectionState, FieldOffsets, IPPROTO_TCP, PortBitmap, RawEvent, counter, event_flags,
-    event_kind, tcp_state,
+    AF_INET, AF_INET6, ConnectionState, FieldOffsets, IPPROTO_TCP, PortBitmap, RawEvent,
+    SkbOffsets, counter, event_flags, event_kind, tcp_state,
 };
 
 /// Default sizes; the agent overrides both at load time (`--ring-buffer-size`,
@@ -43,6 +43,15 @@ static OFFSETS_TCP_SEND_RESET: FieldOffsets = FieldOffsets::absent();
 static OFFSETS_TCP_RETRANSMIT_SKB: FieldOffsets = FieldOffsets::absent();
 #[unsafe(no_mangle)]
 static OFFSETS_INET_SK_ERROR_REPORT: FieldOffsets = FieldOffsets::absent();
+#[unsafe(no_mangle)]
+static OFFSETS_SOCK_SEND_LENGTH: FieldOffsets = FieldOffsets::absent();
+#[unsafe(no_mangle)]
+static SKB_OFFSETS: SkbOffsets = SkbOffsets {
+    head: 0,
+    data: 0,
+    transport_header: 0,
+    _pad: 0,
+};
 
 #[inline(always)]
 fn offsets(global: &'static FieldOffsets) -> FieldOffsets {
@@ -151,6 +160,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             let state = ConnectionState {
                 opened_ns: now,
                 last_received_ns: now,
+                last_sent_ns: now,
+                stall_started_ns: 0,
                 retransmits: 0,
                 flags: 0,
                 _pad: [0; 3],
@@ -171,9 +182,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             emit(&event);
         }
         tcp_state::CLOSE if tcp_state::was_established(old_state) => {
+            let now = now_ns();
             let mut event = RawEvent::zeroed();
             event.kind = event_kind::CLOSE;
-            event.timestamp_ns = now_ns();
+            event.timestamp_ns = now;
             event.socket = socket;
             event.local_port = local_port;
             event.remote_port = remote_port;
@@ -185,6 +197,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     event.value_ns = state.opened_ns;
                     event.count = state.retransmits;
                     event.flags = state.flags;
+                    if state.stall_started_ns != 0 {
+                        event.aux_ns = now.saturating_sub(state.stall_started_ns);
+                    }
                     let _ = CONNECTIONS.remove(&socket);
                 }
                 None => {
@@ -217,8 +232,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// tcp:tcp_probe fires for every segment received on an established socket: it keeps the
-/// connection's receive clock and reports the end of long silences.
+/// tcp:tcp_probe fires for every segment received on an established socket: the peer is
+/// alive and the path lets it through.
 #[tracepoint(category = "tcp", name = "tcp_probe")]
 pub fn tcp_probe(ctx: TracePointContext) -> u32 {
     let off = offsets(&OFFSETS_TCP_PROBE);
@@ -228,28 +243,108 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
     let Some(socket) = read::<u64>(&ctx, off.skaddr) else {
         return 0;
     };
-    let Some(state) = CONNECTIONS.get_ptr_mut(&socket) else {
+    activity(socket, local_port, remote_port, Side::Remote);
+    0
+}
+
+/// sock:sock_send_length: an application sent data on a socket. The tracepoint has no ports,
+/// so the (cheap) protocol check comes first and the state lookup filters the rest.
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let off = offsets(&OFFSETS_SOCK_SEND_LENGTH);
+    if read::<u16>(&ctx, off.protocol) != Some(IPPROTO_TCP) {
         return 0;
+    }
+    if !read::<i32>(&ctx, off.ret).is_some_and(|sent| sent > 0) {
+        return 0;
+    }
+    if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
+        activity(socket, 0, 0, Side::Local);
+    }
+    0
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Local,
+    Remote,
+}
+
+/// Traffic on a tracked connection: ends an idle gap if the connection was silent long enough,
+/// answers a pending gap, ends a stall.
+#[inline(always)]
+fn activity(socket: u64, local_port: u16, remote_port: u16, side: Side) {
+    let Some(state) = CONNECTIONS.get_ptr_mut(&socket) else {
+        return;
     };
     let now = now_ns();
-    // SAFETY: pointer from a successful lookup; a racing update of the same connection at
-    // worst reports a slightly different gap.
+    // SAFETY: pointer from a successful lookup. Events of one socket are serialized by the
+    // socket lock in the kernel paths these tracepoints sit on; a race at worst misreports
+    // one gap.
     let state = unsafe { &mut *state };
-    let gap = now.saturating_sub(state.last_received_ns);
-    state.last_received_ns = now;
+    let last = if state.last_received_ns > state.last_sent_ns {
+        state.last_received_ns
+    } else {
+        state.last_sent_ns
+    };
+    let gap = now.saturating_sub(last);
+    if side == Side::Remote {
+        state.last_received_ns = now;
+        if state.flags & event_flags::AWAITING_ANSWER != 0 {
+            state.flags &= !event_flags::AWAITING_ANSWER;
+            let mut event = event_for(
+                event_kind::GAP_ANSWERED,
+                now,
+                socket,
+                local_port,
+                remote_port,
+            );
+            event.aux_ns = now.saturating_sub(state.last_sent_ns);
+            emit(&event);
+        }
+        if state.stall_started_ns != 0 {
+            let mut event = event_for(
+                event_kind::STALL_RECOVERED,
+                now,
+                socket,
+                local_port,
+                remote_port,
+            );
+            event.value_ns = now.saturating_sub(state.stall_started_ns);
+            state.stall_started_ns = 0;
+            emit(&event);
+        }
+    } else {
+        state.last_sent_ns = now;
+    }
     // SAFETY: a valid static.
     let min_gap = unsafe { core::ptr::read_volatile(&MIN_IDLE_GAP_NS) };
     if gap >= min_gap {
-        let mut event = RawEvent::zeroed();
-        event.kind = event_kind::IDLE_GAP_END;
-        event.timestamp_ns = now;
-        event.socket = socket;
+        let mut event = event_for(
+            event_kind::IDLE_GAP_END,
+            now,
+            socket,
+            local_port,
+            remote_port,
+        );
         event.value_ns = gap;
-        event.local_port = local_port;
-        event.remote_port = remote_port;
+        if side == Side::Local {
+            event.flags = event_flags::LOCAL_SPOKE_FIRST;
+            state.flags |= event_flags::AWAITING_ANSWER;
+        }
         emit(&event);
     }
-    0
+}
+
+#[inline(always)]
+fn event_for(kind: u8, now: u64, socket: u64, local_port: u16, remote_port: u16) -> RawEvent {
+    let mut event = RawEvent::zeroed();
+    event.kind = kind;
+    event.timestamp_ns = now;
+    event.socket = socket;
+    event.local_port = local_port;
+    event.remote_port = remote_port;
+    event
 }
 
 /// tcp:tcp_receive_reset: a valid RST arrived for a socket.
@@ -284,16 +379,11 @@ fn reset(ctx: &TracePointContext, off: &FieldOffsets, kind: u8) {
     let Some(socket) = read::<u64>(ctx, off.skaddr).filter(|&socket| socket != 0) else {
         return;
     };
-    let mut event = RawEvent::zeroed();
-    event.kind = kind;
-    event.timestamp_ns = now_ns();
-    event.socket = socket;
-    event.local_port = local_port;
-    event.remote_port = remote_port;
-    emit(&event);
+    emit(&event_for(kind, now_ns(), socket, local_port, remote_port));
 }
 
-/// tcp:tcp_retransmit_skb: a segment of the socket was retransmitted.
+/// tcp:tcp_retransmit_skb: a segment of the socket was retransmitted. The first one since the
+/// peer was last heard from starts a stall.
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let off = offsets(&OFFSETS_TCP_RETRANSMIT_SKB);
@@ -303,20 +393,19 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let Some(socket) = read::<u64>(&ctx, off.skaddr) else {
         return 0;
     };
-    let mut retransmits = 0;
+    let now = now_ns();
+    let mut event = event_for(event_kind::RETRANSMIT, now, socket, local_port, remote_port);
     if let Some(state) = CONNECTIONS.get_ptr_mut(&socket) {
         // SAFETY: pointer from a successful lookup.
         let state = unsafe { &mut *state };
         state.retransmits = state.retransmits.saturating_add(1);
-        retransmits = state.retransmits;
+        if state.stall_started_ns == 0 {
+            state.stall_started_ns = now;
+        }
+        state.last_sent_ns = now;
+        event.count = state.retransmits;
+        event.value_ns = now.saturating_sub(state.stall_started_ns);
     }
-    let mut event = RawEvent::zeroed();
-    event.kind = event_kind::RETRANSMIT;
-    event.timestamp_ns = now_ns();
-    event.socket = socket;
-    event.local_port = local_port;
-    event.remote_port = remote_port;
-    event.count = retransmits;
     emit(&event);
     0
 }
@@ -335,15 +424,103 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     let Some(error) = read::<i32>(&ctx, off.error) else {
         return 0;
     };
-    let mut event = RawEvent::zeroed();
-    event.kind = event_kind::ERROR_REPORT;
-    event.timestamp_ns = now_ns();
-    event.local_port = local_port;
-    event.remote_port = remote_port;
+    let mut event = event_for(
+        event_kind::ERROR_REPORT,
+        now_ns(),
+        0,
+        local_port,
+        remote_port,
+    );
     event.error = error.unsigned_abs().min(u32::from(u16::MAX)) as u16;
     fill_addresses(&ctx, &off, &mut event);
     emit(&event);
     0
+}
+
+/// An ICMP error for a TCP connection over IPv4: `tcp_v4_err(skb, info)`. `skb->data` points
+/// at the IP header of the segment we sent (quoted in the ICMP message), the ICMP header sits
+/// at `skb->head + skb->transport_header`.
+#[fentry(function = "tcp_v4_err")]
+pub fn tcp_v4_err(ctx: FEntryContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0);
+    let _ = icmp_v4(skb);
+    0
+}
+
+#[inline(always)]
+fn icmp_v4(skb: *const u8) -> Option<()> {
+    let skb_off = skb_offsets();
+    let data: *const u8 = kernel_read(skb, skb_off.data)?;
+    let version_ihl: u8 = kernel_read(data, 0)?;
+    let header_len = u16::from(version_ihl & 0x0f) * 4;
+    let local_port = u16::from_be(kernel_read::<u16>(data, header_len)?);
+    let remote_port = u16::from_be(kernel_read::<u16>(data, header_len + 2)?);
+    if !is_mail_port(local_port) && !is_mail_port(remote_port) {
+        return None;
+    }
+    let head: *const u8 = kernel_read(skb, skb_off.head)?;
+    let transport: u16 = kernel_read(skb, skb_off.transport_header)?;
+    let type_code: [u8; 2] = kernel_read(head, transport)?;
+    let local: [u8; 4] = kernel_read(data, 12)?;
+    let remote: [u8; 4] = kernel_read(data, 16)?;
+    let mut event = event_for(event_kind::ICMP_ERROR, now_ns(), 0, local_port, remote_port);
+    event.family = AF_INET;
+    event.local_addr = v4_mapped(local);
+    event.remote_addr = v4_mapped(remote);
+    event.error = u16::from_be_bytes(type_code);
+    emit(&event);
+    Some(())
+}
+
+/// An ICMPv6 error for a TCP connection:
+/// `tcp_v6_err(skb, opt, type, code, offset, info)`, the quoted TCP header at
+/// `skb->data + offset`, the quoted IPv6 header at `skb->data`.
+#[fentry(function = "tcp_v6_err")]
+pub fn tcp_v6_err(ctx: FEntryContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0);
+    let icmp_type: u8 = ctx.arg(2);
+    let icmp_code: u8 = ctx.arg(3);
+    let offset: i32 = ctx.arg(4);
+    let _ = icmp_v6(skb, icmp_type, icmp_code, offset);
+    0
+}
+
+#[inline(always)]
+fn icmp_v6(skb: *const u8, icmp_type: u8, icmp_code: u8, offset: i32) -> Option<()> {
+    let offset = u16::try_from(offset).ok()?;
+    let data: *const u8 = kernel_read(skb, skb_offsets().data)?;
+    let local_port = u16::from_be(kernel_read::<u16>(data, offset)?);
+    let remote_port = u16::from_be(kernel_read::<u16>(data, offset.wrapping_add(2))?);
+    if !is_mail_port(local_port) && !is_mail_port(remote_port) {
+        return None;
+    }
+    let mut event = event_for(event_kind::ICMP_ERROR, now_ns(), 0, local_port, remote_port);
+    event.family = AF_INET6;
+    event.local_addr = kernel_read(data, 8)?;
+    event.remote_addr = kernel_read(data, 24)?;
+    event.error = u16::from_be_bytes([icmp_type, icmp_code]);
+    emit(&event);
+    Some(())
+}
+
+#[inline(always)]
+fn skb_offsets() -> SkbOffsets {
+    // SAFETY: a valid static.
+    unsafe { core::ptr::read_volatile(&SKB_OFFSETS) }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+fn kernel_read<T>(base: *const u8, offset: u16) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the access.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(usize::from(offset)).cast::<T>()) }.ok()
+}
+
+#[inline(always)]
+fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 #[panic_handler]

@@ -16,6 +16,9 @@ pub const DEFAULT_MAX_PATHS: usize = 500;
 pub const DEFAULT_MIN_IDLE_GAP: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 20;
+/// RFC 5382 REQ-5: a NAT must not cut an established connection idle for less than 2h04m.
+pub const DEFAULT_REQ5_THRESHOLD: Duration = Duration::from_secs(7440);
+pub const DEFAULT_MIN_CUTS: usize = 2;
 
 /// Port -> service name, e.g. 143 -> "imap".
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +77,8 @@ pub struct Config {
     pub min_idle_gap: Duration,
     pub max_connections: u32,
     pub ring_buffer_bytes: u32,
+    pub req5_threshold: Duration,
+    pub min_cuts: usize,
 }
 
 /// What may come from the command line; `None` means "not given".
@@ -114,6 +119,13 @@ pub struct Flags {
     /// [default: 1048576]
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_buffer_bytes)]
     pub ring_buffer_size: Option<u32>,
+    /// Idle time below which a cut breaks RFC 5382 REQ-5 [default: 2h4m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_req5_threshold)]
+    pub req5_threshold: Option<Duration>,
+    /// Cuts below --req5-threshold on a path before it is reported as violating REQ-5
+    /// [default: 2]
+    #[arg(long, value_name = "N", value_parser = parse_min_cuts)]
+    pub min_cuts: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, with underscores.
@@ -129,6 +141,8 @@ struct FileConfig {
     min_idle_gap: Option<String>,
     max_connections: Option<i64>,
     ring_buffer_size: Option<i64>,
+    req5_threshold: Option<String>,
+    min_cuts: Option<i64>,
 }
 
 /// `ports = "143=imap,587=submission"` or a table `[ports]` with `143 = "imap"`.
@@ -225,6 +239,21 @@ impl Config {
             )?,
             (None, None) => DEFAULT_RING_BUFFER_BYTES,
         };
+        let req5_threshold = match (flags.req5_threshold, &file.req5_threshold) {
+            (Some(threshold), _) => threshold,
+            (None, Some(threshold)) => {
+                at(origin("req5_threshold"), parse_req5_threshold(threshold))?
+            }
+            (None, None) => DEFAULT_REQ5_THRESHOLD,
+        };
+        let min_cuts = match (flags.min_cuts, file.min_cuts) {
+            (Some(n), _) => n,
+            (None, Some(n)) => at(
+                origin("min_cuts"),
+                int::<usize>(n).and_then(|n| parse_min_cuts(&n.to_string())),
+            )?,
+            (None, None) => DEFAULT_MIN_CUTS,
+        };
         Ok(Self {
             listen,
             ports,
@@ -235,6 +264,8 @@ impl Config {
             min_idle_gap,
             max_connections,
             ring_buffer_bytes,
+            req5_threshold,
+            min_cuts,
         })
     }
 }
@@ -347,6 +378,23 @@ pub fn parse_ring_buffer_bytes(value: &str) -> Result<u32, String> {
         _ => Err(format!(
             "`{value}` is not a ring buffer size: a power of two of at least 4096 bytes"
         )),
+    }
+}
+
+pub fn parse_req5_threshold(value: &str) -> Result<Duration, String> {
+    let threshold = parse_duration(value)?;
+    if threshold.is_zero() {
+        return Err(format!(
+            "`{value}` is not a threshold: it must be longer than 0s"
+        ));
+    }
+    Ok(threshold)
+}
+
+pub fn parse_min_cuts(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!("`{value}` is not a number of cuts (1-1000)")),
     }
 }
 
@@ -469,6 +517,8 @@ mod tests {
         assert_eq!((config.ipv4_prefix, config.ipv6_prefix), (24, 48));
         assert_eq!(config.max_paths, 500);
         assert_eq!(config.min_idle_gap, Duration::from_secs(10));
+        assert_eq!(config.req5_threshold, Duration::from_secs(7440));
+        assert_eq!(config.min_cuts, 2);
     }
 
     fn file_with(contents: &str) -> tempfile_path::TempPath {

@@ -35,6 +35,10 @@ pub enum Event {
         retransmits: u32,
         /// Who sent the first FIN, if anyone did.
         first_fin: Option<Side>,
+        /// How long it had been retransmitting without hearing from the peer, if it was.
+        stalled_for: Option<Nanos>,
+        /// This host had ended an idle gap and the peer had not answered since.
+        awaiting_answer: bool,
     },
     ResetReceived {
         at: Nanos,
@@ -47,6 +51,8 @@ pub enum Event {
     Retransmit {
         at: Nanos,
         socket: u64,
+        /// How long the stall this retransmission belongs to has lasted.
+        stalled_for: Nanos,
     },
     ErrorReport {
         at: Nanos,
@@ -57,6 +63,25 @@ pub enum Event {
         at: Nanos,
         socket: u64,
         gap: Nanos,
+        /// Who sent first after the silence.
+        first: Side,
+    },
+    GapAnswered {
+        at: Nanos,
+        socket: u64,
+        /// From this host's first segment after the gap to the peer's answer.
+        delay: Nanos,
+    },
+    StallRecovered {
+        at: Nanos,
+        socket: u64,
+        stalled_for: Nanos,
+    },
+    IcmpError {
+        at: Nanos,
+        endpoints: Endpoints,
+        icmp_type: u8,
+        code: u8,
     },
 }
 
@@ -120,10 +145,16 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             } else {
                 None
             },
+            stalled_for: (raw.aux_ns != 0).then_some(raw.aux_ns),
+            awaiting_answer: raw.flags & event_flags::AWAITING_ANSWER != 0,
         },
         event_kind::RESET_RECEIVED => Event::ResetReceived { at, socket },
         event_kind::RESET_SENT => Event::ResetSent { at, socket },
-        event_kind::RETRANSMIT => Event::Retransmit { at, socket },
+        event_kind::RETRANSMIT => Event::Retransmit {
+            at,
+            socket,
+            stalled_for: raw.value_ns,
+        },
         event_kind::ERROR_REPORT => Event::ErrorReport {
             at,
             endpoints: endpoints()?,
@@ -133,7 +164,31 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             at,
             socket,
             gap: raw.value_ns,
+            first: if raw.flags & event_flags::LOCAL_SPOKE_FIRST != 0 {
+                Side::Local
+            } else {
+                Side::Remote
+            },
         },
+        event_kind::GAP_ANSWERED => Event::GapAnswered {
+            at,
+            socket,
+            delay: raw.aux_ns,
+        },
+        event_kind::STALL_RECOVERED => Event::StallRecovered {
+            at,
+            socket,
+            stalled_for: raw.value_ns,
+        },
+        event_kind::ICMP_ERROR => {
+            let [icmp_type, code] = raw.error.to_be_bytes();
+            Event::IcmpError {
+                at,
+                endpoints: endpoints()?,
+                icmp_type,
+                code,
+            }
+        }
         kind => return Err(DecodeError::UnknownKind(kind)),
     })
 }
@@ -226,12 +281,15 @@ mod tests {
         raw.old_state = tcp_state::LAST_ACK;
         raw.value_ns = 3;
         raw.count = 2;
-        raw.flags = event_flags::REMOTE_CLOSED_FIRST;
+        raw.flags = event_flags::REMOTE_CLOSED_FIRST | event_flags::AWAITING_ANSWER;
+        raw.aux_ns = 7;
         let Event::Close {
             opened_at,
             retransmits,
             first_fin,
             old_state,
+            stalled_for,
+            awaiting_answer,
             ..
         } = decode(&raw_bytes(&raw)).unwrap()
         else {
@@ -241,11 +299,51 @@ mod tests {
             (opened_at, retransmits, first_fin, old_state),
             (Some(3), 2, Some(Side::Remote), tcp_state::LAST_ACK)
         );
+        assert_eq!((stalled_for, awaiting_answer), (Some(7), true));
         raw.flags = event_flags::NO_STATE;
         let Event::Close { opened_at, .. } = decode(&raw_bytes(&raw)).unwrap() else {
             panic!("not a close");
         };
         assert_eq!(opened_at, None);
+    }
+
+    #[test]
+    fn gap_ends_say_who_spoke_first() {
+        let mut raw = open_v4();
+        raw.kind = event_kind::IDLE_GAP_END;
+        raw.value_ns = 400;
+        raw.flags = event_flags::LOCAL_SPOKE_FIRST;
+        assert!(matches!(
+            decode(&raw_bytes(&raw)),
+            Ok(Event::IdleGapEnd {
+                gap: 400,
+                first: Side::Local,
+                ..
+            })
+        ));
+        raw.flags = 0;
+        assert!(matches!(
+            decode(&raw_bytes(&raw)),
+            Ok(Event::IdleGapEnd {
+                first: Side::Remote,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn icmp_errors_carry_type_and_code() {
+        let mut raw = open_v4();
+        raw.kind = event_kind::ICMP_ERROR;
+        raw.error = u16::from_be_bytes([3, 1]);
+        assert!(matches!(
+            decode(&raw_bytes(&raw)),
+            Ok(Event::IcmpError {
+                icmp_type: 3,
+                code: 1,
+                ..
+            })
+        ));
     }
 
     #[test]

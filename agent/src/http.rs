@@ -1,6 +1,10 @@
-//! HTTP endpoints: `/metrics` for Prometheus (OpenMetrics text) and `/healthz`.
+//! HTTP endpoints: `/metrics` for Prometheus (OpenMetrics text), `/api/v1/paths` (JSON, one
+//! object per path with its cut-off and verdict) and `/healthz`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use anyhow::Context as _;
 use axum::{
@@ -12,19 +16,36 @@ use axum::{
 };
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::{inference::Inference, metrics::Metrics};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(serve_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(metrics)
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub metrics: Arc<Metrics>,
+    pub inference: Arc<Mutex<Inference>>,
 }
 
-async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.encode() {
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/api/v1/paths", get(serve_paths))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+async fn serve_paths(State(state): State<AppState>) -> impl IntoResponse {
+    let reports = state
+        .inference
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .reports();
+    axum::Json(reports)
+}
+
+async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    match state.metrics.encode() {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -43,10 +64,10 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    state: AppState,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(metrics))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
         })

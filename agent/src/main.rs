@@ -6,14 +6,18 @@
 mod config;
 mod events;
 mod http;
+mod inference;
+mod layouts;
 mod metrics;
 mod model;
 mod paths;
 mod pipeline;
 mod probes;
-mod tracefs;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -22,6 +26,7 @@ use tracing::info;
 
 use crate::{
     config::{Config, Flags, LogFormat},
+    inference::{Inference, Settings},
     metrics::{Metrics, ProbeLabels},
     model::ConnectionModel,
     paths::PathTable,
@@ -104,15 +109,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         counters,
         attached: _,
     } = probes;
+    let inference = Arc::new(Mutex::new(Inference::new(Settings {
+        req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
+        min_cuts: config.min_cuts,
+    })));
     let pipeline = Pipeline {
         model: ConnectionModel::new(config.ports.clone()),
         paths: PathTable::new(config.ipv4_prefix, config.ipv6_prefix, config.max_paths),
+        inference: inference.clone(),
         metrics: metrics.clone(),
         counters,
     };
     let (stop, stopped) = watch::channel(false);
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
-    let server = tokio::spawn(http::serve(listener, metrics, stopped));
+    let state = http::AppState { metrics, inference };
+    let server = tokio::spawn(http::serve(listener, state, stopped));
     info!(
         listen = %config.listen,
         ports = %config.ports,

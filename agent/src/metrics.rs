@@ -6,6 +6,8 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+type GaugeF64 = Gauge<f64, AtomicU64>;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
@@ -14,8 +16,9 @@ use prometheus_client::{
 
 use crate::{
     events::Nanos,
+    inference::{PathReport, Verdict},
     model::{End, Role, Update},
-    paths::{PathKey, PathTable},
+    paths::PathKey,
 };
 
 /// Histogram edges in seconds for durations and idle gaps: fine below a minute, then the
@@ -50,6 +53,31 @@ pub struct ResetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CutLabels {
+    pub service: Arc<str>,
+    pub role: &'static str,
+    pub path: Arc<str>,
+    pub signature: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StallLabels {
+    pub service: Arc<str>,
+    pub role: &'static str,
+    pub path: Arc<str>,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IcmpLabels {
+    pub service: Arc<str>,
+    pub role: &'static str,
+    pub path: Arc<str>,
+    pub r#type: u8,
+    pub code: u8,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub service: Arc<str>,
     pub role: &'static str,
@@ -78,6 +106,15 @@ pub struct Metrics {
     duration: Family<EndLabels, Histogram, fn() -> Histogram>,
     resets: Family<ResetLabels, Counter>,
     retransmits: Family<PathLabels, Counter>,
+    idle_gap: Family<PathLabels, Histogram, fn() -> Histogram>,
+    cuts: Family<CutLabels, Counter>,
+    idle_before_cut: Family<CutLabels, Histogram, fn() -> Histogram>,
+    cutoff_lower: Family<PathLabels, GaugeF64>,
+    cutoff_upper: Family<PathLabels, GaugeF64>,
+    req5_violation: Family<PathLabels, Gauge>,
+    duration_limit: Family<PathLabels, GaugeF64>,
+    stall: Family<StallLabels, Histogram, fn() -> Histogram>,
+    icmp_errors: Family<IcmpLabels, Counter>,
     pub events_lost: Counter,
     pub events_malformed: Counter,
     pub tracked_connections: Gauge,
@@ -128,6 +165,69 @@ impl Metrics {
             "retransmits",
             "Segments retransmitted on watched connections",
             retransmits.clone(),
+        );
+        let idle_gap: Family<PathLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "idle_gap",
+            "Idle gaps (neither side sending) that the path let through: the peer was heard again",
+            Unit::Seconds,
+            idle_gap.clone(),
+        );
+        let cuts = Family::<CutLabels, Counter>::default();
+        registry.register(
+            "cuts",
+            "Connections the path cut after an idle gap, by signature (reset, blackhole, icmp)",
+            cuts.clone(),
+        );
+        let idle_before_cut: Family<CutLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "idle_before_cut",
+            "How long connections had been idle when the path cut them",
+            Unit::Seconds,
+            idle_before_cut.clone(),
+        );
+        let cutoff_lower = Family::<PathLabels, GaugeF64>::default();
+        registry.register_with_unit(
+            "path_cutoff_lower",
+            "The path cuts idle connections after more than this (longest survived idle gap)",
+            Unit::Seconds,
+            cutoff_lower.clone(),
+        );
+        let cutoff_upper = Family::<PathLabels, GaugeF64>::default();
+        registry.register_with_unit(
+            "path_cutoff_upper",
+            "The path cuts idle connections after at most this (shortest idle gap followed by a cut); absent until a cut",
+            Unit::Seconds,
+            cutoff_upper.clone(),
+        );
+        let req5_violation = Family::<PathLabels, Gauge>::default();
+        registry.register(
+            "path_req5_violation",
+            "1 when the path cut at least --min-cuts connections idle for less than --req5-threshold (RFC 5382 REQ-5: 7440 s)",
+            req5_violation.clone(),
+        );
+        let duration_limit = Family::<PathLabels, GaugeF64>::default();
+        registry.register_with_unit(
+            "path_duration_limit",
+            "Age at which active connections on the path die, when such deaths cluster (RFC 5383 section 4.1)",
+            Unit::Seconds,
+            duration_limit.clone(),
+        );
+        let stall: Family<StallLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "stall",
+            "Retransmissions without hearing from the peer, by outcome (recovered, fatal)",
+            Unit::Seconds,
+            stall.clone(),
+        );
+        let icmp_errors = Family::<IcmpLabels, Counter>::default();
+        registry.register(
+            "icmp_errors",
+            "ICMP errors received for watched connections, by ICMP type and code",
+            icmp_errors.clone(),
         );
         let events_lost = Counter::default();
         registry.register(
@@ -203,6 +303,15 @@ impl Metrics {
             duration,
             resets,
             retransmits,
+            idle_gap,
+            cuts,
+            idle_before_cut,
+            cutoff_lower,
+            cutoff_upper,
+            req5_violation,
+            duration_limit,
+            stall,
+            icmp_errors,
             events_lost,
             events_malformed,
             tracked_connections,
@@ -214,32 +323,32 @@ impl Metrics {
         }
     }
 
-    /// Records what the connection model concluded.
-    pub fn record(&self, paths: &mut PathTable, update: &Update) {
-        let labels = |paths: &mut PathTable, identity| {
-            let PathKey {
-                service,
-                role,
-                path,
-            } = paths.key(identity);
-            PathLabels {
-                service,
-                role: role.as_str(),
-                path,
+    /// Records what the connection model concluded; `key` is the path of the update's
+    /// connection (None for updates about no connection).
+    pub fn record(&self, key: Option<&PathKey>, update: &Update) {
+        let Some(key) = key else {
+            match update {
+                Update::UntrackedClose => {
+                    self.untracked_closes.inc();
+                }
+                Update::KernelStateEvicted => {
+                    self.kernel_state_evictions.inc();
+                }
+                _ => {}
             }
+            return;
+        };
+        let labels = PathLabels {
+            service: key.service.clone(),
+            role: key.role.as_str(),
+            path: key.path.clone(),
         };
         match update {
-            Update::Opened(identity) => {
-                let labels = labels(paths, identity);
+            Update::Opened(_) => {
                 self.open_gauge(&labels).inc();
                 self.opened.get_or_create(&labels).inc();
             }
-            Update::Closed {
-                identity,
-                end,
-                duration,
-            } => {
-                let labels = labels(paths, identity);
+            Update::Closed { end, duration, .. } => {
                 self.open_gauge(&labels).dec();
                 let labels = with_end(labels, *end);
                 self.closed.get_or_create(&labels).inc();
@@ -249,37 +358,90 @@ impl Metrics {
                         .observe(seconds(*duration));
                 }
             }
-            Update::Reset(identity, direction) => {
-                let PathLabels {
-                    service,
-                    role,
-                    path,
-                } = labels(paths, identity);
+            Update::Reset(_, direction) => {
                 self.resets
                     .get_or_create(&ResetLabels {
-                        service,
-                        role,
-                        path,
+                        service: labels.service,
+                        role: labels.role,
+                        path: labels.path,
                         direction: direction.as_str(),
                     })
                     .inc();
             }
-            Update::Retransmit(identity) => {
-                self.retransmits
-                    .get_or_create(&labels(paths, identity))
+            Update::Retransmit(_) => {
+                self.retransmits.get_or_create(&labels).inc();
+            }
+            Update::IdleGapSurvived(_, gap) => {
+                self.idle_gap.get_or_create(&labels).observe(seconds(*gap));
+            }
+            Update::Cut { gap, signature, .. } => {
+                let labels = CutLabels {
+                    service: labels.service,
+                    role: labels.role,
+                    path: labels.path,
+                    signature: signature.as_str(),
+                };
+                self.cuts.get_or_create(&labels).inc();
+                self.idle_before_cut
+                    .get_or_create(&labels)
+                    .observe(seconds(*gap));
+            }
+            Update::Stall {
+                duration, outcome, ..
+            } => {
+                self.stall
+                    .get_or_create(&StallLabels {
+                        service: labels.service,
+                        role: labels.role,
+                        path: labels.path,
+                        outcome: outcome.as_str(),
+                    })
+                    .observe(seconds(*duration));
+            }
+            Update::IcmpError {
+                icmp_type, code, ..
+            } => {
+                self.icmp_errors
+                    .get_or_create(&IcmpLabels {
+                        service: labels.service,
+                        role: labels.role,
+                        path: labels.path,
+                        r#type: *icmp_type,
+                        code: *code,
+                    })
                     .inc();
             }
-            // Idle gaps are aggregated by the cut inference.
-            Update::IdleGapSurvived(..) => {}
-            Update::UntrackedClose => {
-                self.untracked_closes.inc();
-            }
-            Update::KernelStateEvicted => {
-                self.kernel_state_evictions.inc();
+            Update::DiedWhileActive { .. }
+            | Update::UntrackedClose
+            | Update::KernelStateEvicted => {}
+        }
+    }
+
+    /// Sets a path's estimate gauges from its report; a gauge whose value is unknown is
+    /// removed rather than set to a number that would mean something.
+    pub fn set_path_estimates(&self, report: &PathReport) {
+        let labels = PathLabels {
+            service: report.service.clone(),
+            role: report.role.as_str(),
+            path: report.path.clone(),
+        };
+        for (family, value) in [
+            (&self.cutoff_lower, report.cutoff_lower_seconds),
+            (&self.cutoff_upper, report.cutoff_upper_seconds),
+            (&self.duration_limit, report.duration_limit_seconds),
+        ] {
+            match value {
+                Some(value) => {
+                    family.get_or_create(&labels).set(value);
+                }
+                None => {
+                    family.remove(&labels);
+                }
             }
         }
-        self.paths
-            .set(i64::try_from(paths.len()).unwrap_or(i64::MAX));
+        self.req5_violation
+            .get_or_create(&labels)
+            .set(i64::from(report.verdict == Verdict::ViolatesReq5));
     }
 
     fn open_gauge(&self, labels: &PathLabels) -> impl std::ops::Deref<Target = Gauge> + '_ {
@@ -331,7 +493,11 @@ impl KernelCounterSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Direction, Identity};
+    use crate::{
+        inference::{CutCounts, PathReport},
+        model::{Direction, Identity},
+        paths::PathTable,
+    };
 
     fn identity(remote: &str) -> Identity {
         Identity {
@@ -356,6 +522,10 @@ mod tests {
     fn exposition_has_the_contract_names_and_labels() {
         let metrics = Metrics::new([Arc::from("imap")]);
         let mut paths = PathTable::new(24, 48, 1);
+        let mut record = |update: &Update| {
+            let key = update.identity().map(|identity| paths.key(identity));
+            metrics.record(key.as_ref(), update);
+        };
         for update in [
             Update::Opened(identity("192.0.2.1")),
             Update::Opened(identity("198.51.100.1")),
@@ -365,9 +535,20 @@ mod tests {
                 end: End::ResetReceived,
                 duration: Some(350_000_000_000),
             },
+            Update::Cut {
+                identity: identity("192.0.2.1"),
+                gap: 300_000_000_000,
+                signature: crate::model::Signature::Reset,
+            },
+            Update::IcmpError {
+                identity: identity("192.0.2.1"),
+                icmp_type: 3,
+                code: 1,
+            },
         ] {
-            metrics.record(&mut paths, &update);
+            record(&update);
         }
+        metrics.paths.set(1);
         let text = metrics.encode().unwrap();
         for line in [
             r#"idlecut_connections_opened_total{service="imap",role="client",path="192.0.2.0/24"} 1"#,
@@ -380,10 +561,54 @@ mod tests {
             r#"idlecut_connection_duration_seconds_bucket{le="300.0",service="imap",role="client",path="192.0.2.0/24",end="reset_received"} 0"#,
             r#"idlecut_build_info{version=""#,
             "idlecut_paths 1",
+            r#"idlecut_cuts_total{service="imap",role="client",path="192.0.2.0/24",signature="reset"} 1"#,
+            r#"idlecut_idle_before_cut_seconds_bucket{le="300.0",service="imap",role="client",path="192.0.2.0/24",signature="reset"} 1"#,
+            r#"idlecut_icmp_errors_total{service="imap",role="client",path="192.0.2.0/24",type="3",code="1"} 1"#,
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line}\nin\n{text}");
         }
+    }
+
+    #[test]
+    fn unknown_estimates_are_absent_not_zero() {
+        let metrics = Metrics::new([Arc::from("imap")]);
+        let mut report = PathReport {
+            service: Arc::from("imap"),
+            role: Role::Client,
+            path: Arc::from("192.0.2.0/24"),
+            open_connections: 0,
+            survived_gaps: 1,
+            longest_survived_gap_seconds: Some(120.0),
+            cuts: CutCounts::default(),
+            cuts_below_req5: 0,
+            cutoff_lower_seconds: Some(120.0),
+            cutoff_upper_seconds: Some(350.0),
+            verdict: Verdict::ViolatesReq5,
+            duration_limit_seconds: None,
+            explanation: String::new(),
+        };
+        metrics.set_path_estimates(&report);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains(r#"idlecut_path_cutoff_upper_seconds{service="imap",role="client",path="192.0.2.0/24"} 350.0"#), "{text}");
+        assert!(
+            text.contains(
+                r#"idlecut_path_req5_violation{service="imap",role="client",path="192.0.2.0/24"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("idlecut_path_duration_limit_seconds{"),
+            "{text}"
+        );
+        report.cutoff_upper_seconds = None;
+        metrics.set_path_estimates(&report);
+        assert!(
+            !metrics
+                .encode()
+                .unwrap()
+                .contains("idlecut_path_cutoff_upper_seconds{")
+        );
     }
 
     #[test]

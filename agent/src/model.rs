@@ -1,10 +1,12 @@
 //! The connection model: turns kernel facts into connection lifecycles.
 //!
-//! It follows each connection on a watched port from open to close and decides how it ended.
-//! Some facts about an ending arrive after the kernel's state change to CLOSE (the RST an abort
-//! sends, the errno reported to the application), so a closed connection waits a short grace
-//! period before its ending is classified. Everything here is plain data and unit-tested; the
-//! only clock is the kernel's, passed in.
+//! It follows each connection on a watched port from open to close, decides how it ended, and
+//! what happened after each idle gap: the path let the connection through (the peer was heard
+//! from again), or it cut it (a RST in answer, retransmissions into nothing, ICMP errors).
+//! Some facts arrive a moment after the one they explain (the RST an abort sends comes after
+//! the state change to CLOSE, a middlebox's RST right after the segment that ended a silence),
+//! so closes and peer-ended gaps wait a short grace period before they are settled. Everything
+//! here is plain data and unit-tested; the only clock is the kernel's, passed in.
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
@@ -13,14 +15,17 @@ use serde::Serialize;
 
 use crate::{
     config::PortMap,
-    events::{Endpoints, Event, Nanos},
+    events::{Endpoints, Event, Nanos, Side},
 };
 
-/// How long a closed connection waits for late facts about its end (RST sent, errno).
-/// The kernel emits them microseconds after the close; this leaves room for a slow reader.
+/// How long a closed connection, or a gap the peer ended, waits for late facts (RST sent,
+/// errno, a middlebox's RST). The kernel emits them microseconds after; this leaves room for a
+/// slow reader.
 pub const CLOSE_GRACE_NS: Nanos = 100_000_000;
 
 const ETIMEDOUT: u16 = 110;
+const ENETUNREACH: u16 = 101;
+const EHOSTUNREACH: u16 = 113;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,6 +76,46 @@ impl End {
     }
 }
 
+/// How a path cut a connection after an idle gap. Label values of the metrics contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signature {
+    /// A RST answered the first segments after the gap.
+    Reset,
+    /// Segments after the gap were retransmitted and never answered.
+    Blackhole,
+    /// ICMP unreachable errors arrived for the segments after the gap.
+    Icmp,
+}
+
+impl Signature {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Reset => "reset",
+            Self::Blackhole => "blackhole",
+            Self::Icmp => "icmp",
+        }
+    }
+}
+
+/// How a stall (retransmissions without hearing from the peer) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StallOutcome {
+    /// The peer was heard from again: the connection survived the loss.
+    Recovered,
+    /// The connection died in it.
+    Fatal,
+}
+
+impl StallOutcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Recovered => "recovered",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
     Received,
@@ -100,8 +145,31 @@ pub enum Update {
     Opened(Identity),
     Reset(Identity, Direction),
     Retransmit(Identity),
-    /// The peer spoke again after a silence of `gap` nanoseconds: the path survived it.
+    /// The peer was heard from after a silence of `gap`: the path let the connection through.
     IdleGapSurvived(Identity, Nanos),
+    /// The path cut the connection after it had been idle for `gap`.
+    Cut {
+        identity: Identity,
+        gap: Nanos,
+        signature: Signature,
+    },
+    /// Retransmissions without hearing from the peer, for `duration`, and how that ended.
+    Stall {
+        identity: Identity,
+        duration: Nanos,
+        outcome: StallOutcome,
+    },
+    IcmpError {
+        identity: Identity,
+        icmp_type: u8,
+        code: u8,
+    },
+    /// The connection died abnormally while it was not idle, at this age: evidence of a limit
+    /// on connection age (RFC 5383 section 4.1) when such deaths cluster.
+    DiedWhileActive {
+        identity: Identity,
+        age: Nanos,
+    },
     Closed {
         identity: Identity,
         end: End,
@@ -114,6 +182,32 @@ pub enum Update {
     KernelStateEvicted,
 }
 
+impl Update {
+    /// The connection the update is about, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            Self::Opened(identity)
+            | Self::Reset(identity, _)
+            | Self::Retransmit(identity)
+            | Self::IdleGapSurvived(identity, _)
+            | Self::Cut { identity, .. }
+            | Self::Stall { identity, .. }
+            | Self::IcmpError { identity, .. }
+            | Self::DiedWhileActive { identity, .. }
+            | Self::Closed { identity, .. } => Some(identity),
+            Self::UntrackedClose | Self::KernelStateEvicted => None,
+        }
+    }
+}
+
+/// An idle gap this host ended by speaking, not answered yet.
+#[derive(Clone, Copy, Debug)]
+struct UnansweredGap {
+    gap: Nanos,
+    retransmitted: bool,
+    icmp: bool,
+}
+
 #[derive(Clone, Debug)]
 struct Connection {
     identity: Identity,
@@ -123,6 +217,11 @@ struct Connection {
     reset_sent: bool,
     /// An error reported while the connection was still open, with when.
     error: Option<(Nanos, u16)>,
+    unanswered: Option<UnansweredGap>,
+    /// A gap the peer ended at this time, survived unless a RST follows within the grace.
+    peer_ended_gap: Option<(Nanos, Nanos)>,
+    /// A cut after idle was reported for it: its death is not evidence of an age limit.
+    cut_after_idle: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +229,7 @@ struct Closing {
     connection: Connection,
     closed_at: Nanos,
     old_state: u8,
+    stalled_for: Option<Nanos>,
 }
 
 /// Open connections by kernel socket address, and recently closed ones in their grace period.
@@ -139,6 +239,8 @@ pub struct ConnectionModel {
     open: HashMap<u64, Connection>,
     by_endpoints: HashMap<Endpoints, u64>,
     closing: HashMap<u64, Closing>,
+    /// Sockets with a peer-ended gap in its grace period.
+    peer_ended_gaps: Vec<u64>,
 }
 
 impl ConnectionModel {
@@ -148,6 +250,7 @@ impl ConnectionModel {
             open: HashMap::new(),
             by_endpoints: HashMap::new(),
             closing: HashMap::new(),
+            peer_ended_gaps: Vec::new(),
         }
     }
 
@@ -183,13 +286,47 @@ impl ConnectionModel {
                 endpoints,
                 old_state,
                 opened_at,
+                stalled_for,
+                awaiting_answer: _,
                 retransmits: _,
                 first_fin: _,
-            } => self.close(socket, endpoints, at, old_state, opened_at, out),
-            Event::ResetReceived { socket, .. } => self.reset(socket, Direction::Received, out),
+            } => self.close(
+                socket,
+                endpoints,
+                at,
+                old_state,
+                opened_at,
+                stalled_for,
+                out,
+            ),
+            Event::ResetReceived { socket, .. } => {
+                if let Some(connection) = self.open.get_mut(&socket) {
+                    // A RST right after the silence ended, or in answer to this host's first
+                    // segments after it: the path cut the connection for being idle.
+                    let gap = match (
+                        connection.peer_ended_gap.take(),
+                        connection.unanswered.take(),
+                    ) {
+                        (Some((_, gap)), _) | (None, Some(UnansweredGap { gap, .. })) => Some(gap),
+                        (None, None) => None,
+                    };
+                    if let Some(gap) = gap {
+                        connection.cut_after_idle = true;
+                        out.push(Update::Cut {
+                            identity: connection.identity.clone(),
+                            gap,
+                            signature: Signature::Reset,
+                        });
+                    }
+                }
+                self.reset(socket, Direction::Received, out);
+            }
             Event::ResetSent { socket, .. } => self.reset(socket, Direction::Sent, out),
             Event::Retransmit { socket, .. } => {
                 if let Some(connection) = self.find_mut(socket) {
+                    if let Some(unanswered) = &mut connection.unanswered {
+                        unanswered.retransmitted = true;
+                    }
                     out.push(Update::Retransmit(connection.identity.clone()));
                 }
             }
@@ -198,15 +335,86 @@ impl ConnectionModel {
                 endpoints,
                 errno,
             } => self.error_report(endpoints, at, errno),
-            Event::IdleGapEnd { socket, gap, .. } => {
+            Event::IdleGapEnd {
+                at,
+                socket,
+                gap,
+                first,
+            } => {
+                let Some(connection) = self.open.get_mut(&socket) else {
+                    return;
+                };
+                match first {
+                    Side::Remote => {
+                        // An earlier one still in its grace period is settled first.
+                        if let Some((_, earlier)) = connection.peer_ended_gap.replace((at, gap)) {
+                            out.push(Update::IdleGapSurvived(
+                                connection.identity.clone(),
+                                earlier,
+                            ));
+                        } else {
+                            self.peer_ended_gaps.push(socket);
+                        }
+                    }
+                    // The first silence this host broke and that is still unanswered is the one
+                    // that tells when the path gave up.
+                    Side::Local => {
+                        connection.unanswered.get_or_insert(UnansweredGap {
+                            gap,
+                            retransmitted: false,
+                            icmp: false,
+                        });
+                    }
+                }
+            }
+            Event::GapAnswered { socket, .. } => {
+                if let Some(connection) = self.open.get_mut(&socket)
+                    && let Some(unanswered) = connection.unanswered.take()
+                {
+                    out.push(Update::IdleGapSurvived(
+                        connection.identity.clone(),
+                        unanswered.gap,
+                    ));
+                }
+            }
+            Event::StallRecovered {
+                socket,
+                stalled_for,
+                ..
+            } => {
                 if let Some(connection) = self.open.get(&socket) {
-                    out.push(Update::IdleGapSurvived(connection.identity.clone(), gap));
+                    out.push(Update::Stall {
+                        identity: connection.identity.clone(),
+                        duration: stalled_for,
+                        outcome: StallOutcome::Recovered,
+                    });
+                }
+            }
+            Event::IcmpError {
+                endpoints,
+                icmp_type,
+                code,
+                ..
+            } => {
+                let Some(socket) = self.by_endpoints.get(&endpoints) else {
+                    return;
+                };
+                if let Some(connection) = self.open.get_mut(socket) {
+                    if let Some(unanswered) = &mut connection.unanswered {
+                        unanswered.icmp = true;
+                    }
+                    out.push(Update::IcmpError {
+                        identity: connection.identity.clone(),
+                        icmp_type,
+                        code,
+                    });
                 }
             }
         }
     }
 
-    /// Classifies connections whose grace period is over at kernel time `now`.
+    /// Settles what waited for its grace period to end at kernel time `now`: closed
+    /// connections are classified, peer-ended gaps without a RST count as survived.
     pub fn expire(&mut self, now: Nanos, out: &mut Vec<Update>) {
         let due: Vec<u64> = self
             .closing
@@ -217,6 +425,21 @@ impl ConnectionModel {
         for socket in due {
             self.finish(socket, out);
         }
+        let open = &mut self.open;
+        self.peer_ended_gaps.retain(|socket| {
+            let Some(connection) = open.get_mut(socket) else {
+                return false;
+            };
+            match connection.peer_ended_gap {
+                Some((at, gap)) if now >= at.saturating_add(CLOSE_GRACE_NS) => {
+                    connection.peer_ended_gap = None;
+                    out.push(Update::IdleGapSurvived(connection.identity.clone(), gap));
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            }
+        });
     }
 
     fn open(
@@ -241,6 +464,9 @@ impl ConnectionModel {
             reset_received: false,
             reset_sent: false,
             error: None,
+            unanswered: None,
+            peer_ended_gap: None,
+            cut_after_idle: false,
         };
         if let Some(previous) = self.open.insert(socket, connection) {
             // Its close was lost: it ended, we cannot say how.
@@ -255,6 +481,7 @@ impl ConnectionModel {
         out.push(Update::Opened(identity));
     }
 
+    #[expect(clippy::too_many_arguments, reason = "the fields of one close event")]
     fn close(
         &mut self,
         socket: u64,
@@ -262,10 +489,15 @@ impl ConnectionModel {
         at: Nanos,
         old_state: u8,
         kernel_opened_at: Option<Nanos>,
+        stalled_for: Option<Nanos>,
         out: &mut Vec<Update>,
     ) {
         let connection = match self.open.remove(&socket) {
             Some(mut connection) => {
+                // A gap the peer ended just before the close is settled by the close itself.
+                if let Some((_, gap)) = connection.peer_ended_gap.take() {
+                    out.push(Update::IdleGapSurvived(connection.identity.clone(), gap));
+                }
                 self.by_endpoints.remove(&connection.endpoints);
                 if kernel_opened_at.is_none() {
                     out.push(Update::KernelStateEvicted);
@@ -294,6 +526,7 @@ impl ConnectionModel {
                 connection,
                 closed_at: at,
                 old_state,
+                stalled_for,
             },
         );
         // Nothing that comes later can change a received reset: classify at once.
@@ -348,6 +581,7 @@ impl ConnectionModel {
             connection,
             closed_at,
             old_state,
+            stalled_for,
         }) = self.closing.remove(&socket)
         else {
             return;
@@ -359,6 +593,41 @@ impl ConnectionModel {
             errno,
             old_state,
         );
+        let abnormal = end != End::Fin;
+        let identity = &connection.identity;
+        let cut = connection
+            .unanswered
+            .filter(|_| abnormal)
+            .and_then(|unanswered| {
+                cut_signature(unanswered, end, errno).map(|s| (unanswered.gap, s))
+            });
+        if let Some((gap, signature)) = cut {
+            out.push(Update::Cut {
+                identity: identity.clone(),
+                gap,
+                signature,
+            });
+        }
+        if let Some(duration) = stalled_for.filter(|_| abnormal) {
+            out.push(Update::Stall {
+                identity: identity.clone(),
+                duration,
+                outcome: StallOutcome::Fatal,
+            });
+        }
+        let died = matches!(end, End::ResetReceived | End::Timeout | End::Error);
+        if died
+            && cut.is_none()
+            && !connection.cut_after_idle
+            && let Some(opened_at) = connection.opened_at
+        {
+            // When it was stalled, the trouble began with the stall, not at the close.
+            let trouble_at = closed_at.saturating_sub(stalled_for.unwrap_or(0));
+            out.push(Update::DiedWhileActive {
+                identity: identity.clone(),
+                age: trouble_at.saturating_sub(opened_at),
+            });
+        }
         out.push(Update::Closed {
             identity: connection.identity,
             end,
@@ -374,6 +643,21 @@ impl ConnectionModel {
         for socket in sockets {
             self.finish(socket, out);
         }
+    }
+}
+
+/// How the path cut a connection that ended abnormally while this host's first segments after
+/// an idle gap were unanswered. ICMP unreachable errors (seen, or left behind as the socket's
+/// soft error) say the most; then a RST; then retransmissions into nothing.
+fn cut_signature(unanswered: UnansweredGap, end: End, errno: Option<u16>) -> Option<Signature> {
+    if unanswered.icmp || matches!(errno, Some(EHOSTUNREACH | ENETUNREACH)) {
+        Some(Signature::Icmp)
+    } else if end == End::ResetReceived {
+        Some(Signature::Reset)
+    } else if unanswered.retransmitted || end == End::Timeout {
+        Some(Signature::Blackhole)
+    } else {
+        None
     }
 }
 
@@ -448,6 +732,8 @@ mod tests {
             opened_at,
             retransmits: 0,
             first_fin: None,
+            stalled_for: None,
+            awaiting_answer: false,
         }
     }
 
@@ -573,6 +859,7 @@ mod tests {
             Event::Retransmit {
                 at: 1,
                 socket: SOCK,
+                stalled_for: 0,
             },
             close(2, tcp_state::ESTABLISHED, Some(0)),
             Event::ErrorReport {
@@ -695,14 +982,248 @@ mod tests {
         assert_eq!(
             run(&[
                 Event::ResetReceived { at: 1, socket: 7 },
-                Event::Retransmit { at: 1, socket: 7 },
+                Event::Retransmit {
+                    at: 1,
+                    socket: 7,
+                    stalled_for: 0
+                },
                 Event::IdleGapEnd {
                     at: 1,
                     socket: 7,
-                    gap: 1
+                    gap: 1,
+                    first: Side::Local,
                 },
             ]),
             vec![]
         );
+    }
+
+    fn imap_server() -> Identity {
+        identity("imap", Role::Server, "10.0.1.2")
+    }
+
+    fn gap_end(at: Nanos, gap: Nanos, first: Side) -> Event {
+        Event::IdleGapEnd {
+            at,
+            socket: SOCK,
+            gap,
+            first,
+        }
+    }
+
+    fn retransmit(at: Nanos, stalled_for: Nanos) -> Event {
+        Event::Retransmit {
+            at,
+            socket: SOCK,
+            stalled_for,
+        }
+    }
+
+    fn timed_out(at: Nanos, stalled_for: Nanos) -> [Event; 2] {
+        [
+            Event::Close {
+                at,
+                socket: SOCK,
+                endpoints: server_side(),
+                old_state: tcp_state::ESTABLISHED,
+                opened_at: Some(0),
+                retransmits: 3,
+                first_fin: None,
+                stalled_for: Some(stalled_for),
+                awaiting_answer: true,
+            },
+            Event::ErrorReport {
+                at,
+                endpoints: server_side(),
+                errno: ETIMEDOUT,
+            },
+        ]
+    }
+
+    fn cuts(updates: &[Update]) -> Vec<(Nanos, Signature)> {
+        updates
+            .iter()
+            .filter_map(|update| match update {
+                Update::Cut { gap, signature, .. } => Some((*gap, *signature)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn survived(updates: &[Update]) -> Vec<Nanos> {
+        updates
+            .iter()
+            .filter_map(|update| match update {
+                Update::IdleGapSurvived(_, gap) => Some(*gap),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_this_host_ended_and_the_peer_answered_is_survived() {
+        let updates = run(&[
+            open(0),
+            gap_end(300 * SECOND, 290 * SECOND, Side::Local),
+            Event::GapAnswered {
+                at: 300 * SECOND + 1,
+                socket: SOCK,
+                delay: 1,
+            },
+        ]);
+        assert_eq!(survived(&updates), vec![290 * SECOND]);
+        assert!(cuts(&updates).is_empty());
+    }
+
+    #[test]
+    fn a_gap_the_peer_ended_is_survived_after_the_grace_period() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(0), &mut out);
+        model.apply(gap_end(100 * SECOND, 60 * SECOND, Side::Remote), &mut out);
+        model.expire(100 * SECOND + 1, &mut out);
+        assert!(
+            survived(&out).is_empty(),
+            "settled before its grace period ended"
+        );
+        model.expire(100 * SECOND + CLOSE_GRACE_NS, &mut out);
+        assert_eq!(survived(&out), vec![60 * SECOND]);
+    }
+
+    #[test]
+    fn a_rst_that_ends_the_silence_is_a_cut_not_a_survived_gap() {
+        // Azure's "TCP reset on idle": the middlebox's RST is what the host hears first.
+        let updates = run(&[
+            open(0),
+            gap_end(240 * SECOND, 240 * SECOND, Side::Remote),
+            Event::ResetReceived {
+                at: 240 * SECOND,
+                socket: SOCK,
+            },
+            close(240 * SECOND, tcp_state::ESTABLISHED, Some(0)),
+        ]);
+        assert_eq!(cuts(&updates), vec![(240 * SECOND, Signature::Reset)]);
+        assert!(survived(&updates).is_empty());
+        assert_eq!(ends(&updates), vec![End::ResetReceived]);
+        assert!(
+            !updates
+                .iter()
+                .any(|u| matches!(u, Update::DiedWhileActive { .. })),
+            "a cut after idle is not an age limit"
+        );
+    }
+
+    #[test]
+    fn a_rst_in_answer_to_the_first_segment_after_the_gap_is_a_reset_cut() {
+        // AWS NAT gateway: 350 s idle, then the next segment from inside gets a RST.
+        let updates = run(&[
+            open(0),
+            gap_end(400 * SECOND, 360 * SECOND, Side::Local),
+            Event::ResetReceived {
+                at: 400 * SECOND + 1,
+                socket: SOCK,
+            },
+            close(400 * SECOND + 2, tcp_state::ESTABLISHED, Some(0)),
+        ]);
+        assert_eq!(cuts(&updates), vec![(360 * SECOND, Signature::Reset)]);
+    }
+
+    #[test]
+    fn retransmissions_into_nothing_after_a_gap_are_a_blackhole_cut() {
+        let mut events = vec![
+            open(0),
+            gap_end(700 * SECOND, 600 * SECOND, Side::Local),
+            retransmit(700 * SECOND + 1, 0),
+            retransmit(701 * SECOND, SECOND),
+        ];
+        events.extend(timed_out(715 * SECOND, 15 * SECOND));
+        let updates = run(&events);
+        assert_eq!(cuts(&updates), vec![(600 * SECOND, Signature::Blackhole)]);
+        assert_eq!(ends(&updates), vec![End::Timeout]);
+        assert!(updates.contains(&Update::Stall {
+            identity: imap_server(),
+            duration: 15 * SECOND,
+            outcome: StallOutcome::Fatal,
+        }));
+    }
+
+    #[test]
+    fn icmp_errors_after_a_gap_are_an_icmp_cut() {
+        let updates = run(&[
+            open(0),
+            gap_end(300 * SECOND, 250 * SECOND, Side::Local),
+            Event::IcmpError {
+                at: 300 * SECOND + 1,
+                endpoints: server_side(),
+                icmp_type: 3,
+                code: 1,
+            },
+            retransmit(300 * SECOND + 2, 0),
+            close(310 * SECOND, tcp_state::ESTABLISHED, Some(0)),
+            Event::ErrorReport {
+                at: 310 * SECOND,
+                endpoints: server_side(),
+                errno: EHOSTUNREACH,
+            },
+        ]);
+        assert_eq!(cuts(&updates), vec![(250 * SECOND, Signature::Icmp)]);
+        assert_eq!(ends(&updates), vec![End::Error]);
+        assert!(updates.contains(&Update::IcmpError {
+            identity: imap_server(),
+            icmp_type: 3,
+            code: 1
+        }));
+    }
+
+    #[test]
+    fn the_soft_error_left_by_icmp_marks_an_icmp_cut_without_the_icmp_probe() {
+        let updates = run(&[
+            open(0),
+            gap_end(300 * SECOND, 250 * SECOND, Side::Local),
+            retransmit(300 * SECOND + 2, 0),
+            close(310 * SECOND, tcp_state::ESTABLISHED, Some(0)),
+            Event::ErrorReport {
+                at: 310 * SECOND,
+                endpoints: server_side(),
+                errno: EHOSTUNREACH,
+            },
+        ]);
+        assert_eq!(cuts(&updates), vec![(250 * SECOND, Signature::Icmp)]);
+    }
+
+    #[test]
+    fn an_active_connection_that_dies_counts_toward_an_age_limit() {
+        let mut events = vec![
+            open(0),
+            retransmit(3600 * SECOND, 0),
+            retransmit(3601 * SECOND, SECOND),
+        ];
+        events.extend(timed_out(3620 * SECOND, 20 * SECOND));
+        let updates = run(&events);
+        assert!(cuts(&updates).is_empty());
+        assert!(updates.contains(&Update::DiedWhileActive {
+            identity: imap_server(),
+            age: 3600 * SECOND,
+        }));
+    }
+
+    #[test]
+    fn a_stall_the_peer_ends_is_recovered() {
+        let updates = run(&[
+            open(0),
+            retransmit(10 * SECOND, 0),
+            Event::StallRecovered {
+                at: 12 * SECOND,
+                socket: SOCK,
+                stalled_for: 2 * SECOND,
+            },
+            close(20 * SECOND, tcp_state::LAST_ACK, Some(0)),
+        ]);
+        assert!(updates.contains(&Update::Stall {
+            identity: imap_server(),
+            duration: 2 * SECOND,
+            outcome: StallOutcome::Recovered,
+        }));
+        assert_eq!(ends(&updates), vec![End::Fin]);
     }
 }

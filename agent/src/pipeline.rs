@@ -1,7 +1,11 @@
-//! Drives the data flow: ring buffer -> decode -> connection model -> paths -> metrics.
-//! One task owns the model and the path table, so neither needs a lock.
+//! Drives the data flow: ring buffer -> decode -> connection model -> paths -> inference and
+//! metrics. One task owns the model and the path table, so neither needs a lock; the inference
+//! is shared with the HTTP API behind a mutex held for one batch at a time.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::watch};
@@ -9,6 +13,7 @@ use tracing::warn;
 
 use crate::{
     events::{self, Nanos},
+    inference::Inference,
     metrics::{KernelCounterSync, Metrics},
     model::{ConnectionModel, Update},
     paths::PathTable,
@@ -25,6 +30,7 @@ const MAX_BATCH: usize = 8192;
 pub struct Pipeline {
     pub model: ConnectionModel,
     pub paths: PathTable,
+    pub inference: Arc<Mutex<Inference>>,
     pub metrics: Arc<Metrics>,
     pub counters: KernelCounters,
 }
@@ -91,9 +97,28 @@ impl Pipeline {
     }
 
     fn record(&mut self, updates: &mut Vec<Update>) {
-        for update in updates.drain(..) {
-            self.metrics.record(&mut self.paths, &update);
+        if updates.is_empty() {
+            return;
         }
+        // A panic elsewhere while holding the lock leaves consistent data here: keep going.
+        let mut inference = self
+            .inference
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for update in updates.drain(..) {
+            let key = update.identity().map(|identity| self.paths.key(identity));
+            self.metrics.record(key.as_ref(), &update);
+            if let Some(key) = &key
+                && inference.record(key, &update)
+                && let Some(report) = inference.report(key)
+            {
+                self.metrics.set_path_estimates(&report);
+            }
+        }
+        drop(inference);
+        self.metrics
+            .paths
+            .set(i64::try_from(self.paths.len()).unwrap_or(i64::MAX));
         self.metrics
             .tracked_connections
             .set(i64::try_from(self.model.open_count()).unwrap_or(i64::MAX));

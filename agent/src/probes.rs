@@ -6,100 +6,154 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{FEntry, TracePoint},
 };
 use idlecut_ebpf::{
     CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL, PORTS_GLOBAL,
-    counter, offsets_global,
+    SKB_OFFSETS_GLOBAL, SkbOffsets, counter, offsets_global,
 };
 use tracing::{info, warn};
 
 use crate::{
     config::Config,
-    tracefs::{self, Format, Needs},
+    layouts::{
+        btf,
+        tracefs::{self, Format, Needs},
+    },
 };
 
 /// The eBPF object built by build.rs from the `idlecut-ebpf` crate.
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/idlecut-probes"));
 
-/// A kernel program and the tracepoint it attaches to.
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// A tracepoint, whose field offsets come from tracefs into `offsets_global`.
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+        needs: Needs,
+        offsets_global: &'static str,
+    },
+    /// A BPF trampoline on a kernel function (needs BTF); reads `struct sk_buff` at offsets
+    /// from BTF.
+    FEntry { function: &'static str },
+}
+
+/// A kernel program and where it attaches.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeSpec {
-    /// `category:name`, the `probe` label of `idlecut_probe_attached`.
+    /// The `probe` label of `idlecut_probe_attached`: `category:name` or `fentry:function`.
     pub label: &'static str,
-    pub category: &'static str,
-    pub name: &'static str,
     /// The program's function name in the object.
     pub program: &'static str,
-    pub offsets_global: &'static str,
-    needs: Needs,
+    pub hook: Hook,
     /// Without it the agent has nothing to report: failing to attach it is fatal.
     pub required: bool,
     /// What is lost when it is missing, for the warning.
     pub feature: &'static str,
 }
 
-pub const PROBES: [ProbeSpec; 6] = [
+const fn tracepoint(
+    label: &'static str,
+    category: &'static str,
+    name: &'static str,
+    needs: Needs,
+    offsets_global: &'static str,
+    feature: &'static str,
+) -> ProbeSpec {
     ProbeSpec {
-        label: "sock:inet_sock_set_state",
-        category: "sock",
-        name: "inet_sock_set_state",
-        program: "inet_sock_set_state",
-        offsets_global: offsets_global::INET_SOCK_SET_STATE,
-        needs: Needs::StateChange,
+        label,
+        program: name,
+        hook: Hook::Tracepoint {
+            category,
+            name,
+            needs,
+            offsets_global,
+        },
+        required: false,
+        feature,
+    }
+}
+
+pub const PROBES: [ProbeSpec; 9] = [
+    ProbeSpec {
         required: true,
-        feature: "connection opens and closes",
+        ..tracepoint(
+            "sock:inet_sock_set_state",
+            "sock",
+            "inet_sock_set_state",
+            Needs::StateChange,
+            offsets_global::INET_SOCK_SET_STATE,
+            "connection opens and closes",
+        )
+    },
+    tracepoint(
+        "tcp:tcp_probe",
+        "tcp",
+        "tcp_probe",
+        Needs::SocketAndPorts,
+        offsets_global::TCP_PROBE,
+        "segments received (idle gaps, answers after a gap, stall recoveries)",
+    ),
+    tracepoint(
+        "sock:sock_send_length",
+        "sock",
+        "sock_send_length",
+        Needs::SendLength,
+        offsets_global::SOCK_SEND_LENGTH,
+        "data sent (gaps this host ends; blackhole cuts are then seen only through retransmissions)",
+    ),
+    tracepoint(
+        "tcp:tcp_receive_reset",
+        "tcp",
+        "tcp_receive_reset",
+        Needs::SocketAndPorts,
+        offsets_global::TCP_RECEIVE_RESET,
+        "resets received (endings fall back to the reported errno)",
+    ),
+    tracepoint(
+        "tcp:tcp_send_reset",
+        "tcp",
+        "tcp_send_reset",
+        Needs::SocketAndAnyPorts,
+        offsets_global::TCP_SEND_RESET,
+        "resets sent",
+    ),
+    tracepoint(
+        "tcp:tcp_retransmit_skb",
+        "tcp",
+        "tcp_retransmit_skb",
+        Needs::SocketAndPorts,
+        offsets_global::TCP_RETRANSMIT_SKB,
+        "retransmissions and stalls",
+    ),
+    tracepoint(
+        "sock:inet_sk_error_report",
+        "sock",
+        "inet_sk_error_report",
+        Needs::ErrorReport,
+        offsets_global::INET_SK_ERROR_REPORT,
+        "timeouts and errors as endings",
+    ),
+    ProbeSpec {
+        label: "fentry:tcp_v4_err",
+        program: "tcp_v4_err",
+        hook: Hook::FEntry {
+            function: "tcp_v4_err",
+        },
+        required: false,
+        feature: "ICMP errors for IPv4 connections (icmp cuts still show through EHOSTUNREACH)",
     },
     ProbeSpec {
-        label: "tcp:tcp_probe",
-        category: "tcp",
-        name: "tcp_probe",
-        program: "tcp_probe",
-        offsets_global: offsets_global::TCP_PROBE,
-        needs: Needs::SocketAndPorts,
+        label: "fentry:tcp_v6_err",
+        program: "tcp_v6_err",
+        hook: Hook::FEntry {
+            function: "tcp_v6_err",
+        },
         required: false,
-        feature: "idle gaps",
-    },
-    ProbeSpec {
-        label: "tcp:tcp_receive_reset",
-        category: "tcp",
-        name: "tcp_receive_reset",
-        program: "tcp_receive_reset",
-        offsets_global: offsets_global::TCP_RECEIVE_RESET,
-        needs: Needs::SocketAndPorts,
-        required: false,
-        feature: "resets received (endings fall back to the reported errno)",
-    },
-    ProbeSpec {
-        label: "tcp:tcp_send_reset",
-        category: "tcp",
-        name: "tcp_send_reset",
-        program: "tcp_send_reset",
-        offsets_global: offsets_global::TCP_SEND_RESET,
-        needs: Needs::SocketAndAnyPorts,
-        required: false,
-        feature: "resets sent",
-    },
-    ProbeSpec {
-        label: "tcp:tcp_retransmit_skb",
-        category: "tcp",
-        name: "tcp_retransmit_skb",
-        program: "tcp_retransmit_skb",
-        offsets_global: offsets_global::TCP_RETRANSMIT_SKB,
-        needs: Needs::SocketAndPorts,
-        required: false,
-        feature: "retransmissions",
-    },
-    ProbeSpec {
-        label: "sock:inet_sk_error_report",
-        category: "sock",
-        name: "inet_sk_error_report",
-        program: "inet_sk_error_report",
-        offsets_global: offsets_global::INET_SK_ERROR_REPORT,
-        needs: Needs::ErrorReport,
-        required: false,
-        feature: "timeouts and errors as endings",
+        feature: "ICMPv6 errors for IPv6 connections",
     },
 ];
 
@@ -141,13 +195,31 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
         );
     }
     let tracefs = tracefs::locate_or_mount()?;
-    let offsets: Vec<(ProbeSpec, Result<FieldOffsets, String>)> = PROBES
+    // What each program needs from this kernel, or why this kernel cannot give it.
+    let btf = btf::vmlinux();
+    let skb_offsets: anyhow::Result<SkbOffsets> = match &btf {
+        Ok(btf) => btf::skb_offsets(btf),
+        Err(err) => Err(anyhow::anyhow!("{err:#}")),
+    };
+    let readiness: Vec<(ProbeSpec, Result<Option<FieldOffsets>, String>)> = PROBES
         .iter()
         .map(|spec| {
-            let offsets = Format::read(&tracefs, spec.category, spec.name)
-                .map_err(|err| format!("{err:#}"))
-                .and_then(|format| tracefs::offsets_for(&format, spec.needs));
-            (*spec, offsets)
+            let ready = match spec.hook {
+                Hook::Tracepoint {
+                    category,
+                    name,
+                    needs,
+                    ..
+                } => Format::read(&tracefs, category, name)
+                    .map_err(|err| format!("{err:#}"))
+                    .and_then(|format| tracefs::offsets_for(&format, needs))
+                    .map(Some),
+                Hook::FEntry { .. } => match &skb_offsets {
+                    Ok(_) => Ok(None),
+                    Err(err) => Err(format!("{err:#}")),
+                },
+            };
+            (*spec, ready)
         })
         .collect();
 
@@ -160,9 +232,12 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
         .override_global(MIN_IDLE_GAP_GLOBAL, &min_idle_gap_ns, true)
         .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes)
         .map_max_entries(CONNECTIONS_MAP, config.max_connections);
-    for (spec, offsets) in &offsets {
-        if let Ok(offsets) = offsets {
-            loader.override_global(spec.offsets_global, offsets, true);
+    if let Ok(skb_offsets) = &skb_offsets {
+        loader.override_global(SKB_OFFSETS_GLOBAL, skb_offsets, true);
+    }
+    for (spec, ready) in &readiness {
+        if let (Hook::Tracepoint { offsets_global, .. }, Ok(Some(offsets))) = (spec.hook, ready) {
+            loader.override_global(offsets_global, offsets, true);
         }
     }
     let mut ebpf = loader.load(PROBES_OBJECT).context(
@@ -170,11 +245,13 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
          CAP_SYS_RESOURCE, and a kernel with BPF ring buffers: Linux 5.8 or later)",
     )?;
 
+    // aya's own BTF, for attaching the fentry programs.
+    let aya_btf = aya::Btf::from_sys_fs();
     let mut attached = Vec::with_capacity(PROBES.len());
-    for (spec, offsets) in &offsets {
-        let result = match offsets {
-            Err(missing) => Err(anyhow::anyhow!("tracepoint format: {missing}")),
-            Ok(_) => attach(&mut ebpf, spec),
+    for (spec, ready) in &readiness {
+        let result = match ready {
+            Err(missing) => Err(anyhow::anyhow!("{missing}")),
+            Ok(_) => attach(&mut ebpf, spec, aya_btf.as_ref().ok()),
         };
         match result {
             Ok(()) => {
@@ -212,15 +289,27 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
     })
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
-    let program: &mut TracePoint = ebpf
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> anyhow::Result<()> {
+    let program = ebpf
         .program_mut(spec.program)
-        .with_context(|| format!("no program {} in the eBPF object", spec.program))?
-        .try_into()?;
-    program
-        .load()
-        .context("the verifier rejected the program")?;
-    program.attach(spec.category, spec.name)?;
+        .with_context(|| format!("no program {} in the eBPF object", spec.program))?;
+    match spec.hook {
+        Hook::Tracepoint { category, name, .. } => {
+            let program: &mut TracePoint = program.try_into()?;
+            program
+                .load()
+                .context("the verifier rejected the program")?;
+            program.attach(category, name)?;
+        }
+        Hook::FEntry { function } => {
+            let btf = btf.context("no kernel BTF")?;
+            let program: &mut FEntry = program.try_into()?;
+            program
+                .load(function, btf)
+                .context("loading the fentry program (needs BTF and BPF trampolines)")?;
+            program.attach()?;
+        }
+    }
     Ok(())
 }
 

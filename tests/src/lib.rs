@@ -561,6 +561,120 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
     labels
 }
 
+/// Makes the kernel give up on unacknowledged data after `ms` (TCP_USER_TIMEOUT), so that a
+/// black-holed connection dies in seconds instead of the default ~15 minutes.
+pub fn set_user_timeout(stream: &TcpStream, ms: u32) {
+    // SAFETY: valid socket and option buffer of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            std::ptr::from_ref(&ms).cast(),
+            u32::try_from(size_of::<u32>()).expect("size"),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "TCP_USER_TIMEOUT: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+impl Topology {
+    /// Makes the router a stateful middlebox: conntrack forgets an idle established flow after
+    /// `idle_timeout_s`, and with `loose` off a mid-stream segment cannot re-create it.
+    pub fn router_conntrack(&self, idle_timeout_s: u32, loose: bool) {
+        self.router.sysctl(
+            "net.netfilter.nf_conntrack_tcp_timeout_established",
+            &idle_timeout_s.to_string(),
+        );
+        self.router.sysctl(
+            "net.netfilter.nf_conntrack_tcp_loose",
+            if loose { "1" } else { "0" },
+        );
+    }
+
+    /// Appends one rule to the router's forward chain (created by `router_rules`).
+    pub fn router_add_rule(&self, rule: &str) {
+        let mut args = vec!["add", "rule", "inet", "middlebox", "forward"];
+        args.extend(rule.split_whitespace());
+        self.router.exec("nft", &args);
+    }
+
+    /// Source NAT with randomized ports for traffic towards the server, like a carrier NAT.
+    pub fn router_masquerade_random(&self) {
+        let ruleset = "table ip nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"eth2\" masquerade random\n }\n}\n";
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.router.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("writing the ruleset");
+        let output = child.wait_with_output().expect("waiting for nft");
+        assert!(
+            output.status.success(),
+            "nft masquerade: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Agent {
+    /// `/api/v1/paths`, parsed.
+    pub fn paths(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(self.addr, "/api/v1/paths").expect("GET /api/v1/paths");
+        assert_eq!(status, 200, "/api/v1/paths answered {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad JSON ({err}): {body}"))
+    }
+
+    /// The report of one path, if the agent has it.
+    pub fn path(&self, service: &str, role: &str, path: &str) -> Option<serde_json::Value> {
+        self.paths().into_iter().find(|report| {
+            report["service"] == service && report["role"] == role && report["path"] == path
+        })
+    }
+
+    /// Waits until the report of a path satisfies `done`, and returns it.
+    pub fn wait_for_path(
+        &self,
+        service: &str,
+        role: &str,
+        path: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(report) = self.path(service, role, path)
+                && done(&report)
+            {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} on {service}/{role}/{path}; paths:\n{}\nagent log:\n{}",
+                serde_json::to_string_pretty(&self.paths()).unwrap_or_default(),
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether the agent attached the fentry program that reports ICMP errors (kernels that refuse
+/// BPF trampolines do not get it, and the agent degrades to the socket's soft error).
+pub fn icmp_probe_attached(scrape: &Scrape) -> bool {
+    scrape.value("idlecut_probe_attached", &[("probe", "fentry:tcp_v4_err")]) == 1.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,6 +131,8 @@ pub enum Needs {
     SocketAndAnyPorts,
     /// sock:inet_sk_error_report
     ErrorReport,
+    /// sock:sock_send_length: socket (`sk`), protocol and bytes sent (`ret`).
+    SendLength,
 }
 
 /// Builds the offsets a program reads, or says which field this kernel lacks.
@@ -174,6 +176,11 @@ pub fn offsets_for(format: &Format, needs: Needs) -> Result<FieldOffsets, String
             off.protocol = format.offset("protocol", 2)?;
             ports(&mut off)?;
             addresses(&mut off)?;
+        }
+        Needs::SendLength => {
+            off.skaddr = format.offset("sk", 8)?;
+            off.protocol = format.offset("protocol", 2)?;
+            off.ret = format.offset("ret", 4)?;
         }
     }
     Ok(off)
@@ -284,6 +291,21 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
             (old.local_port, old.remote_port, old.ports_in_sockaddr),
             (28, 30, 0)
         );
+    }
+
+    #[test]
+    fn send_length_offsets() {
+        let format = Format::parse(
+            "\tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:18;\tsize:2;\tsigned:0;
+\tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:int flags;\toffset:24;\tsize:4;\tsigned:1;",
+        )
+        .unwrap();
+        let off = offsets_for(&format, Needs::SendLength).unwrap();
+        assert_eq!((off.skaddr, off.protocol, off.ret), (8, 18, 20));
+        assert_eq!(off.local_port, FieldOffsets::ABSENT);
     }
 
     #[test]
