@@ -9,6 +9,12 @@
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-socket state map ([`ConnectionState`] keyed by the kernel socket address).
 pub const CONNECTIONS_MAP: &str = "CONNECTIONS";
+/// Name of the map of connections found by the start-up scan, keyed by socket cookie, that the
+/// kernel programs adopt into [`CONNECTIONS_MAP`] the first time they meet the socket.
+pub const SEEDS_MAP: &str = "SEEDS";
+/// Name of the one-entry `u32` array that is non-zero while [`SEEDS_MAP`] may hold entries
+/// (so that programs skip the cookie lookup the rest of the time).
+pub const SEEDING_MAP: &str = "SEEDING";
 /// Name of the per-CPU `u64` counters indexed by [`counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the global holding the port bitmap ([`PortBitmap`]).
@@ -17,6 +23,8 @@ pub const PORTS_GLOBAL: &str = "MAIL_PORTS";
 pub const MIN_IDLE_GAP_GLOBAL: &str = "MIN_IDLE_GAP_NS";
 /// Name of the global holding [`SkbOffsets`] (from BTF) for the ICMP error programs.
 pub const SKB_OFFSETS_GLOBAL: &str = "SKB_OFFSETS";
+/// Name of the global holding [`SockOffsets`] (from BTF): network namespace and cookie.
+pub const SOCK_OFFSETS_GLOBAL: &str = "SOCK_OFFSETS";
 
 /// Address families as the kernel spells them.
 pub const AF_INET: u16 = 2;
@@ -80,6 +88,9 @@ pub mod event_kind {
     /// An ICMP error arrived for the connection (fentry on tcp_v4_err / tcp_v6_err). No socket
     /// pointer: addresses and ports identify it; `error` is `type << 8 | code`.
     pub const ICMP_ERROR: u8 = 10;
+    /// A connection found by the start-up scan met a program: its seeded state now lives under
+    /// `socket`. `value_ns` is its socket cookie.
+    pub const ADOPTED: u8 = 11;
 }
 
 /// Bits of [`RawEvent::flags`].
@@ -109,7 +120,7 @@ pub mod counter {
     pub const COUNT: u32 = 3;
 }
 
-/// One fact from the kernel. 80 bytes, no padding.
+/// One fact from the kernel. 88 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawEvent {
@@ -142,6 +153,9 @@ pub struct RawEvent {
     pub error: u16,
     /// CLOSE, RETRANSMIT: retransmissions seen on the socket.
     pub count: u32,
+    /// OPEN, CLOSE, ADOPTED: inode of the socket's network namespace (0 when unknown).
+    pub netns: u32,
+    pub _reserved: u32,
 }
 
 impl RawEvent {
@@ -162,6 +176,8 @@ impl RawEvent {
             _pad: [0; 1],
             error: 0,
             count: 0,
+            netns: 0,
+            _reserved: 0,
         }
     }
 }
@@ -183,6 +199,19 @@ pub struct ConnectionState {
     /// Bits of [`event_flags`] gathered along the way (who closed first, awaiting an answer).
     pub flags: u8,
     pub _pad: [u8; 3],
+}
+
+/// Where a socket's network namespace inode and cookie are, from the kernel's BTF:
+/// `sk->__sk_common.skc_net.net` then `net->ns.inum`, and `sk->__sk_common.skc_cookie`.
+/// `valid` is 0 when BTF could not tell (the programs then report namespace 0 and do not adopt
+/// scanned connections).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub net: u16,
+    pub ns_inum: u16,
+    pub cookie: u16,
+    pub valid: u16,
 }
 
 /// Offsets of the `struct sk_buff` fields the ICMP error programs read, from the kernel's BTF.
@@ -256,7 +285,7 @@ pub type PortBitmap = [u64; 1024];
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{ConnectionState, FieldOffsets, RawEvent, SkbOffsets};
+    use super::{ConnectionState, FieldOffsets, RawEvent, SkbOffsets, SockOffsets};
 
     // SAFETY: `#[repr(C)]`, only integer fields and arrays, no implicit padding (pinned by the
     // layout tests below), so every bit pattern is a valid value.
@@ -267,6 +296,8 @@ mod user {
     unsafe impl aya::Pod for FieldOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SkbOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockOffsets {}
 }
 
 #[cfg(test)]
@@ -277,7 +308,7 @@ mod tests {
 
     #[test]
     fn raw_event_layout_is_pinned() {
-        assert_eq!(size_of::<RawEvent>(), 80);
+        assert_eq!(size_of::<RawEvent>(), 88);
         assert_eq!(align_of::<RawEvent>(), 8);
         assert_eq!(offset_of!(RawEvent, local_addr), 32);
         assert_eq!(offset_of!(RawEvent, remote_addr), 48);
@@ -285,8 +316,9 @@ mod tests {
         assert_eq!(offset_of!(RawEvent, kind), 70);
         assert_eq!(offset_of!(RawEvent, error), 74);
         assert_eq!(offset_of!(RawEvent, count), 76);
+        assert_eq!(offset_of!(RawEvent, netns), 80);
         // No implicit padding: the fields add up to the size.
-        let fields = 8 * 4 + 16 * 2 + 2 * 3 + 4 + 2 + 4; // u64s, addresses, u16s, u8s, error, count
+        let fields = 8 * 4 + 16 * 2 + 2 * 3 + 4 + 2 + 4 * 3; // u64s, addresses, u16s, u8s, error, u32s
         assert_eq!(fields, size_of::<RawEvent>());
     }
 
@@ -298,8 +330,9 @@ mod tests {
     }
 
     #[test]
-    fn skb_offsets_layout_is_pinned() {
+    fn skb_and_sock_offsets_layouts_are_pinned() {
         assert_eq!(size_of::<SkbOffsets>(), 8);
+        assert_eq!(size_of::<SockOffsets>(), 8);
     }
 
     #[test]

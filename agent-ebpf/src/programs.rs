@@ -2,12 +2,12 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, TracePointContext},
 };
 use idlecut_ebpf::{
     AF_INET, AF_INET6, ConnectionState, FieldOffsets, IPPROTO_TCP, PortBitmap, RawEvent,
-    SkbOffsets, counter, event_flags, event_kind, tcp_state,
+    SkbOffsets, SockOffsets, counter, event_flags, event_kind, tcp_state,
 };
 
 /// Default sizes; the agent overrides both at load time (`--ring-buffer-size`,
@@ -21,6 +21,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_BYTES, 0);
 #[map(name = "CONNECTIONS")]
 static CONNECTIONS: LruHashMap<u64, ConnectionState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+
+/// Connections found by the start-up scan, by socket cookie, until a program adopts them.
+#[map(name = "SEEDS")]
+static SEEDS: LruHashMap<u64, ConnectionState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+
+/// Entry 0 is non-zero while SEEDS may hold entries.
+#[map(name = "SEEDING")]
+static SEEDING: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -45,6 +54,13 @@ static OFFSETS_TCP_RETRANSMIT_SKB: FieldOffsets = FieldOffsets::absent();
 static OFFSETS_INET_SK_ERROR_REPORT: FieldOffsets = FieldOffsets::absent();
 #[unsafe(no_mangle)]
 static OFFSETS_SOCK_SEND_LENGTH: FieldOffsets = FieldOffsets::absent();
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: SockOffsets = SockOffsets {
+    net: 0,
+    ns_inum: 0,
+    cookie: 0,
+    valid: 0,
+};
 #[unsafe(no_mangle)]
 static SKB_OFFSETS: SkbOffsets = SkbOffsets {
     head: 0,
@@ -172,12 +188,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             {
                 count(counter::STATE_INSERT_FAILED);
             }
-            let mut event = RawEvent::zeroed();
-            event.kind = event_kind::OPEN;
-            event.timestamp_ns = now;
-            event.socket = socket;
-            event.local_port = local_port;
-            event.remote_port = remote_port;
+            let mut event = event_for(event_kind::OPEN, now, socket, local_port, remote_port);
+            event.netns = netns_of(socket);
             fill_addresses(&ctx, &off, &mut event);
             emit(&event);
         }
@@ -190,7 +202,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             event.local_port = local_port;
             event.remote_port = remote_port;
             event.old_state = old_state;
-            match CONNECTIONS.get_ptr(&socket) {
+            event.netns = netns_of(socket);
+            match state_of(socket) {
                 Some(state) => {
                     // SAFETY: pointer from a successful lookup, read once.
                     let state = unsafe { *state };
@@ -211,7 +224,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             emit(&event);
         }
         tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT => {
-            if let Some(state) = CONNECTIONS.get_ptr_mut(&socket) {
+            if let Some(state) = state_of(socket) {
                 // SAFETY: pointer from a successful lookup. Only flags of this connection are
                 // written, and only on its own state transitions.
                 let state = unsafe { &mut *state };
@@ -274,7 +287,7 @@ enum Side {
 /// answers a pending gap, ends a stall.
 #[inline(always)]
 fn activity(socket: u64, local_port: u16, remote_port: u16, side: Side) {
-    let Some(state) = CONNECTIONS.get_ptr_mut(&socket) else {
+    let Some(state) = state_of(socket) else {
         return;
     };
     let now = now_ns();
@@ -336,6 +349,58 @@ fn activity(socket: u64, local_port: u16, remote_port: u16, side: Side) {
     }
 }
 
+/// The state of a tracked connection. A connection the start-up scan found is adopted here the
+/// first time a program meets its socket: its seeded state moves from SEEDS (by cookie) to
+/// CONNECTIONS (by socket), and user space is told which socket it is.
+#[inline(always)]
+fn state_of(socket: u64) -> Option<*mut ConnectionState> {
+    if let Some(state) = CONNECTIONS.get_ptr_mut(&socket) {
+        return Some(state);
+    }
+    if !SEEDING.get(0).is_some_and(|&seeding| seeding != 0) {
+        return None;
+    }
+    let offsets = sock_offsets();
+    if offsets.valid == 0 || socket == 0 {
+        return None;
+    }
+    let cookie: u64 = kernel_read(socket as *const u8, offsets.cookie)?;
+    let seed = SEEDS.get_ptr(&cookie)?;
+    // SAFETY: pointer from a successful lookup, read once.
+    let seed = unsafe { *seed };
+    if CONNECTIONS
+        .insert(&socket, &seed, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        count(counter::STATE_INSERT_FAILED);
+        return None;
+    }
+    let _ = SEEDS.remove(&cookie);
+    let mut event = event_for(event_kind::ADOPTED, now_ns(), socket, 0, 0);
+    event.value_ns = cookie;
+    event.netns = netns_of(socket);
+    emit(&event);
+    CONNECTIONS.get_ptr_mut(&socket)
+}
+
+/// The inode of the socket's network namespace, or 0 when BTF could not tell where it is.
+#[inline(always)]
+fn netns_of(socket: u64) -> u32 {
+    let offsets = sock_offsets();
+    if offsets.valid == 0 {
+        return 0;
+    }
+    let net: Option<*const u8> = kernel_read(socket as *const u8, offsets.net);
+    net.and_then(|net| kernel_read::<u32>(net, offsets.ns_inum))
+        .unwrap_or(0)
+}
+
+#[inline(always)]
+fn sock_offsets() -> SockOffsets {
+    // SAFETY: a valid static.
+    unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+}
+
 #[inline(always)]
 fn event_for(kind: u8, now: u64, socket: u64, local_port: u16, remote_port: u16) -> RawEvent {
     let mut event = RawEvent::zeroed();
@@ -379,6 +444,8 @@ fn reset(ctx: &TracePointContext, off: &FieldOffsets, kind: u8) {
     let Some(socket) = read::<u64>(ctx, off.skaddr).filter(|&socket| socket != 0) else {
         return;
     };
+    // Adopts a scanned connection first, so user space knows the socket.
+    let _ = state_of(socket);
     emit(&event_for(kind, now_ns(), socket, local_port, remote_port));
 }
 
@@ -395,7 +462,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     };
     let now = now_ns();
     let mut event = event_for(event_kind::RETRANSMIT, now, socket, local_port, remote_port);
-    if let Some(state) = CONNECTIONS.get_ptr_mut(&socket) {
+    if let Some(state) = state_of(socket) {
         // SAFETY: pointer from a successful lookup.
         let state = unsafe { &mut *state };
         state.retransmits = state.retransmits.saturating_add(1);

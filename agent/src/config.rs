@@ -19,6 +19,7 @@ pub const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 20;
 /// RFC 5382 REQ-5: a NAT must not cut an established connection idle for less than 2h04m.
 pub const DEFAULT_REQ5_THRESHOLD: Duration = Duration::from_secs(7440);
 pub const DEFAULT_MIN_CUTS: usize = 2;
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Port -> service name, e.g. 143 -> "imap".
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +80,7 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     pub req5_threshold: Duration,
     pub min_cuts: usize,
+    pub scan_interval: Duration,
 }
 
 /// What may come from the command line; `None` means "not given".
@@ -126,6 +128,10 @@ pub struct Flags {
     /// [default: 2]
     #[arg(long, value_name = "N", value_parser = parse_min_cuts)]
     pub min_cuts: Option<usize>,
+    /// How often the kernel's socket tables are read (in every network namespace) for
+    /// keepalive settings, owners, and connections the probes missed [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_scan_interval)]
+    pub scan_interval: Option<Duration>,
 }
 
 /// The TOML file: the same keys as the flags, with underscores.
@@ -143,6 +149,7 @@ struct FileConfig {
     ring_buffer_size: Option<i64>,
     req5_threshold: Option<String>,
     min_cuts: Option<i64>,
+    scan_interval: Option<String>,
 }
 
 /// `ports = "143=imap,587=submission"` or a table `[ports]` with `143 = "imap"`.
@@ -254,6 +261,11 @@ impl Config {
             )?,
             (None, None) => DEFAULT_MIN_CUTS,
         };
+        let scan_interval = match (flags.scan_interval, &file.scan_interval) {
+            (Some(interval), _) => interval,
+            (None, Some(interval)) => at(origin("scan_interval"), parse_scan_interval(interval))?,
+            (None, None) => DEFAULT_SCAN_INTERVAL,
+        };
         Ok(Self {
             listen,
             ports,
@@ -266,6 +278,7 @@ impl Config {
             ring_buffer_bytes,
             req5_threshold,
             min_cuts,
+            scan_interval,
         })
     }
 }
@@ -389,6 +402,16 @@ pub fn parse_req5_threshold(value: &str) -> Result<Duration, String> {
         ));
     }
     Ok(threshold)
+}
+
+pub fn parse_scan_interval(value: &str) -> Result<Duration, String> {
+    let interval = parse_duration(value)?;
+    if interval < Duration::from_secs(1) {
+        return Err(format!(
+            "`{value}` is too short for a scan interval (at least 1s)"
+        ));
+    }
+    Ok(interval)
 }
 
 pub fn parse_min_cuts(value: &str) -> Result<usize, String> {

@@ -23,11 +23,14 @@ pub enum Event {
         at: Nanos,
         socket: u64,
         endpoints: Endpoints,
+        /// Inode of the network namespace, 0 when unknown.
+        netns: u32,
     },
     Close {
         at: Nanos,
         socket: u64,
         endpoints: Endpoints,
+        netns: u32,
         /// The TCP state the connection left for CLOSE.
         old_state: u8,
         /// When the kernel saw it established, if it had state for it.
@@ -83,6 +86,12 @@ pub enum Event {
         icmp_type: u8,
         code: u8,
     },
+    /// The scanned connection with this cookie is the kernel socket `socket`.
+    Adopted {
+        at: Nanos,
+        socket: u64,
+        cookie: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,11 +138,13 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             at,
             socket,
             endpoints: endpoints()?,
+            netns: raw.netns,
         },
         event_kind::CLOSE => Event::Close {
             at,
             socket,
             endpoints: endpoints()?,
+            netns: raw.netns,
             old_state: raw.old_state,
             opened_at: (raw.flags & event_flags::NO_STATE == 0 && raw.value_ns != 0)
                 .then_some(raw.value_ns),
@@ -189,6 +200,11 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
                 code,
             }
         }
+        event_kind::ADOPTED => Event::Adopted {
+            at,
+            socket,
+            cookie: raw.value_ns,
+        },
         kind => return Err(DecodeError::UnknownKind(kind)),
     })
 }
@@ -234,6 +250,7 @@ mod tests {
         raw.remote_addr = mapped([10, 0, 1, 2]);
         raw.local_port = 143;
         raw.remote_port = 50_000;
+        raw.netns = 4026531840;
         raw
     }
 
@@ -249,6 +266,7 @@ mod tests {
                     local: "10.0.2.2:143".parse().unwrap(),
                     remote: "10.0.1.2:50000".parse().unwrap(),
                 },
+                netns: 4026531840,
             }
         );
     }

@@ -1,22 +1,25 @@
 //! HTTP endpoints: `/metrics` for Prometheus (OpenMetrics text), `/api/v1/paths` (JSON, one
-//! object per path with its cut-off and verdict) and `/healthz`.
+//! object per path with its cut-off and verdict), `/api/v1/connections` (JSON, one object per
+//! connection; see `view`) and `/healthz`.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use axum::{
     Router,
-    extract::State,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::IntoResponse,
     routing::get,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{inference::Inference, metrics::Metrics};
+use crate::{inference::Inference, metrics::Metrics, pipeline::ViewRequest, view::Filter};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -25,12 +28,14 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub inference: Arc<Mutex<Inference>>,
+    pub views: mpsc::Sender<ViewRequest>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/api/v1/paths", get(serve_paths))
+        .route("/api/v1/connections", get(serve_connections))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
 }
@@ -42,6 +47,37 @@ async fn serve_paths(State(state): State<AppState>) -> impl IntoResponse {
         .unwrap_or_else(PoisonError::into_inner)
         .reports();
     axum::Json(reports)
+}
+
+async fn serve_connections(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    let filter = match Filter::from_query(&query) {
+        Ok(filter) => filter,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    };
+    let (reply, response) = oneshot::channel();
+    if state
+        .views
+        .send(ViewRequest { filter, reply })
+        .await
+        .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down\n",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(10), response).await {
+        Ok(Ok(view)) => axum::Json(view).into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent did not answer in time\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -27,6 +27,11 @@ use crate::{
 const MAX_SURVIVED_SAMPLES: usize = 512;
 const MAX_CUT_SAMPLES: usize = 128;
 const MAX_DEATH_SAMPLES: usize = 64;
+/// Survived gaps considered for an application keepalive interval, and how many of them must
+/// sit within the spread of their median for the exchange to count as periodic.
+const KEEPALIVE_SAMPLES: usize = 32;
+const KEEPALIVE_MIN_SAMPLES: usize = 4;
+const KEEPALIVE_MIN_SHARE: f64 = 0.75;
 /// Deaths within this relative spread of each other are "at the same age".
 const AGE_CLUSTER_SPREAD: f64 = 0.10;
 /// ... or within this many seconds, for short (test-scale) ages.
@@ -92,6 +97,9 @@ pub struct PathReport {
     pub cutoff_upper_seconds: Option<f64>,
     pub verdict: Verdict,
     pub duration_limit_seconds: Option<f64>,
+    /// The interval of the application's own keepalives, when the survived gaps are clearly
+    /// periodic (Dovecot's "* OK Still here" every 2 minutes, an IDLE refresh...).
+    pub keepalive_interval_seconds: Option<f64>,
     pub explanation: String,
 }
 
@@ -107,6 +115,7 @@ struct PathStats {
     deaths_while_active: VecDeque<f64>,
     cutoff: Cutoff,
     duration_limit: Option<f64>,
+    keepalive_interval: Option<f64>,
 }
 
 /// The inference for every path. Owned by the pipeline task; reports are read by HTTP.
@@ -130,7 +139,7 @@ impl Inference {
         let settings = self.settings;
         let stats = self.paths.entry(key.clone()).or_default();
         match update {
-            Update::Opened(_) => {
+            Update::Opened(_) | Update::Discovered(_) => {
                 stats.open_connections += 1;
                 false
             }
@@ -144,6 +153,7 @@ impl Inference {
                 stats.survived_total += 1;
                 stats.longest_survived = Some(stats.longest_survived.map_or(gap, |l| l.max(gap)));
                 stats.cutoff = cutoff(&stats.survived, &stats.cuts);
+                stats.keepalive_interval = keepalive_interval(&stats.survived);
                 true
             }
             Update::Cut { gap, signature, .. } => {
@@ -202,6 +212,7 @@ impl Inference {
             cutoff_upper_seconds: stats.cutoff.upper,
             verdict,
             duration_limit_seconds: stats.duration_limit,
+            keepalive_interval_seconds: stats.keepalive_interval,
             explanation: explain(key, stats, verdict, self.settings),
         }
     }
@@ -294,6 +305,31 @@ pub fn duration_limit(deaths: &VecDeque<f64>, min_deaths: usize) -> Option<f64> 
         .map(|(_, age)| age)
 }
 
+/// The interval of a periodic exchange after idle: the median of the recent survived gaps when
+/// at least three quarters of them sit within 10 % (or half a second) of it.
+pub fn keepalive_interval(survived: &VecDeque<f64>) -> Option<f64> {
+    let recent: Vec<f64> = survived
+        .iter()
+        .rev()
+        .take(KEEPALIVE_SAMPLES)
+        .copied()
+        .collect();
+    if recent.len() < KEEPALIVE_MIN_SAMPLES {
+        return None;
+    }
+    let mut sorted = recent.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let tolerance = (median * 0.10).max(0.5);
+    let close = recent
+        .iter()
+        .filter(|&&gap| (gap - median).abs() <= tolerance)
+        .count();
+    #[expect(clippy::cast_precision_loss, reason = "at most 32 samples")]
+    let share = close as f64 / recent.len() as f64;
+    (share >= KEEPALIVE_MIN_SHARE).then_some(median)
+}
+
 fn verdict(stats: &PathStats, settings: Settings) -> Verdict {
     if stats.cuts_below_req5 >= settings.min_cuts as u64 {
         Verdict::ViolatesReq5
@@ -367,6 +403,13 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
             ),
         },
     };
+    if let Some(interval) = stats.keepalive_interval {
+        let _ = write!(
+            sentence,
+            " Its connections exchange keepalives after about {} of silence.",
+            human(interval)
+        );
+    }
     if let Some(limit) = stats.duration_limit {
         let _ = write!(
             sentence,
@@ -594,9 +637,33 @@ mod tests {
                 identity: identity(),
                 end: crate::model::End::Fin,
                 duration: None,
+                keepalive: None,
             },
         );
         assert_eq!(inference.report(&key()).unwrap().open_connections, 1);
+    }
+
+    #[test]
+    fn periodic_survived_gaps_reveal_an_application_keepalive() {
+        assert_eq!(
+            keepalive_interval(&deque(&[120.0, 119.5, 120.2, 120.1])),
+            Some(120.1)
+        );
+        assert_eq!(
+            keepalive_interval(&deque(&[120.0, 119.5, 120.2])),
+            None,
+            "too few"
+        );
+        assert_eq!(
+            keepalive_interval(&deque(&[10.0, 60.0, 300.0, 1200.0])),
+            None,
+            "not periodic"
+        );
+        // One odd gap among periodic ones does not hide the period.
+        assert_eq!(
+            keepalive_interval(&deque(&[2.0, 2.1, 1.9, 2.0, 30.0])),
+            Some(2.0)
+        );
     }
 
     #[test]

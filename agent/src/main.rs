@@ -3,7 +3,9 @@
 //!
 //! Data flows one way: probes (kernel) -> events -> connection model -> paths -> metrics/HTTP.
 
+mod client;
 mod config;
+mod discovery;
 mod events;
 mod http;
 mod inference;
@@ -13,6 +15,7 @@ mod model;
 mod paths;
 mod pipeline;
 mod probes;
+mod view;
 
 use std::{
     process::ExitCode,
@@ -39,12 +42,55 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "idlecut", version, allow_negative_numbers = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     flags: Flags,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the connections a running agent follows (and those that ended in the last few
+    /// minutes) as a table, the way `ss` would
+    Connections(ConnectionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConnectionsArgs {
+    /// The running agent's HTTP address (its --listen)
+    #[arg(long, value_name = "ADDR:PORT", default_value = config::DEFAULT_LISTEN, value_parser = config::parse_listen)]
+    agent: std::net::SocketAddr,
+    /// Only this service (a name from --ports, such as imap)
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this role: server or client
+    #[arg(long, value_parser = ["server", "client"])]
+    role: Option<String>,
+    /// Only this path (a prefix such as 192.0.2.0/24, or other)
+    #[arg(long)]
+    path: Option<String>,
+    /// Only open connections idle for at least this long, e.g. 10m
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    min_idle: Option<std::time::Duration>,
+    /// At most this many rows (the agent caps it at 10000)
+    #[arg(long, default_value_t = view::DEFAULT_LIMIT)]
+    limit: usize,
+    /// Print the JSON the agent returned instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Connections(args)) = cli.command {
+        return match client::connections(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("idlecut: error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(&cli.flags) {
         Ok(config) => config,
         Err(err) => {
@@ -107,23 +153,36 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ebpf,
         events,
         counters,
+        state,
         attached: _,
     } = probes;
     let inference = Arc::new(Mutex::new(Inference::new(Settings {
         req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
         min_cuts: config.min_cuts,
     })));
+    let (views, view_requests) = tokio::sync::mpsc::channel(16);
     let pipeline = Pipeline {
         model: ConnectionModel::new(config.ports.clone()),
         paths: PathTable::new(config.ipv4_prefix, config.ipv6_prefix, config.max_paths),
         inference: inference.clone(),
         metrics: metrics.clone(),
         counters,
+        kernel: state,
+        ports: config.ports.clone(),
+        scan_interval: config.scan_interval,
+        views: view_requests,
     };
     let (stop, stopped) = watch::channel(false);
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
-    let state = http::AppState { metrics, inference };
-    let server = tokio::spawn(http::serve(listener, state, stopped));
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::AppState {
+            metrics,
+            inference,
+            views,
+        },
+        stopped,
+    ));
     info!(
         listen = %config.listen,
         ports = %config.ports,

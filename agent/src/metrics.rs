@@ -17,7 +17,7 @@ use prometheus_client::{
 use crate::{
     events::Nanos,
     inference::{PathReport, Verdict},
-    model::{End, Role, Update},
+    model::{End, KeepaliveSetting, Role, Update},
     paths::PathKey,
 };
 
@@ -78,6 +78,14 @@ pub struct IcmpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeepaliveLabels {
+    pub service: Arc<str>,
+    pub role: &'static str,
+    pub path: Arc<str>,
+    pub setting: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub service: Arc<str>,
     pub role: &'static str,
@@ -101,6 +109,9 @@ fn duration_histogram() -> Histogram {
 pub struct Metrics {
     pub registry: Registry,
     opened: Family<PathLabels, Counter>,
+    discovered: Family<PathLabels, Counter>,
+    keepalive: Family<KeepaliveLabels, Gauge>,
+    keepalive_interval: Family<PathLabels, GaugeF64>,
     closed: Family<EndLabels, Counter>,
     open: Family<ServiceLabels, Gauge>,
     duration: Family<EndLabels, Histogram, fn() -> Histogram>,
@@ -134,6 +145,25 @@ impl Metrics {
             "Connections that reached ESTABLISHED on a watched port",
             opened.clone(),
         );
+        let discovered = Family::<PathLabels, Counter>::default();
+        registry.register(
+            "connections_discovered",
+            "Connections found already open by a scan of the kernel's socket tables (at start-up, or missed)",
+            discovered.clone(),
+        );
+        let keepalive = Family::<KeepaliveLabels, Gauge>::default();
+        registry.register(
+            "keepalive_connections",
+            "Open connections by TCP keepalive setting: off, below_2h (probes more often than RFC 1122 and RFC 5383 allow), 2h_or_more",
+            keepalive.clone(),
+        );
+        let keepalive_interval = Family::<PathLabels, GaugeF64>::default();
+        registry.register_with_unit(
+            "path_keepalive_interval",
+            "Typical interval of the application's own keepalives on the path (survived idle gaps that are clearly periodic)",
+            Unit::Seconds,
+            keepalive_interval.clone(),
+        );
         let closed = Family::<EndLabels, Counter>::default();
         registry.register(
             "connections_closed",
@@ -143,7 +173,7 @@ impl Metrics {
         let open = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "connections_open",
-            "Connections open now whose start the agent saw",
+            "Connections open now (seen opening, or found by a scan)",
             open.clone(),
         );
         let duration: Family<EndLabels, Histogram, fn() -> Histogram> =
@@ -298,6 +328,9 @@ impl Metrics {
         Self {
             registry,
             opened,
+            discovered,
+            keepalive,
+            keepalive_interval,
             closed,
             open,
             duration,
@@ -348,8 +381,32 @@ impl Metrics {
                 self.open_gauge(&labels).inc();
                 self.opened.get_or_create(&labels).inc();
             }
-            Update::Closed { end, duration, .. } => {
+            Update::Discovered(_) => {
+                self.open_gauge(&labels).inc();
+                self.discovered.get_or_create(&labels).inc();
+            }
+            Update::KeepaliveChanged { from, to, .. } => {
+                if let Some(from) = from {
+                    self.keepalive
+                        .get_or_create(&keepalive_labels(&labels, *from))
+                        .dec();
+                }
+                self.keepalive
+                    .get_or_create(&keepalive_labels(&labels, *to))
+                    .inc();
+            }
+            Update::Closed {
+                end,
+                duration,
+                keepalive,
+                ..
+            } => {
                 self.open_gauge(&labels).dec();
+                if let Some(setting) = keepalive {
+                    self.keepalive
+                        .get_or_create(&keepalive_labels(&labels, *setting))
+                        .dec();
+                }
                 let labels = with_end(labels, *end);
                 self.closed.get_or_create(&labels).inc();
                 if let Some(duration) = duration {
@@ -429,6 +486,7 @@ impl Metrics {
             (&self.cutoff_lower, report.cutoff_lower_seconds),
             (&self.cutoff_upper, report.cutoff_upper_seconds),
             (&self.duration_limit, report.duration_limit_seconds),
+            (&self.keepalive_interval, report.keepalive_interval_seconds),
         ] {
             match value {
                 Some(value) => {
@@ -456,6 +514,15 @@ impl Metrics {
         let mut text = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+fn keepalive_labels(labels: &PathLabels, setting: KeepaliveSetting) -> KeepaliveLabels {
+    KeepaliveLabels {
+        service: labels.service.clone(),
+        role: labels.role,
+        path: labels.path.clone(),
+        setting: setting.as_str(),
     }
 }
 
@@ -534,6 +601,7 @@ mod tests {
                 identity: identity("192.0.2.1"),
                 end: End::ResetReceived,
                 duration: Some(350_000_000_000),
+                keepalive: None,
             },
             Update::Cut {
                 identity: identity("192.0.2.1"),
@@ -586,6 +654,7 @@ mod tests {
             cutoff_upper_seconds: Some(350.0),
             verdict: Verdict::ViolatesReq5,
             duration_limit_seconds: None,
+            keepalive_interval_seconds: None,
             explanation: String::new(),
         };
         metrics.set_path_estimates(&report);

@@ -8,13 +8,18 @@
 //! so closes and peer-ended gaps wait a short grace period before they are settled. Everything
 //! here is plain data and unit-tested; the only clock is the kernel's, passed in.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use idlecut_ebpf::tcp_state;
 use serde::Serialize;
 
 use crate::{
     config::PortMap,
+    discovery::{KeepaliveObservation, Owner, Scan},
     events::{Endpoints, Event, Nanos, Side},
 };
 
@@ -22,6 +27,14 @@ use crate::{
 /// errno, a middlebox's RST). The kernel emits them microseconds after; this leaves room for a
 /// slow reader.
 pub const CLOSE_GRACE_NS: Nanos = 100_000_000;
+
+/// Closed connections stay in the per-connection view this long, and at most this many.
+pub const RECENTLY_CLOSED_NS: Nanos = 300_000_000_000;
+pub const RECENTLY_CLOSED_MAX: usize = 1024;
+/// RFC 1122 4.2.3.6 and RFC 5383 4.2: keepalive should not probe more often than every two
+/// hours. The interval is estimated from the keepalive timer (see `discovery`), so a minute of
+/// slack keeps a 2 h setting on the right side.
+const KEEPALIVE_TWO_HOURS_MS: u64 = 7_200_000 - 60_000;
 
 const ETIMEDOUT: u16 = 110;
 const ENETUNREACH: u16 = 101;
@@ -131,6 +144,36 @@ impl Direction {
     }
 }
 
+/// A connection's TCP keepalive, as the metrics group it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum KeepaliveSetting {
+    #[serde(rename = "off")]
+    Off,
+    /// Probes more often than every two hours: defeats radio dormancy on mobile devices.
+    #[serde(rename = "below_2h")]
+    Below2h,
+    #[serde(rename = "2h_or_more")]
+    TwoHoursOrMore,
+}
+
+impl KeepaliveSetting {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Below2h => "below_2h",
+            Self::TwoHoursOrMore => "2h_or_more",
+        }
+    }
+
+    pub const fn from_interval_ms(interval_ms: u64) -> Self {
+        if interval_ms < KEEPALIVE_TWO_HOURS_MS {
+            Self::Below2h
+        } else {
+            Self::TwoHoursOrMore
+        }
+    }
+}
+
 /// What the aggregation layer needs to know about a connection: which path it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
@@ -143,6 +186,14 @@ pub struct Identity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
     Opened(Identity),
+    /// Found already open by a scan (its start was not seen).
+    Discovered(Identity),
+    /// A connection's keepalive setting became known or changed.
+    KeepaliveChanged {
+        identity: Identity,
+        from: Option<KeepaliveSetting>,
+        to: KeepaliveSetting,
+    },
     Reset(Identity, Direction),
     Retransmit(Identity),
     /// The peer was heard from after a silence of `gap`: the path let the connection through.
@@ -175,6 +226,8 @@ pub enum Update {
         end: End,
         /// None when the connection's start was not seen.
         duration: Option<Nanos>,
+        /// Its keepalive setting, if one was known.
+        keepalive: Option<KeepaliveSetting>,
     },
     /// A connection closed that was opened before the agent started: nothing to attribute.
     UntrackedClose,
@@ -187,6 +240,8 @@ impl Update {
     pub fn identity(&self) -> Option<&Identity> {
         match self {
             Self::Opened(identity)
+            | Self::Discovered(identity)
+            | Self::KeepaliveChanged { identity, .. }
             | Self::Reset(identity, _)
             | Self::Retransmit(identity)
             | Self::IdleGapSurvived(identity, _)
@@ -208,11 +263,29 @@ struct UnansweredGap {
     icmp: bool,
 }
 
+/// How the kernel programs and the model refer to a connection: its socket address once a
+/// program has met it, its cookie while only the scan knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Socket(u64),
+    Cookie(u64),
+}
+
 #[derive(Clone, Debug)]
 struct Connection {
     identity: Identity,
     endpoints: Endpoints,
+    /// Inode of its network namespace, 0 when unknown.
+    netns: u32,
     opened_at: Option<Nanos>,
+    cookie: Option<u64>,
+    inode: Option<u32>,
+    owner: Option<Owner>,
+    keepalive: Option<Keepalive>,
+    retransmits: u32,
+    /// Idle clocks from the last scan (kernel time of the last segment received and sent),
+    /// for when the kernel's own state cannot be read.
+    scanned_clocks: Option<(Nanos, Nanos)>,
     reset_received: bool,
     reset_sent: bool,
     /// An error reported while the connection was still open, with when.
@@ -232,15 +305,62 @@ struct Closing {
     stalled_for: Option<Nanos>,
 }
 
-/// Open connections by kernel socket address, and recently closed ones in their grace period.
+/// A connection's keepalive as last observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub setting: KeepaliveSetting,
+    pub interval_ms: Option<u64>,
+}
+
+/// A connection that ended recently, for the per-connection view.
+#[derive(Clone, Debug)]
+pub struct ClosedRecord {
+    pub info: ConnectionInfo,
+    pub closed_at: Nanos,
+    pub end: End,
+}
+
+/// What the per-connection view shows of a connection. Idle clocks are read by the caller
+/// from the kernel (`socket`, `cookie`) or taken from the last scan.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    pub identity: Identity,
+    pub endpoints: Endpoints,
+    pub netns: u32,
+    pub socket: Option<u64>,
+    pub cookie: Option<u64>,
+    pub owner: Option<Owner>,
+    pub opened_at: Option<Nanos>,
+    pub keepalive: Option<Keepalive>,
+    pub retransmits: u32,
+    pub scanned_clocks: Option<(Nanos, Nanos)>,
+}
+
+/// A connection the scan found that the kernel programs should adopt: seed its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seed {
+    pub cookie: u64,
+    /// Kernel time of the last segment received and of the last data sent.
+    pub last_received: Nanos,
+    pub last_sent: Nanos,
+    pub flags: u8,
+}
+
+/// Open connections by kernel socket address (or, found by a scan and not yet met by a
+/// program, by cookie), recently closed ones in their grace period, and a short history.
 #[derive(Debug)]
 pub struct ConnectionModel {
     ports: PortMap,
     open: HashMap<u64, Connection>,
-    by_endpoints: HashMap<Endpoints, u64>,
+    discovered: HashMap<u64, Connection>,
+    by_endpoints: HashMap<Endpoints, Vec<(u32, Key)>>,
     closing: HashMap<u64, Closing>,
     /// Sockets with a peer-ended gap in its grace period.
     peer_ended_gaps: Vec<u64>,
+    recently_closed: VecDeque<ClosedRecord>,
+    /// Closes of connections the model did not know, recently: a scan that started before
+    /// them must not bring them back.
+    untracked_closes: VecDeque<(Nanos, u32, Endpoints)>,
 }
 
 impl ConnectionModel {
@@ -248,15 +368,58 @@ impl ConnectionModel {
         Self {
             ports,
             open: HashMap::new(),
+            discovered: HashMap::new(),
             by_endpoints: HashMap::new(),
             closing: HashMap::new(),
             peer_ended_gaps: Vec::new(),
+            recently_closed: VecDeque::new(),
+            untracked_closes: VecDeque::new(),
         }
     }
 
-    /// Open connections (those in their close grace period excluded).
+    /// Open connections, found by a scan or seen opening (those in their close grace period
+    /// excluded).
     pub fn open_count(&self) -> usize {
-        self.open.len()
+        self.open.len() + self.discovered.len()
+    }
+
+    /// Scanned connections no kernel program has met yet (their seeds are still pending).
+    pub fn pending_adoptions(&self) -> usize {
+        self.discovered.len()
+    }
+
+    fn index_insert(&mut self, endpoints: Endpoints, netns: u32, key: Key) {
+        self.by_endpoints
+            .entry(endpoints)
+            .or_default()
+            .push((netns, key));
+    }
+
+    fn index_remove(&mut self, endpoints: &Endpoints, key: Key) {
+        if let Some(entries) = self.by_endpoints.get_mut(endpoints) {
+            entries.retain(|&(_, k)| k != key);
+            if entries.is_empty() {
+                self.by_endpoints.remove(endpoints);
+            }
+        }
+    }
+
+    /// The connection with these endpoints in this namespace. A namespace of 0 (unknown, on
+    /// kernels without BTF) matches any.
+    fn index_find(&self, endpoints: &Endpoints, netns: u32) -> Option<Key> {
+        self.by_endpoints.get(endpoints).and_then(|entries| {
+            entries
+                .iter()
+                .find(|&&(n, _)| n == netns || n == 0 || netns == 0)
+                .map(|&(_, key)| key)
+        })
+    }
+
+    fn connection_mut(&mut self, key: Key) -> Option<&mut Connection> {
+        match key {
+            Key::Socket(socket) => self.open.get_mut(&socket),
+            Key::Cookie(cookie) => self.discovered.get_mut(&cookie),
+        }
     }
 
     /// Which service a connection is and in which role, or None if neither port is watched.
@@ -279,11 +442,14 @@ impl ConnectionModel {
                 at,
                 socket,
                 endpoints,
-            } => self.open(socket, endpoints, Some(at), out),
+                netns,
+            } => self.open(socket, endpoints, netns, Some(at), out),
+            Event::Adopted { socket, cookie, .. } => self.adopt(socket, cookie),
             Event::Close {
                 at,
                 socket,
                 endpoints,
+                netns,
                 old_state,
                 opened_at,
                 stalled_for,
@@ -293,6 +459,7 @@ impl ConnectionModel {
             } => self.close(
                 socket,
                 endpoints,
+                netns,
                 at,
                 old_state,
                 opened_at,
@@ -324,6 +491,7 @@ impl ConnectionModel {
             Event::ResetSent { socket, .. } => self.reset(socket, Direction::Sent, out),
             Event::Retransmit { socket, .. } => {
                 if let Some(connection) = self.find_mut(socket) {
+                    connection.retransmits = connection.retransmits.saturating_add(1);
                     if let Some(unanswered) = &mut connection.unanswered {
                         unanswered.retransmitted = true;
                     }
@@ -396,10 +564,10 @@ impl ConnectionModel {
                 code,
                 ..
             } => {
-                let Some(socket) = self.by_endpoints.get(&endpoints) else {
+                let Some(key) = self.index_find(&endpoints, 0) else {
                     return;
                 };
-                if let Some(connection) = self.open.get_mut(socket) {
+                if let Some(connection) = self.connection_mut(key) {
                     if let Some(unanswered) = &mut connection.unanswered {
                         unanswered.icmp = true;
                     }
@@ -446,6 +614,7 @@ impl ConnectionModel {
         &mut self,
         socket: u64,
         endpoints: Endpoints,
+        netns: u32,
         opened_at: Option<Nanos>,
         out: &mut Vec<Update>,
     ) {
@@ -460,7 +629,14 @@ impl ConnectionModel {
         let connection = Connection {
             identity: identity.clone(),
             endpoints,
+            netns,
             opened_at,
+            cookie: None,
+            inode: None,
+            owner: None,
+            keepalive: None,
+            retransmits: 0,
+            scanned_clocks: None,
             reset_received: false,
             reset_sent: false,
             error: None,
@@ -470,15 +646,26 @@ impl ConnectionModel {
         };
         if let Some(previous) = self.open.insert(socket, connection) {
             // Its close was lost: it ended, we cannot say how.
-            self.by_endpoints.remove(&previous.endpoints);
+            self.index_remove(&previous.endpoints, Key::Socket(socket));
             out.push(Update::Closed {
                 identity: previous.identity,
                 end: End::Unknown,
                 duration: None,
+                keepalive: previous.keepalive.map(|k| k.setting),
             });
         }
-        self.by_endpoints.insert(endpoints, socket);
+        self.index_insert(endpoints, netns, Key::Socket(socket));
         out.push(Update::Opened(identity));
+    }
+
+    /// A kernel program met a scanned connection: from now on it is known by its socket.
+    fn adopt(&mut self, socket: u64, cookie: u64) {
+        let Some(connection) = self.discovered.remove(&cookie) else {
+            return;
+        };
+        self.index_remove(&connection.endpoints, Key::Cookie(cookie));
+        self.index_insert(connection.endpoints, connection.netns, Key::Socket(socket));
+        self.open.insert(socket, connection);
     }
 
     #[expect(clippy::too_many_arguments, reason = "the fields of one close event")]
@@ -486,6 +673,7 @@ impl ConnectionModel {
         &mut self,
         socket: u64,
         endpoints: Endpoints,
+        netns: u32,
         at: Nanos,
         old_state: u8,
         kernel_opened_at: Option<Nanos>,
@@ -498,8 +686,10 @@ impl ConnectionModel {
                 if let Some((_, gap)) = connection.peer_ended_gap.take() {
                     out.push(Update::IdleGapSurvived(connection.identity.clone(), gap));
                 }
-                self.by_endpoints.remove(&connection.endpoints);
-                if kernel_opened_at.is_none() {
+                self.index_remove(&connection.endpoints, Key::Socket(socket));
+                // A seen start with no kernel state left: the LRU map evicted it. (Scanned
+                // connections have no start and may legitimately have no state.)
+                if kernel_opened_at.is_none() && connection.opened_at.is_some() {
                     out.push(Update::KernelStateEvicted);
                 }
                 connection.opened_at = connection.opened_at.or(kernel_opened_at);
@@ -507,17 +697,31 @@ impl ConnectionModel {
             }
             // The kernel saw it open but its OPEN event was lost: count it now, whole.
             None if kernel_opened_at.is_some() => {
-                self.open(socket, endpoints, kernel_opened_at, out);
+                self.open(socket, endpoints, netns, kernel_opened_at, out);
                 let Some(connection) = self.open.remove(&socket) else {
                     return;
                 };
-                self.by_endpoints.remove(&connection.endpoints);
+                self.index_remove(&connection.endpoints, Key::Socket(socket));
                 connection
             }
-            None => {
-                out.push(Update::UntrackedClose);
-                return;
-            }
+            None => match self.index_find(&endpoints, netns) {
+                // Found by a scan and never met by a program (no BTF to adopt it).
+                Some(Key::Cookie(cookie)) => {
+                    let Some(connection) = self.discovered.remove(&cookie) else {
+                        return;
+                    };
+                    self.index_remove(&endpoints, Key::Cookie(cookie));
+                    connection
+                }
+                _ => {
+                    self.untracked_closes.push_back((at, netns, endpoints));
+                    if self.untracked_closes.len() > RECENTLY_CLOSED_MAX {
+                        self.untracked_closes.pop_front();
+                    }
+                    out.push(Update::UntrackedClose);
+                    return;
+                }
+            },
         };
         let reset_received = connection.reset_received;
         self.closing.insert(
@@ -536,6 +740,7 @@ impl ConnectionModel {
     }
 
     fn find_mut(&mut self, socket: u64) -> Option<&mut Connection> {
+        // (Scanned connections are adopted before any event refers to their socket.)
         match self.open.get_mut(&socket) {
             Some(connection) => Some(connection),
             None => self
@@ -559,21 +764,17 @@ impl ConnectionModel {
     }
 
     fn error_report(&mut self, endpoints: Endpoints, at: Nanos, errno: u16) {
-        let closing = self
+        if let Some(closing) = self
             .closing
             .values_mut()
-            .find(|closing| closing.connection.endpoints == endpoints);
-        let connection = match closing {
-            Some(closing) => &mut closing.connection,
-            None => match self.by_endpoints.get(&endpoints) {
-                Some(socket) => match self.open.get_mut(socket) {
-                    Some(connection) => connection,
-                    None => return,
-                },
-                None => return,
-            },
-        };
-        connection.error = Some((at, errno));
+            .find(|closing| closing.connection.endpoints == endpoints)
+        {
+            closing.connection.error = Some((at, errno));
+        } else if let Some(key) = self.index_find(&endpoints, 0)
+            && let Some(connection) = self.connection_mut(key)
+        {
+            connection.error = Some((at, errno));
+        }
     }
 
     fn finish(&mut self, socket: u64, out: &mut Vec<Update>) {
@@ -629,12 +830,152 @@ impl ConnectionModel {
             });
         }
         out.push(Update::Closed {
-            identity: connection.identity,
+            identity: connection.identity.clone(),
             end,
             duration: connection
                 .opened_at
                 .map(|opened_at| closed_at.saturating_sub(opened_at)),
+            keepalive: connection.keepalive.map(|k| k.setting),
         });
+        self.recently_closed.push_back(ClosedRecord {
+            info: info_of(&connection, None),
+            closed_at,
+            end,
+        });
+        while self.recently_closed.len() > RECENTLY_CLOSED_MAX
+            || self
+                .recently_closed
+                .front()
+                .is_some_and(|c| closed_at.saturating_sub(c.closed_at) > RECENTLY_CLOSED_NS)
+        {
+            self.recently_closed.pop_front();
+        }
+    }
+
+    /// Takes in a scan of the kernel's socket tables (made between `started` and `finished`,
+    /// kernel time): connections it knows get their inode, owner and keepalive; connections it
+    /// does not know were open before the agent (or their open was lost): they are tracked
+    /// from now on, and returned as seeds for the kernel programs to adopt.
+    pub fn apply_scan(
+        &mut self,
+        scan: &Scan,
+        started: Nanos,
+        finished: Nanos,
+        out: &mut Vec<Update>,
+    ) -> Vec<Seed> {
+        let mut seeds = Vec::new();
+        for scanned in &scan.connections {
+            let clocks = (
+                finished.saturating_sub(u64::from(scanned.last_received_ms()) * 1_000_000),
+                finished.saturating_sub(u64::from(scanned.last_data_sent_ms) * 1_000_000),
+            );
+            let key = match self.index_find(&scanned.endpoints, scanned.netns) {
+                Some(key) => key,
+                None => {
+                    // It closed while the scan ran: do not bring it back.
+                    let closed_meanwhile = self.untracked_closes.iter().any(|&(at, netns, ep)| {
+                        at >= started
+                            && ep == scanned.endpoints
+                            && (netns == scanned.netns || netns == 0)
+                    });
+                    if closed_meanwhile || self.discovered.contains_key(&scanned.cookie) {
+                        continue;
+                    }
+                    let Some(identity) = self.identify(&scanned.endpoints) else {
+                        continue;
+                    };
+                    self.discovered.insert(
+                        scanned.cookie,
+                        Connection {
+                            identity: identity.clone(),
+                            endpoints: scanned.endpoints,
+                            netns: scanned.netns,
+                            opened_at: None,
+                            cookie: Some(scanned.cookie),
+                            inode: None,
+                            owner: None,
+                            keepalive: None,
+                            retransmits: 0,
+                            scanned_clocks: None,
+                            reset_received: false,
+                            reset_sent: false,
+                            error: None,
+                            unanswered: None,
+                            peer_ended_gap: None,
+                            cut_after_idle: false,
+                        },
+                    );
+                    self.index_insert(
+                        scanned.endpoints,
+                        scanned.netns,
+                        Key::Cookie(scanned.cookie),
+                    );
+                    out.push(Update::Discovered(identity));
+                    seeds.push(Seed {
+                        cookie: scanned.cookie,
+                        last_received: clocks.0,
+                        last_sent: clocks.1,
+                        flags: match scanned.state {
+                            tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK => {
+                                idlecut_ebpf::event_flags::REMOTE_CLOSED_FIRST
+                            }
+                            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING => {
+                                idlecut_ebpf::event_flags::LOCAL_CLOSED_FIRST
+                            }
+                            _ => 0,
+                        },
+                    });
+                    Key::Cookie(scanned.cookie)
+                }
+            };
+            let owner = scan.owners.get(&scanned.inode).cloned();
+            let Some(connection) = self.connection_mut(key) else {
+                continue;
+            };
+            connection.cookie = Some(scanned.cookie);
+            connection.inode = Some(scanned.inode);
+            if owner.is_some() {
+                connection.owner = owner;
+            }
+            if connection.netns == 0 {
+                connection.netns = scanned.netns;
+            }
+            connection.scanned_clocks = Some(clocks);
+            let observed = match scanned.keepalive {
+                KeepaliveObservation::Off => Some(Keepalive {
+                    setting: KeepaliveSetting::Off,
+                    interval_ms: None,
+                }),
+                KeepaliveObservation::On { interval_ms } => Some(Keepalive {
+                    setting: KeepaliveSetting::from_interval_ms(interval_ms),
+                    interval_ms: Some(interval_ms),
+                }),
+                KeepaliveObservation::Unknown => None,
+            };
+            if let Some(observed) = observed {
+                let previous = connection.keepalive.replace(observed);
+                if previous.map(|k| k.setting) != Some(observed.setting) {
+                    out.push(Update::KeepaliveChanged {
+                        identity: connection.identity.clone(),
+                        from: previous.map(|k| k.setting),
+                        to: observed.setting,
+                    });
+                }
+            }
+        }
+        seeds
+    }
+
+    /// Every open connection (adopted or not) and the recently closed ones, for the view.
+    pub fn connections(&self) -> impl Iterator<Item = ConnectionInfo> + '_ {
+        self.open
+            .iter()
+            .map(|(&socket, c)| info_of(c, Some(socket)))
+            .chain(self.discovered.values().map(|c| info_of(c, None)))
+    }
+
+    pub fn recently_closed(&self) -> impl Iterator<Item = &ClosedRecord> {
+        self.recently_closed.iter()
     }
 
     /// Drops everything in its grace period at once (at shutdown), classifying it.
@@ -643,6 +984,21 @@ impl ConnectionModel {
         for socket in sockets {
             self.finish(socket, out);
         }
+    }
+}
+
+fn info_of(connection: &Connection, socket: Option<u64>) -> ConnectionInfo {
+    ConnectionInfo {
+        identity: connection.identity.clone(),
+        endpoints: connection.endpoints,
+        netns: connection.netns,
+        socket,
+        cookie: connection.cookie,
+        owner: connection.owner.clone(),
+        opened_at: connection.opened_at,
+        keepalive: connection.keepalive,
+        retransmits: connection.retransmits,
+        scanned_clocks: connection.scanned_clocks,
     }
 }
 
@@ -694,6 +1050,7 @@ mod tests {
     use crate::config::parse_ports;
 
     const SOCK: u64 = 0xffff_0000_0000_1000;
+    const NETNS: u32 = 4026532000;
     const SECOND: Nanos = 1_000_000_000;
 
     fn model() -> ConnectionModel {
@@ -720,6 +1077,7 @@ mod tests {
             at,
             socket: SOCK,
             endpoints: server_side(),
+            netns: NETNS,
         }
     }
 
@@ -728,6 +1086,7 @@ mod tests {
             at,
             socket: SOCK,
             endpoints: server_side(),
+            netns: NETNS,
             old_state,
             opened_at,
             retransmits: 0,
@@ -793,6 +1152,7 @@ mod tests {
                     identity: identity("imap", Role::Server, "10.0.1.2"),
                     end: End::Fin,
                     duration: Some(90 * SECOND),
+                    keepalive: None,
                 },
             ]
         );
@@ -931,6 +1291,7 @@ mod tests {
                     identity: identity("imap", Role::Server, "10.0.1.2"),
                     end: End::Fin,
                     duration: Some(6 * SECOND),
+                    keepalive: None,
                 },
             ]
         );
@@ -952,6 +1313,7 @@ mod tests {
             identity: identity("imap", Role::Server, "10.0.1.2"),
             end: End::Fin,
             duration: Some(2 * SECOND),
+            keepalive: None,
         }));
     }
 
@@ -1025,6 +1387,7 @@ mod tests {
                 at,
                 socket: SOCK,
                 endpoints: server_side(),
+                netns: NETNS,
                 old_state: tcp_state::ESTABLISHED,
                 opened_at: Some(0),
                 retransmits: 3,
@@ -1225,5 +1588,194 @@ mod tests {
             outcome: StallOutcome::Recovered,
         }));
         assert_eq!(ends(&updates), vec![End::Fin]);
+    }
+
+    fn scanned(keepalive: KeepaliveObservation) -> crate::discovery::Scanned {
+        crate::discovery::Scanned {
+            netns: NETNS,
+            endpoints: server_side(),
+            state: tcp_state::ESTABLISHED,
+            cookie: 77,
+            inode: 5000,
+            keepalive,
+            last_data_sent_ms: 4000,
+            last_data_recv_ms: 3000,
+            last_ack_recv_ms: 2000,
+        }
+    }
+
+    fn scan_of(connections: Vec<crate::discovery::Scanned>) -> Scan {
+        Scan {
+            connections,
+            ..Scan::default()
+        }
+    }
+
+    #[test]
+    fn a_scan_finds_connections_older_than_the_agent_and_seeds_them() {
+        let mut model = model();
+        let mut out = Vec::new();
+        let scan = scan_of(vec![scanned(KeepaliveObservation::On {
+            interval_ms: 60_000,
+        })]);
+        let seeds = model.apply_scan(&scan, 90 * SECOND, 100 * SECOND, &mut out);
+        assert_eq!(
+            seeds,
+            vec![Seed {
+                cookie: 77,
+                last_received: 98 * SECOND,
+                last_sent: 96 * SECOND,
+                flags: 0,
+            }]
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::Discovered(imap_server()),
+                Update::KeepaliveChanged {
+                    identity: imap_server(),
+                    from: None,
+                    to: KeepaliveSetting::Below2h,
+                },
+            ]
+        );
+        assert_eq!((model.open_count(), model.pending_adoptions()), (1, 1));
+        // Scanned again: nothing new.
+        out.clear();
+        assert!(
+            model
+                .apply_scan(&scan, 200 * SECOND, 200 * SECOND, &mut out)
+                .is_empty()
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn an_adopted_connection_is_followed_by_socket_and_its_cut_measured() {
+        let mut model = model();
+        let mut out = Vec::new();
+        let scan = scan_of(vec![scanned(KeepaliveObservation::Off)]);
+        model.apply_scan(&scan, 0, 100 * SECOND, &mut out);
+        out.clear();
+        model.apply(
+            Event::Adopted {
+                at: 400 * SECOND,
+                socket: SOCK,
+                cookie: 77,
+            },
+            &mut out,
+        );
+        assert_eq!(model.pending_adoptions(), 0);
+        model.apply(gap_end(400 * SECOND, 302 * SECOND, Side::Local), &mut out);
+        model.apply(
+            Event::ResetReceived {
+                at: 400 * SECOND,
+                socket: SOCK,
+            },
+            &mut out,
+        );
+        model.apply(close(400 * SECOND, tcp_state::ESTABLISHED, None), &mut out);
+        assert_eq!(cuts(&out), vec![(302 * SECOND, Signature::Reset)]);
+        assert!(out.contains(&Update::Closed {
+            identity: imap_server(),
+            end: End::ResetReceived,
+            duration: None,
+            keepalive: Some(KeepaliveSetting::Off),
+        }));
+        assert!(!out.contains(&Update::KernelStateEvicted), "{out:?}");
+        assert_eq!(model.open_count(), 0);
+    }
+
+    #[test]
+    fn a_scanned_connection_never_adopted_is_closed_by_its_endpoints() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply_scan(
+            &scan_of(vec![scanned(KeepaliveObservation::Unknown)]),
+            0,
+            SECOND,
+            &mut out,
+        );
+        out.clear();
+        let updates = {
+            model.apply(close(5 * SECOND, tcp_state::LAST_ACK, None), &mut out);
+            model.expire(u64::MAX, &mut out);
+            out
+        };
+        assert_eq!(ends(&updates), vec![End::Fin]);
+        assert!(!updates.contains(&Update::UntrackedClose));
+        assert_eq!(model.open_count(), 0);
+    }
+
+    #[test]
+    fn a_connection_seen_opening_is_not_discovered_again() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(SECOND), &mut out);
+        out.clear();
+        let seeds = model.apply_scan(
+            &scan_of(vec![scanned(KeepaliveObservation::On {
+                interval_ms: 7_200_000,
+            })]),
+            0,
+            2 * SECOND,
+            &mut out,
+        );
+        assert!(seeds.is_empty());
+        assert_eq!(
+            out,
+            vec![Update::KeepaliveChanged {
+                identity: imap_server(),
+                from: None,
+                to: KeepaliveSetting::TwoHoursOrMore,
+            }]
+        );
+        let info: Vec<ConnectionInfo> = model.connections().collect();
+        assert_eq!(info.len(), 1);
+        assert_eq!((info[0].socket, info[0].cookie), (Some(SOCK), Some(77)));
+    }
+
+    #[test]
+    fn a_connection_that_closed_during_the_scan_is_not_brought_back() {
+        let mut model = model();
+        let mut out = Vec::new();
+        // Closed (unknown to the model) after the scan started, before it was applied.
+        model.apply(close(5 * SECOND, tcp_state::LAST_ACK, None), &mut out);
+        let seeds = model.apply_scan(
+            &scan_of(vec![scanned(KeepaliveObservation::Off)]),
+            4 * SECOND,
+            6 * SECOND,
+            &mut out,
+        );
+        assert!(seeds.is_empty());
+        assert_eq!(model.open_count(), 0);
+    }
+
+    #[test]
+    fn keepalive_settings_split_at_two_hours() {
+        assert_eq!(
+            KeepaliveSetting::from_interval_ms(60_000),
+            KeepaliveSetting::Below2h
+        );
+        assert_eq!(
+            KeepaliveSetting::from_interval_ms(7_199_500),
+            KeepaliveSetting::TwoHoursOrMore
+        );
+        assert_eq!(
+            KeepaliveSetting::from_interval_ms(7_000_000),
+            KeepaliveSetting::Below2h
+        );
+    }
+
+    #[test]
+    fn recently_closed_connections_are_kept_for_the_view() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(0), &mut out);
+        model.apply(close(SECOND, tcp_state::LAST_ACK, Some(0)), &mut out);
+        model.expire(u64::MAX, &mut out);
+        let closed: Vec<&ClosedRecord> = model.recently_closed().collect();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].end, End::Fin);
     }
 }

@@ -8,17 +8,33 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::watch};
-use tracing::warn;
+use idlecut_ebpf::ConnectionState;
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{debug, info, warn};
 
 use crate::{
+    config::PortMap,
+    discovery::{self, Scan},
     events::{self, Nanos},
     inference::Inference,
     metrics::{KernelCounterSync, Metrics},
     model::{ConnectionModel, Update},
     paths::PathTable,
-    probes::KernelCounters,
+    probes::{KernelCounters, KernelState},
+    view::{self, ConnectionsResponse, Filter},
 };
+
+/// A request for the per-connection view, answered by the pipeline (which owns the model).
+pub struct ViewRequest {
+    pub filter: Filter,
+    pub reply: oneshot::Sender<ConnectionsResponse>,
+}
+
+/// A finished scan and when it started and ended (kernel time).
+type ScanResult = (Scan, Nanos, Nanos);
 
 /// How often closed connections past their grace period are classified.
 const TICK: Duration = Duration::from_millis(50);
@@ -33,6 +49,10 @@ pub struct Pipeline {
     pub inference: Arc<Mutex<Inference>>,
     pub metrics: Arc<Metrics>,
     pub counters: KernelCounters,
+    pub kernel: KernelState,
+    pub ports: PortMap,
+    pub scan_interval: Duration,
+    pub views: mpsc::Receiver<ViewRequest>,
 }
 
 impl Pipeline {
@@ -51,30 +71,47 @@ impl Pipeline {
         let lost = KernelCounterSync::default();
         let insert_failures = KernelCounterSync::default();
         let mut ticks = 0u32;
+        let mut scan_timer = tokio::time::interval(self.scan_interval);
+        scan_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scan_in_flight: Option<oneshot::Receiver<ScanResult>> = None;
+        let mut first_scan = true;
+        let mut seeding = false;
         loop {
             tokio::select! {
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
-                    let ring = guard.get_inner_mut();
-                    let mut handled = 0;
-                    while handled < MAX_BATCH {
-                        let Some(record) = ring.next() else { break };
-                        handled += 1;
-                        match events::decode(&record) {
-                            Ok(event) => self.model.apply(event, &mut updates),
-                            Err(_) => {
-                                self.metrics.events_malformed.inc();
-                            }
-                        }
-                    }
+                    let handled = self.drain(guard.get_inner_mut(), MAX_BATCH, &mut updates);
                     if handled < MAX_BATCH {
                         guard.clear_ready();
                     }
                     self.record(&mut updates);
                 }
+                _ = scan_timer.tick(), if scan_in_flight.is_none() => {
+                    scan_in_flight = Some(start_scan(self.ports.clone()));
+                }
+                result = async { scan_in_flight.as_mut().expect("guarded").await }, if scan_in_flight.is_some() => {
+                    scan_in_flight = None;
+                    let Ok((scan, started, finished)) = result else {
+                        warn!("the socket table scan thread died");
+                        continue;
+                    };
+                    // Every OPEN of a connection the scan saw was emitted before the scan could
+                    // see it: take them all in first, so that nothing is counted twice.
+                    self.drain(events.get_mut(), usize::MAX, &mut updates);
+                    self.record(&mut updates);
+                    self.take_scan(&scan, started, finished, first_scan, &mut updates);
+                    self.record(&mut updates);
+                    first_scan = false;
+                    seeding = self.update_seeding(seeding);
+                }
+                Some(request) = self.views.recv() => {
+                    let response = view::build(&self.model, &mut self.paths, &self.kernel, monotonic_now(), &request.filter);
+                    let _ = request.reply.send(response);
+                }
                 _ = tick.tick() => {
                     self.model.expire(monotonic_now(), &mut updates);
                     self.record(&mut updates);
+                    seeding = self.update_seeding(seeding);
                     ticks = ticks.wrapping_add(1);
                     if ticks.is_multiple_of(COUNTER_SYNC_TICKS) {
                         match (self.counters.ringbuf_full(), self.counters.state_insert_failed()) {
@@ -94,6 +131,100 @@ impl Pipeline {
         self.model.flush(&mut updates);
         self.record(&mut updates);
         Ok(())
+    }
+
+    /// Decodes and applies up to `max` events from the ring buffer; returns how many.
+    fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        max: usize,
+        updates: &mut Vec<Update>,
+    ) -> usize {
+        let mut handled = 0;
+        while handled < max {
+            let Some(record) = ring.next() else { break };
+            handled += 1;
+            match events::decode(&record) {
+                Ok(event) => self.model.apply(event, updates),
+                Err(_) => {
+                    self.metrics.events_malformed.inc();
+                }
+            }
+        }
+        handled
+    }
+
+    /// Takes in a finished scan: new connections are tracked and seeded for the kernel
+    /// programs to adopt.
+    fn take_scan(
+        &mut self,
+        scan: &Scan,
+        started: Nanos,
+        finished: Nanos,
+        first: bool,
+        updates: &mut Vec<Update>,
+    ) {
+        let before = updates.len();
+        let seeds = self.model.apply_scan(scan, started, finished, updates);
+        let found = updates[before..]
+            .iter()
+            .filter(|u| matches!(u, Update::Discovered(_)))
+            .count();
+        if self.kernel.can_adopt {
+            for seed in &seeds {
+                let state = ConnectionState {
+                    opened_ns: 0,
+                    last_received_ns: seed.last_received,
+                    last_sent_ns: seed.last_sent,
+                    stall_started_ns: 0,
+                    retransmits: 0,
+                    flags: seed.flags,
+                    _pad: [0; 3],
+                };
+                if let Err(err) = self.kernel.plant(seed.cookie, &state) {
+                    warn!(
+                        error = format!("{err:#}"),
+                        "cannot seed a scanned connection"
+                    );
+                }
+            }
+        }
+        if first {
+            info!(
+                connections = found,
+                namespaces = scan.namespaces,
+                "found connections that were already open"
+            );
+        } else if found > 0 {
+            debug!(
+                connections = found,
+                "scan found connections the probes had not reported"
+            );
+        }
+        if let Some((ns, error)) = scan.failures.first() {
+            let log = if first {
+                tracing::Level::WARN
+            } else {
+                tracing::Level::DEBUG
+            };
+            if log == tracing::Level::WARN {
+                warn!(failed = scan.failures.len(), namespace = %ns.path.display(), error, "cannot read some network namespaces' sockets");
+            } else {
+                debug!(failed = scan.failures.len(), namespace = %ns.path.display(), error, "cannot read some network namespaces' sockets");
+            }
+        }
+    }
+
+    /// Keeps the kernel's SEEDING flag on exactly while seeds may be waiting.
+    fn update_seeding(&mut self, was: bool) -> bool {
+        let now = self.kernel.can_adopt && self.model.pending_adoptions() > 0;
+        if now != was
+            && let Err(err) = self.kernel.set_seeding(now)
+        {
+            warn!(error = format!("{err:#}"), "cannot update the SEEDING flag");
+            return was;
+        }
+        now
     }
 
     fn record(&mut self, updates: &mut Vec<Update>) {
@@ -123,6 +254,22 @@ impl Pipeline {
             .tracked_connections
             .set(i64::try_from(self.model.open_count()).unwrap_or(i64::MAX));
     }
+}
+
+/// Scans the socket tables on a thread of its own (it enters namespaces).
+fn start_scan(ports: PortMap) -> oneshot::Receiver<ScanResult> {
+    let (sender, receiver) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("idlecut-scan".into())
+        .spawn(move || {
+            let started = monotonic_now();
+            let scan = discovery::scan(&ports);
+            let _ = sender.send((scan, started, monotonic_now()));
+        });
+    if let Err(err) = spawned {
+        warn!(error = %err, "cannot start the socket table scan");
+    }
+    receiver
 }
 
 /// Kernel time as the eBPF programs see it (`bpf_ktime_get_ns` is CLOCK_MONOTONIC).

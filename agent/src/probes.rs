@@ -1,16 +1,18 @@
 //! The kernel end of the data flow: loads the embedded eBPF object, fills in its globals
-//! (watched ports, tracepoint field offsets), attaches one program per tracepoint, and hands
-//! out the ring buffer and counters. The only module that touches the kernel.
+//! (watched ports, tracepoint field offsets, structure offsets from BTF), attaches one program
+//! per hook, and hands out the ring buffer, the counters and the per-connection state maps.
+//! The only module that loads anything into the kernel.
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, TracePoint},
 };
 use idlecut_ebpf::{
-    CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL, PORTS_GLOBAL,
-    SKB_OFFSETS_GLOBAL, SkbOffsets, counter, offsets_global,
+    CONNECTIONS_MAP, COUNTERS_MAP, ConnectionState, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL,
+    PORTS_GLOBAL, SEEDING_MAP, SEEDS_MAP, SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets,
+    SockOffsets, counter, offsets_global,
 };
 use tracing::{info, warn};
 
@@ -162,11 +164,47 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub counters: KernelCounters,
+    pub state: KernelState,
     /// Each probe's label and whether it attached.
     pub attached: Vec<(&'static str, bool)>,
 }
 
 pub struct KernelCounters(PerCpuArray<MapData, u64>);
+
+/// The kernel's per-connection state (read for the idle clocks of the per-connection view) and
+/// the seeds of scanned connections for the programs to adopt.
+pub struct KernelState {
+    connections: HashMap<MapData, u64, ConnectionState>,
+    seeds: HashMap<MapData, u64, ConnectionState>,
+    seeding: Array<MapData, u32>,
+    /// Whether the programs can adopt seeds (they need the cookie's offset from BTF).
+    pub can_adopt: bool,
+}
+
+impl KernelState {
+    /// The kernel's state of a followed connection, by socket.
+    pub fn connection(&self, socket: u64) -> Option<ConnectionState> {
+        self.connections.get(&socket, 0).ok()
+    }
+
+    /// A seed not adopted yet, by cookie.
+    pub fn seed(&self, cookie: u64) -> Option<ConnectionState> {
+        self.seeds.get(&cookie, 0).ok()
+    }
+
+    pub fn plant(&mut self, cookie: u64, state: &ConnectionState) -> anyhow::Result<()> {
+        self.seeds
+            .insert(&cookie, state, 0)
+            .context("seeding a scanned connection")
+    }
+
+    /// Tells the programs whether seeds may be waiting (they skip the lookup otherwise).
+    pub fn set_seeding(&mut self, seeding: bool) -> anyhow::Result<()> {
+        self.seeding
+            .set(0, &u32::from(seeding), 0)
+            .context("setting the SEEDING flag")
+    }
+}
 
 impl KernelCounters {
     /// The running total of one of the kernel's counters, summed over CPUs.
@@ -201,6 +239,17 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
         Ok(btf) => btf::skb_offsets(btf),
         Err(err) => Err(anyhow::anyhow!("{err:#}")),
     };
+    let sock_offsets: anyhow::Result<SockOffsets> = match &btf {
+        Ok(btf) => btf::sock_offsets(btf),
+        Err(err) => Err(anyhow::anyhow!("{err:#}")),
+    };
+    if let Err(err) = &sock_offsets {
+        warn!(
+            error = format!("{err:#}"),
+            "no socket layout from BTF: connections will not show their network namespace, and \
+             those found at start-up are followed only until they close"
+        );
+    }
     let readiness: Vec<(ProbeSpec, Result<Option<FieldOffsets>, String>)> = PROBES
         .iter()
         .map(|spec| {
@@ -231,9 +280,13 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
         .override_global(PORTS_GLOBAL, &ports, true)
         .override_global(MIN_IDLE_GAP_GLOBAL, &min_idle_gap_ns, true)
         .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes)
-        .map_max_entries(CONNECTIONS_MAP, config.max_connections);
+        .map_max_entries(CONNECTIONS_MAP, config.max_connections)
+        .map_max_entries(SEEDS_MAP, config.max_connections);
     if let Ok(skb_offsets) = &skb_offsets {
         loader.override_global(SKB_OFFSETS_GLOBAL, skb_offsets, true);
+    }
+    if let Ok(sock_offsets) = &sock_offsets {
+        loader.override_global(SOCK_OFFSETS_GLOBAL, sock_offsets, true);
     }
     for (spec, ready) in &readiness {
         if let (Hook::Tracepoint { offsets_global, .. }, Ok(Some(offsets))) = (spec.hook, ready) {
@@ -281,10 +334,21 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
         ebpf.take_map(COUNTERS_MAP)
             .context("the eBPF object has no COUNTERS map")?,
     )?);
+    let mut take = |name: &str| {
+        ebpf.take_map(name)
+            .with_context(|| format!("the eBPF object has no {name} map"))
+    };
+    let state = KernelState {
+        connections: HashMap::try_from(take(CONNECTIONS_MAP)?)?,
+        seeds: HashMap::try_from(take(SEEDS_MAP)?)?,
+        seeding: Array::try_from(take(SEEDING_MAP)?)?,
+        can_adopt: sock_offsets.is_ok(),
+    };
     Ok(Probes {
         ebpf,
         events,
         counters,
+        state,
         attached,
     })
 }

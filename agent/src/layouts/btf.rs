@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow, bail};
 use btf_rs::{Btf, Struct, Type};
-use idlecut_ebpf::SkbOffsets;
+use idlecut_ebpf::{SkbOffsets, SockOffsets};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -31,7 +31,7 @@ pub fn skb_offsets(btf: &Btf) -> anyhow::Result<SkbOffsets> {
     let byte_offset = |name: &str| -> anyhow::Result<u16> {
         let bits = member_bit_offset(btf, &sk_buff, name)
             .with_context(|| format!("no member `{name}` in struct sk_buff"))?;
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             bail!("sk_buff.{name} is not byte aligned");
         }
         u16::try_from(bits / 8).with_context(|| format!("sk_buff.{name} offset too large"))
@@ -60,4 +60,112 @@ fn member_bit_offset(btf: &Btf, st: &Struct, name: &str) -> Option<u32> {
         }
     }
     None
+}
+
+/// Where a socket's network namespace inode and cookie are:
+/// `sock.__sk_common.skc_net.net -> net.ns.inum` and `sock.__sk_common.skc_cookie`.
+pub fn sock_offsets(btf: &Btf) -> anyhow::Result<SockOffsets> {
+    let net = byte_offset(btf, "sock", &["__sk_common", "skc_net", "net"])?;
+    let cookie = byte_offset(btf, "sock", &["__sk_common", "skc_cookie"])?;
+    let ns_inum = byte_offset(btf, "net", &["ns", "inum"])?;
+    Ok(SockOffsets {
+        net,
+        ns_inum,
+        cookie,
+        valid: 1,
+    })
+}
+
+/// The byte offset of a member path (`["__sk_common", "skc_net", "net"]`) in a struct,
+/// following embedded structs and unions (not pointers).
+fn byte_offset(btf: &Btf, root: &str, path: &[&str]) -> anyhow::Result<u16> {
+    let mut current = struct_named(btf, root)?;
+    let mut bits = 0u32;
+    for (i, name) in path.iter().enumerate() {
+        let member = find_member(btf, &current, name).with_context(|| {
+            format!(
+                "no member `{name}` in struct {root} at {}",
+                path[..i].join(".")
+            )
+        })?;
+        bits += member.0;
+        if i + 1 < path.len() {
+            current = match resolve_aggregate(btf, &member.1) {
+                Some(inner) => inner,
+                None => bail!("{root}.{} is not a struct or union", path[..=i].join(".")),
+            };
+        }
+    }
+    if !bits.is_multiple_of(8) {
+        bail!("{root}.{} is not byte aligned", path.join("."));
+    }
+    u16::try_from(bits / 8).with_context(|| format!("{root}.{} offset too large", path.join(".")))
+}
+
+fn struct_named(btf: &Btf, name: &str) -> anyhow::Result<Struct> {
+    btf.resolve_types_by_name(name)
+        .map_err(|err| anyhow!("looking up struct {name}: {err}"))?
+        .into_iter()
+        .find_map(|ty| match ty {
+            Type::Struct(st) => Some(st),
+            _ => None,
+        })
+        .with_context(|| format!("no struct {name} in BTF"))
+}
+
+/// A member's bit offset and the member itself, looking into anonymous structs and unions.
+fn find_member(btf: &Btf, st: &Struct, name: &str) -> Option<(u32, btf_rs::Member)> {
+    for member in &st.members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        if member_name == name {
+            return Some((member.bit_offset(), member.clone()));
+        }
+        if member_name.is_empty()
+            && let Some(inner) = resolve_aggregate(btf, member)
+            && let Some((offset, found)) = find_member(btf, &inner, name)
+        {
+            return Some((member.bit_offset() + offset, found));
+        }
+    }
+    None
+}
+
+/// The struct or union a member is, through typedefs and qualifiers.
+fn resolve_aggregate(btf: &Btf, member: &btf_rs::Member) -> Option<Struct> {
+    let mut ty = btf.resolve_chained_type(member).ok()?;
+    for _ in 0..8 {
+        ty = match ty {
+            Type::Struct(st) | Type::Union(st) => return Some(st),
+            Type::Typedef(ref t) => btf.resolve_chained_type(t).ok()?,
+            Type::Const(ref t) => btf.resolve_chained_type(t).ok()?,
+            Type::Volatile(ref t) => btf.resolve_chained_type(t).ok()?,
+            _ => return None,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads this machine's BTF: the real thing, where it exists (it does on our machines).
+    #[test]
+    fn offsets_resolve_against_the_running_kernel() {
+        let btf = match vmlinux() {
+            Ok(btf) => btf,
+            Err(err) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+                panic!("our CI machines have BTF: {err:#}")
+            }
+            Err(err) => {
+                eprintln!("SKIPPED: {err:#}");
+                return;
+            }
+        };
+        let skb = skb_offsets(&btf).unwrap();
+        assert!(skb.head > 0 && skb.data > skb.head, "{skb:?}");
+        let sock = sock_offsets(&btf).unwrap();
+        assert_eq!(sock.valid, 1);
+        assert!(sock.net < sock.cookie || sock.cookie < 64, "{sock:?}");
+    }
 }

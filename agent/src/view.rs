@@ -1,0 +1,381 @@
+//! The per-connection view: `GET /api/v1/connections` and `idlecut connections`.
+//!
+//! One row per connection the agent follows, and per connection that ended in the last few
+//! minutes: addresses, service, role, path, network namespace, owner, age, idle time,
+//! keepalive, retransmissions, and how it ended. Bounded: at most `limit` rows (default
+//! [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]); `total` says how many matched.
+
+use std::{collections::HashMap, fmt::Write as _, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::parse_duration,
+    events::Nanos,
+    model::{ConnectionInfo, ConnectionModel},
+    paths::PathTable,
+    probes::KernelState,
+};
+
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionsResponse {
+    /// Rows that matched the filter (all of them, not only those returned).
+    pub total: usize,
+    pub limit: usize,
+    pub truncated: bool,
+    pub connections: Vec<ConnectionRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionRow {
+    pub local: String,
+    pub remote: String,
+    pub service: String,
+    pub role: String,
+    pub path: String,
+    /// Inode of the network namespace (as `ls -iL /proc/PID/ns/net` shows), when known.
+    pub netns: Option<u32>,
+    pub pid: Option<u32>,
+    pub cgroup: Option<String>,
+    /// `open` or `closed`.
+    pub state: String,
+    /// None when the connection was already open when the agent found it.
+    pub age_seconds: Option<f64>,
+    /// Since the last segment in either direction.
+    pub idle_seconds: Option<f64>,
+    /// `off`, `below_2h` or `2h_or_more`; None until a scan has seen it.
+    pub keepalive: Option<String>,
+    pub keepalive_interval_seconds: Option<f64>,
+    pub retransmits: u32,
+    /// For closed connections: how they ended.
+    pub end: Option<String>,
+    pub closed_seconds_ago: Option<f64>,
+}
+
+/// Which rows to return.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub service: Option<String>,
+    pub role: Option<String>,
+    pub path: Option<String>,
+    /// Only open connections idle for at least this long.
+    pub min_idle: Option<Duration>,
+    pub limit: usize,
+}
+
+impl Filter {
+    /// From the query string of `/api/v1/connections`.
+    pub fn from_query(query: &HashMap<String, String>) -> Result<Self, String> {
+        let mut filter = Self {
+            limit: DEFAULT_LIMIT,
+            ..Self::default()
+        };
+        for (key, value) in query {
+            match key.as_str() {
+                "service" => filter.service = Some(value.clone()),
+                "role" => {
+                    if value != "server" && value != "client" {
+                        return Err(format!("role=`{value}`: expected server or client"));
+                    }
+                    filter.role = Some(value.clone());
+                }
+                "path" => filter.path = Some(value.clone()),
+                "min_idle" => {
+                    filter.min_idle =
+                        Some(parse_duration(value).map_err(|err| format!("min_idle: {err}"))?);
+                }
+                "limit" => {
+                    filter.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| (1..=MAX_LIMIT).contains(&n))
+                        .ok_or_else(|| format!("limit=`{value}`: expected 1 to {MAX_LIMIT}"))?;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter `{other}`: expected service, role, path, min_idle, limit"
+                    ));
+                }
+            }
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, row: &ConnectionRow) -> bool {
+        self.service.as_ref().is_none_or(|s| *s == row.service)
+            && self.role.as_ref().is_none_or(|r| *r == row.role)
+            && self.path.as_ref().is_none_or(|p| *p == row.path)
+            && self.min_idle.is_none_or(|min| {
+                row.state == "open"
+                    && row
+                        .idle_seconds
+                        .is_some_and(|idle| idle >= min.as_secs_f64())
+            })
+    }
+}
+
+/// Builds the view at kernel time `now`, reading each open connection's idle clocks from the
+/// kernel (its state, or its seed while not adopted), else from the last scan.
+pub fn build(
+    model: &ConnectionModel,
+    paths: &mut PathTable,
+    kernel: &KernelState,
+    now: Nanos,
+    filter: &Filter,
+) -> ConnectionsResponse {
+    let seconds = |ns: Nanos| Duration::from_nanos(ns).as_secs_f64();
+    let mut rows: Vec<ConnectionRow> = Vec::new();
+    for info in model.connections() {
+        let clocks = info
+            .socket
+            .and_then(|socket| kernel.connection(socket))
+            .or_else(|| info.cookie.and_then(|cookie| kernel.seed(cookie)))
+            .map(|state| (state.last_received_ns, state.last_sent_ns))
+            .or(info.scanned_clocks);
+        let idle = clocks.map(|(received, sent)| seconds(now.saturating_sub(received.max(sent))));
+        let mut row = row_of(&info, paths, "open");
+        row.age_seconds = info.opened_at.map(|at| seconds(now.saturating_sub(at)));
+        row.idle_seconds = idle;
+        rows.push(row);
+    }
+    for closed in model.recently_closed() {
+        let mut row = row_of(&closed.info, paths, "closed");
+        row.end = Some(closed.end.as_str().to_owned());
+        row.closed_seconds_ago = Some(seconds(now.saturating_sub(closed.closed_at)));
+        row.age_seconds = closed
+            .info
+            .opened_at
+            .map(|at| seconds(closed.closed_at.saturating_sub(at)));
+        rows.push(row);
+    }
+    rows.retain(|row| filter.matches(row));
+    rows.sort_by(|a, b| {
+        (&a.state, &a.service, &a.role, &a.remote, &a.local)
+            .cmp(&(&b.state, &b.service, &b.role, &b.remote, &b.local))
+    });
+    let total = rows.len();
+    rows.truncate(filter.limit);
+    ConnectionsResponse {
+        total,
+        limit: filter.limit,
+        truncated: total > filter.limit,
+        connections: rows,
+    }
+}
+
+fn row_of(info: &ConnectionInfo, paths: &mut PathTable, state: &str) -> ConnectionRow {
+    let key = paths.key(&info.identity);
+    ConnectionRow {
+        local: info.endpoints.local.to_string(),
+        remote: info.endpoints.remote.to_string(),
+        service: key.service.to_string(),
+        role: key.role.as_str().to_owned(),
+        path: key.path.to_string(),
+        netns: (info.netns != 0).then_some(info.netns),
+        pid: info.owner.as_ref().map(|o| o.pid),
+        cgroup: info.owner.as_ref().and_then(|o| o.cgroup.clone()),
+        state: state.to_owned(),
+        age_seconds: None,
+        idle_seconds: None,
+        keepalive: info.keepalive.map(|k| k.setting.as_str().to_owned()),
+        keepalive_interval_seconds: info
+            .keepalive
+            .and_then(|k| k.interval_ms)
+            .map(|ms| Duration::from_millis(ms).as_secs_f64()),
+        retransmits: info.retransmits,
+        end: None,
+        closed_seconds_ago: None,
+    }
+}
+
+/// The view as a table, the way `ss` prints sockets.
+pub fn render_table(response: &ConnectionsResponse) -> String {
+    let headers = [
+        "STATE",
+        "SERVICE",
+        "ROLE",
+        "LOCAL",
+        "REMOTE",
+        "PATH",
+        "NETNS",
+        "AGE",
+        "IDLE",
+        "KEEPALIVE",
+        "RETRANS",
+        "END",
+        "PID",
+        "CGROUP",
+    ];
+    let rows: Vec<[String; 14]> = response
+        .connections
+        .iter()
+        .map(|row| {
+            let keepalive = match (&row.keepalive, row.keepalive_interval_seconds) {
+                (Some(setting), Some(interval)) => format!("{setting}({})", short(interval)),
+                (Some(setting), None) => setting.clone(),
+                (None, _) => "-".to_owned(),
+            };
+            [
+                row.state.clone(),
+                row.service.clone(),
+                row.role.clone(),
+                row.local.clone(),
+                row.remote.clone(),
+                row.path.clone(),
+                row.netns.map_or("-".to_owned(), |n| n.to_string()),
+                row.age_seconds.map_or("?".to_owned(), short),
+                row.idle_seconds.map_or("-".to_owned(), short),
+                keepalive,
+                row.retransmits.to_string(),
+                row.end.clone().unwrap_or_else(|| "-".to_owned()),
+                row.pid.map_or("-".to_owned(), |p| p.to_string()),
+                row.cgroup.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.zip(widths).enumerate() {
+            if i + 1 == headers.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in &rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    if response.truncated {
+        let _ = writeln!(
+            out,
+            "({} of {} connections shown; raise --limit, at most {MAX_LIMIT})",
+            response.connections.len(),
+            response.total
+        );
+    }
+    out
+}
+
+/// 7440.0 -> "2h4m", 95.0 -> "1m35s", 2.25 -> "2.2s".
+fn short(seconds: f64) -> String {
+    if seconds < 60.0 {
+        return format!("{seconds:.1}s");
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "positive, rounded"
+    )]
+    let total = seconds.round() as u64;
+    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
+    match (h, m, s) {
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn filters_parse_and_reject_bad_values() {
+        let filter = Filter::from_query(&query(&[
+            ("service", "imap"),
+            ("min_idle", "2m"),
+            ("limit", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(filter.service.as_deref(), Some("imap"));
+        assert_eq!(filter.min_idle, Some(Duration::from_secs(120)));
+        assert_eq!(filter.limit, 5);
+        assert_eq!(
+            Filter::from_query(&query(&[])).unwrap().limit,
+            DEFAULT_LIMIT
+        );
+        for bad in [
+            ("role", "peer"),
+            ("min_idle", "2"),
+            ("limit", "0"),
+            ("limit", "99999"),
+            ("sort", "x"),
+        ] {
+            assert!(Filter::from_query(&query(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+
+    fn row(state: &str, idle: Option<f64>) -> ConnectionRow {
+        ConnectionRow {
+            local: "10.0.1.2:40000".into(),
+            remote: "10.0.2.2:143".into(),
+            service: "imap".into(),
+            role: "client".into(),
+            path: "10.0.2.0/24".into(),
+            netns: Some(4026531840),
+            pid: Some(42),
+            cgroup: Some("/system.slice/thunderbird.service".into()),
+            state: state.into(),
+            age_seconds: None,
+            idle_seconds: idle,
+            keepalive: Some("below_2h".into()),
+            keepalive_interval_seconds: Some(60.0),
+            retransmits: 0,
+            end: None,
+            closed_seconds_ago: None,
+        }
+    }
+
+    #[test]
+    fn min_idle_keeps_open_connections_idle_long_enough() {
+        let filter = Filter {
+            min_idle: Some(Duration::from_secs(60)),
+            limit: 10,
+            ..Filter::default()
+        };
+        assert!(filter.matches(&row("open", Some(61.0))));
+        assert!(!filter.matches(&row("open", Some(59.0))));
+        assert!(!filter.matches(&row("open", None)));
+        assert!(!filter.matches(&row("closed", Some(100.0))));
+    }
+
+    #[test]
+    fn the_table_has_a_header_and_one_line_per_connection() {
+        let response = ConnectionsResponse {
+            total: 2,
+            limit: 1,
+            truncated: true,
+            connections: vec![row("open", Some(125.0))],
+        };
+        let table = render_table(&response);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("STATE"), "{table}");
+        assert!(
+            lines[1].contains("10.0.2.2:143") && lines[1].contains("2m5s"),
+            "{table}"
+        );
+        assert!(lines[1].contains("below_2h(1m0s)"), "{table}");
+        assert!(lines[1].contains("?"), "unknown age: {table}");
+        assert!(lines[2].contains("1 of 2"), "{table}");
+    }
+}
