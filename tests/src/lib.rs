@@ -75,6 +75,28 @@ impl Netns {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
     }
 
+    /// Loads an nftables ruleset (`nft -f -`) in the namespace.
+    pub fn nft(&self, ruleset: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("writing the ruleset");
+        let output = child.wait_with_output().expect("waiting for nft");
+        assert!(
+            output.status.success(),
+            "nft -f failed for\n{ruleset}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Runs `f` on a thread that has entered the namespace: sockets it creates live there (and
     /// may then be used from any thread).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -234,38 +256,11 @@ impl Topology {
     /// Installs an nftables ruleset in the router (replacing table `inet middlebox`).
     pub fn router_rules(&self, forward_chain_rules: &str) {
         let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.router.name,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "middlebox",
-            ])
+            .args(["netns", "exec", &self.router.name, "nft", "delete", "table", "inet", "middlebox"])
             .output();
-        let ruleset = format!(
+        self.router.nft(&format!(
             "table inet middlebox {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  {forward_chain_rules}\n }}\n}}\n"
-        );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.router.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running nft");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(ruleset.as_bytes())
-            .expect("writing the ruleset");
-        let output = child.wait_with_output().expect("waiting for nft");
-        assert!(
-            output.status.success(),
-            "nft -f failed for\n{ruleset}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        ));
     }
 
     pub fn clear_router_rules(&self) {
@@ -605,24 +600,8 @@ impl Topology {
 
     /// Source NAT with randomized ports for traffic towards the server, like a carrier NAT.
     pub fn router_masquerade_random(&self) {
-        let ruleset = "table ip nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"eth2\" masquerade random\n }\n}\n";
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.router.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running nft");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(ruleset.as_bytes())
-            .expect("writing the ruleset");
-        let output = child.wait_with_output().expect("waiting for nft");
-        assert!(
-            output.status.success(),
-            "nft masquerade: {}",
-            String::from_utf8_lossy(&output.stderr)
+        self.router.nft(
+            "table ip nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"eth2\" masquerade random\n }\n}\n",
         );
     }
 }

@@ -98,23 +98,6 @@ fn build() -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "--package", "idlecut"]))
 }
 
-/// The eBPF nightly, from agent-ebpf/rust-toolchain.toml (where build.rs reads it too).
-fn ebpf_toolchain(root: &Path) -> anyhow::Result<String> {
-    let path = root.join("agent-ebpf/rust-toolchain.toml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_owned())
-        })
-        .with_context(|| format!("no `channel = ...` in {}", path.display()))
-}
-
 fn test(root: &Path) -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
@@ -125,19 +108,14 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The kernel programs, linted as what they are: BPF code built with the pinned nightly.
-    let nightly = ebpf_toolchain(root)?;
-    run(Command::new("rustup")
-        .args([
-            "run",
-            &nightly,
-            "cargo",
-            "clippy",
-            "--package",
-            "idlecut-ebpf",
-        ])
-        .args(["--bins", "--release", "--target", "bpfel-unknown-none"])
-        .args(["-Z", "build-std=core", "--target-dir", "target/ebpf-clippy"])
+    // The kernel programs, linted as what they are: BPF code built with the pinned nightly,
+    // which rustup picks from agent-ebpf/rust-toolchain.toml when run from there.
+    run(Command::new("cargo")
+        .current_dir(root.join("agent-ebpf"))
+        .args(["clippy", "--package", "idlecut-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(root.join("target/ebpf-clippy"))
         .args(["--", "-D", "warnings"])
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO")
