@@ -17,6 +17,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    duration_text::with_seconds,
     events::Nanos,
     model::{Role, Signature, Update},
     paths::PathKey,
@@ -355,7 +356,7 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
         key.service,
         key.role.as_str()
     );
-    let threshold = human(settings.req5_threshold_seconds);
+    let threshold = with_seconds(settings.req5_threshold_seconds);
     let counts = &stats.cut_counts;
     let mut signatures = String::new();
     for (name, count) in [
@@ -371,9 +372,13 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
         }
     }
     let interval = match (stats.cutoff.lower, stats.cutoff.upper) {
-        (Some(lower), Some(upper)) => format!("between {} and {}", human(lower), human(upper)),
-        (None, Some(upper)) => format!("at or below {}", human(upper)),
-        (Some(lower), None) => format!("above {}", human(lower)),
+        (Some(lower), Some(upper)) => format!(
+            "between {} and {}",
+            with_seconds(lower),
+            with_seconds(upper)
+        ),
+        (None, Some(upper)) => format!("at or below {}", with_seconds(upper)),
+        (Some(lower), None) => format!("above {}", with_seconds(lower)),
         (None, None) => "unknown".to_owned(),
     };
     let mut sentence = match verdict {
@@ -386,13 +391,13 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
         Verdict::Ok => format!(
             "{who} kept connections idle for up to {} without cutting them, at least the \
              {threshold} that RFC 5382 REQ-5 requires.",
-            human(stats.longest_survived.unwrap_or_default()),
+            with_seconds(stats.longest_survived.unwrap_or_default()),
         ),
         Verdict::Unknown => match (counts.total(), stats.longest_survived) {
             (0, Some(longest)) => format!(
                 "{who} has cut no idle connection yet; the longest silence survived is {}, short \
                  of the {threshold} that would show RFC 5382 REQ-5 compliance.",
-                human(longest)
+                with_seconds(longest)
             ),
             (0, None) => format!("{who} has seen no idle gap long enough to judge yet."),
             (cuts, _) => format!(
@@ -407,7 +412,7 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
         let _ = write!(
             sentence,
             " Its connections exchange keepalives after about {} of silence.",
-            human(interval)
+            with_seconds(interval)
         );
     }
     if let Some(limit) = stats.duration_limit {
@@ -415,7 +420,7 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
             sentence,
             " Active connections also die at an age of about {}: the path may limit connection \
              lifetime (RFC 5383 section 4.1).",
-            human(limit)
+            with_seconds(limit)
         );
     }
     sentence
@@ -423,32 +428,6 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
 
 fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-/// 7440.0 -> "2h4m (7440 s)", 350.0 -> "5m50s (350 s)", 2.5 -> "2.5 s".
-pub fn human(seconds: f64) -> String {
-    if seconds < 60.0 {
-        let rounded = (seconds * 10.0).round() / 10.0;
-        return format!("{rounded} s");
-    }
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "rounded, positive"
-    )]
-    let total = seconds.round() as u64;
-    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
-    let mut text = String::new();
-    if h > 0 {
-        let _ = write!(text, "{h}h");
-    }
-    if m > 0 {
-        let _ = write!(text, "{m}m");
-    }
-    if s > 0 {
-        let _ = write!(text, "{s}s");
-    }
-    format!("{text} ({total} s)")
 }
 
 #[cfg(test)]
@@ -664,13 +643,5 @@ mod tests {
             keepalive_interval(&deque(&[2.0, 2.1, 1.9, 2.0, 30.0])),
             Some(2.0)
         );
-    }
-
-    #[test]
-    fn human_durations() {
-        assert_eq!(human(7440.0), "2h4m (7440 s)");
-        assert_eq!(human(350.0), "5m50s (350 s)");
-        assert_eq!(human(2.46), "2.5 s");
-        assert_eq!(human(3600.0), "1h (3600 s)");
     }
 }

@@ -6,6 +6,7 @@
 mod client;
 mod config;
 mod discovery;
+mod duration_text;
 mod events;
 mod http;
 mod inference;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::parse_duration,
+    duration_text::compact,
     events::Nanos,
     model::{ConnectionInfo, ConnectionModel},
     paths::PathTable,
@@ -214,7 +215,7 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
         .iter()
         .map(|row| {
             let keepalive = match (&row.keepalive, row.keepalive_interval_seconds) {
-                (Some(setting), Some(interval)) => format!("{setting}({})", short(interval)),
+                (Some(setting), Some(interval)) => format!("{setting}({})", compact(interval)),
                 (Some(setting), None) => setting.clone(),
                 (None, _) => "-".to_owned(),
             };
@@ -226,8 +227,8 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
                 row.remote.clone(),
                 row.path.clone(),
                 row.netns.map_or("-".to_owned(), |n| n.to_string()),
-                row.age_seconds.map_or("?".to_owned(), short),
-                row.idle_seconds.map_or("-".to_owned(), short),
+                row.age_seconds.map_or("?".to_owned(), compact),
+                row.idle_seconds.map_or("-".to_owned(), compact),
                 keepalive,
                 row.retransmits.to_string(),
                 row.end.clone().unwrap_or_else(|| "-".to_owned()),
@@ -268,24 +269,6 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
         );
     }
     out
-}
-
-/// 7440.0 -> "2h4m", 95.0 -> "1m35s", 2.25 -> "2.2s".
-fn short(seconds: f64) -> String {
-    if seconds < 60.0 {
-        return format!("{seconds:.1}s");
-    }
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "positive, rounded"
-    )]
-    let total = seconds.round() as u64;
-    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
-    match (h, m, s) {
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, m, _) => format!("{h}h{m}m"),
-    }
 }
 
 #[cfg(test)]
@@ -374,7 +357,7 @@ mod tests {
             lines[1].contains("10.0.2.2:143") && lines[1].contains("2m5s"),
             "{table}"
         );
-        assert!(lines[1].contains("below_2h(1m0s)"), "{table}");
+        assert!(lines[1].contains("below_2h(1m)"), "{table}");
         assert!(lines[1].contains("?"), "unknown age: {table}");
         assert!(lines[2].contains("1 of 2"), "{table}");
     }

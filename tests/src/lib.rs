@@ -252,11 +252,29 @@ impl Topology {
     pub fn server_path_v6(&self) -> String {
         format!("fd00:{}:2::/48", self.k)
     }
+    /// Every path label this topology's connections can have.
+    pub fn paths(&self) -> Vec<String> {
+        vec![
+            self.client_path_v4(),
+            self.server_path_v4(),
+            self.client_path_v6(),
+            self.server_path_v6(),
+        ]
+    }
 
     /// Installs an nftables ruleset in the router (replacing table `inet middlebox`).
     pub fn router_rules(&self, forward_chain_rules: &str) {
         let _ = Command::new("ip")
-            .args(["netns", "exec", &self.router.name, "nft", "delete", "table", "inet", "middlebox"])
+            .args([
+                "netns",
+                "exec",
+                &self.router.name,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "middlebox",
+            ])
             .output();
         self.router.nft(&format!(
             "table inet middlebox {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  {forward_chain_rules}\n }}\n}}\n"
@@ -527,6 +545,22 @@ impl Scrape {
                     && labels
                         .iter()
                         .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Like `sum`, over the series whose `path` label is one of `paths` (a test's own paths:
+    /// connections left over by other tests, on other paths, must not count).
+    pub fn sum_in(&self, name: &str, labels: &[(&str, &str)], paths: &[String]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+                    && l.get("path").is_some_and(|p| paths.contains(p))
             })
             .map(|(_, _, v)| v)
             .sum()

@@ -58,7 +58,6 @@ fn script(gap_ms: u64, speaker: Speaker, expect: Expect) -> Script {
 
 /// Opens one connection per script (one after the other), then runs the scripts at once.
 fn run_scripts(
-    net: &Topology,
     client_ns: &Netns,
     target: &str,
     port_listener: &std::net::TcpListener,
@@ -74,7 +73,6 @@ fn run_scripts(
             (client, server, script)
         })
         .collect();
-    let _ = net;
     let threads: Vec<_> = pairs
         .into_iter()
         .map(|(client, server, script)| thread::spawn(move || play(client, server, &script)))
@@ -224,23 +222,34 @@ fn start_agent() -> Agent {
     Agent::start(&["--min-idle-gap", "1s"])
 }
 
-#[test]
-fn silent_blackhole_after_conntrack_expiry_both_roles() {
-    if !require_root() {
-        return;
-    }
+/// A router whose conntrack forgets idle flows after `TIMEOUT_S` (no loose pick-up), with
+/// `rules` deciding what happens to the segments that then no longer match a flow.
+fn expiring_middlebox(rules: &str) -> (Topology, Agent) {
     let net = Topology::new();
     net.router_conntrack(TIMEOUT_S, false);
-    net.router_rules("ct state invalid drop");
+    net.router_rules(rules);
     let agent = start_agent();
+    (net, agent)
+}
+
+/// IMAP over IPv4 through the router, both roles speaking after short and long silences.
+fn imap_both_roles(net: &Topology) {
     let imap = listen(&net.server, "0.0.0.0:143");
     run_scripts(
-        &net,
         &net.client,
         &format!("{}:143", net.server_v4()),
         &imap,
         both_roles(),
     );
+}
+
+#[test]
+fn silent_blackhole_after_conntrack_expiry_both_roles() {
+    if !require_root() {
+        return;
+    }
+    let (net, agent) = expiring_middlebox("ct state invalid drop");
+    imap_both_roles(&net);
 
     let (client_path, server_path) = (net.server_path_v4(), net.client_path_v4());
     let client = assert_cut_path(&agent, "imap", "client", &client_path, "blackhole", 2);
@@ -283,17 +292,14 @@ fn reset_after_conntrack_expiry_like_an_aws_nat_gateway_ipv4_and_ipv6() {
     if !require_root() {
         return;
     }
-    let net = Topology::new();
-    net.router_conntrack(TIMEOUT_S, false);
-    net.router_rules("ct state invalid reject with tcp reset");
-    let agent = start_agent();
+    let (net, agent) = expiring_middlebox("ct state invalid reject with tcp reset");
     let imap4 = listen(&net.server, "0.0.0.0:143");
     let imap6 = listen(&net.server, "[::]:587");
     let target6 = format!("[{}]:587", net.server_v6());
     let target4 = format!("{}:143", net.server_v4());
     thread::scope(|scope| {
-        scope.spawn(|| run_scripts(&net, &net.client, &target4, &imap4, both_roles()));
-        scope.spawn(|| run_scripts(&net, &net.client, &target6, &imap6, both_roles()));
+        scope.spawn(|| run_scripts(&net.client, &target4, &imap4, both_roles()));
+        scope.spawn(|| run_scripts(&net.client, &target6, &imap6, both_roles()));
     });
 
     for (service, client_path, server_path) in [
@@ -331,7 +337,6 @@ fn masquerade_with_random_ports_remaps_and_the_server_answers_with_a_reset() {
             .map(|&gap| script(gap, Speaker::Client, Expect::Cut)),
     );
     run_scripts(
-        &net,
         &net.client,
         &format!("{}:143", net.server_v4()),
         &imap,
@@ -352,18 +357,9 @@ fn icmp_host_unreachable_after_the_timeout() {
     if !require_root() {
         return;
     }
-    let net = Topology::new();
-    net.router_conntrack(TIMEOUT_S, false);
-    net.router_rules("ct state invalid reject with icmpx type host-unreachable");
-    let agent = start_agent();
-    let imap = listen(&net.server, "0.0.0.0:143");
-    run_scripts(
-        &net,
-        &net.client,
-        &format!("{}:143", net.server_v4()),
-        &imap,
-        both_roles(),
-    );
+    let (net, agent) =
+        expiring_middlebox("ct state invalid reject with icmpx type host-unreachable");
+    imap_both_roles(&net);
 
     let (client_path, server_path) = (net.server_path_v4(), net.client_path_v4());
     let client = assert_cut_path(&agent, "imap", "client", &client_path, "icmp", 2);
@@ -424,7 +420,6 @@ fn a_compliant_path_survives_its_gaps() {
         script(3500, Speaker::Server, Expect::Answered),
     ];
     run_scripts(
-        &net,
         &net.client,
         &format!("{}:143", net.server_v4()),
         &imap,
@@ -605,7 +600,7 @@ fn a_short_outage_with_soft_icmp_errors_is_survived() {
         scrape.text
     );
     assert_eq!(
-        scrape.sum("idlecut_cuts_total", &[]),
+        scrape.sum_in("idlecut_cuts_total", &[], &net.paths()),
         0.0,
         "{}",
         scrape.text
@@ -647,7 +642,11 @@ fn a_short_outage_with_soft_icmp_errors_is_survived() {
         ) >= 3.0
     });
     assert_eq!(
-        scrape.sum("idlecut_connections_closed_total", &[("role", "client")]),
+        scrape.sum_in(
+            "idlecut_connections_closed_total",
+            &[("role", "client")],
+            &net.paths()
+        ),
         3.0
     );
 }
@@ -680,8 +679,8 @@ fn paths_do_not_bleed_into_each_other() {
         ]
     };
     thread::scope(|scope| {
-        scope.spawn(|| run_scripts(&net, &net.client, &target4, &imap4, scripts()));
-        scope.spawn(|| run_scripts(&net, &net.client, &target6, &imap6, survived()));
+        scope.spawn(|| run_scripts(&net.client, &target4, &imap4, scripts()));
+        scope.spawn(|| run_scripts(&net.client, &target6, &imap6, survived()));
     });
     let v4 = agent.wait_for_path(
         "imap",

@@ -110,14 +110,24 @@ fn connections_open_before_the_agent_are_found_and_a_later_cut_is_measured_from_
         client.local_addr().expect("addr").to_string(),
         client.peer_addr().expect("addr").to_string(),
     );
-    let view = wait_for_connections(&agent, "", "the four connections", |v| v["total"] == 4);
+    let aux_local = aux_client.local_addr().expect("addr").to_string();
+    let ours = [
+        (client_local.clone(), client_remote.clone()),
+        (client_remote.clone(), client_local.clone()),
+        (aux_local.clone(), "127.0.0.1:587".to_owned()),
+        ("127.0.0.1:587".to_owned(), aux_local.clone()),
+    ];
+    let view = wait_for_connections(&agent, "", "the four connections", |v| {
+        ours.iter().all(|(local, remote)| {
+            v["connections"].as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["local"] == local.as_str() && r["remote"] == remote.as_str())
+            })
+        })
+    });
     let client_row = row(&view, &client_local, &client_remote);
     let server_row = row(&view, &client_remote, &client_local);
-    let aux_row = row(
-        &view,
-        &aux_client.local_addr().expect("addr").to_string(),
-        "127.0.0.1:587",
-    );
+    let aux_row = row(&view, &aux_local, "127.0.0.1:587");
     eprintln!("{view:#}");
     assert_eq!(client_row["role"], "client");
     assert_eq!(client_row["netns"], netns_inode(&net.client));
@@ -163,7 +173,14 @@ fn connections_open_before_the_agent_are_found_and_a_later_cut_is_measured_from_
         table.contains(&client_local) && table.contains(&netns_inode(&net.server).to_string()),
         "{table}"
     );
-    assert_eq!(table.lines().count(), 5, "{table}");
+    for (local, remote) in &ours {
+        assert!(
+            table
+                .lines()
+                .any(|line| line.contains(local.as_str()) && line.contains(remote.as_str())),
+            "{local} -> {remote} missing:\n{table}"
+        );
+    }
 
     // At 4.5 s of silence the client speaks: the router has forgotten the flow and resets it.
     thread::sleep(Duration::from_millis(4500).saturating_sub(gap_started.elapsed()));
@@ -183,14 +200,15 @@ fn connections_open_before_the_agent_are_found_and_a_later_cut_is_measured_from_
         "the cut came after {gap} s of silence; the gap began 1.5 s before the agent started"
     );
     let scrape = agent.scrape();
+    let paths = [net.paths(), vec!["127.0.0.0/24".to_owned()]].concat();
     assert_eq!(
-        scrape.sum("idlecut_connections_discovered_total", &[]),
+        scrape.sum_in("idlecut_connections_discovered_total", &[], &paths),
         4.0,
         "{}",
         scrape.text
     );
     assert_eq!(
-        scrape.sum("idlecut_connections_opened_total", &[]),
+        scrape.sum_in("idlecut_connections_opened_total", &[], &paths),
         0.0,
         "{}",
         scrape.text
@@ -328,11 +346,15 @@ fn restarting_the_agent_counts_nothing_twice_and_loses_nothing() {
     for (client, server) in &mut pairs {
         exchange(client, server);
     }
+    let paths = net.paths();
+    let sum = |s: &idlecut_integration_tests::Scrape, name: &str, labels: &[(&str, &str)]| {
+        s.sum_in(name, labels, &paths)
+    };
     let scrape = first.wait_for("two opens on each side", |s| {
-        s.sum("idlecut_connections_opened_total", &[]) == 4.0
+        sum(s, "idlecut_connections_opened_total", &[]) == 4.0
     });
     assert_eq!(
-        scrape.sum("idlecut_connections_discovered_total", &[]),
+        sum(&scrape, "idlecut_connections_discovered_total", &[]),
         0.0,
         "{}",
         scrape.text
@@ -341,34 +363,58 @@ fn restarting_the_agent_counts_nothing_twice_and_loses_nothing() {
 
     let second = Agent::start(&["--scan-interval", "1s"]);
     let scrape = second.wait_for("the four connections found again", |s| {
-        s.sum("idlecut_connections_discovered_total", &[]) == 4.0
+        sum(s, "idlecut_connections_discovered_total", &[]) == 4.0
     });
     // Let a few more scans run: still counted once.
     thread::sleep(Duration::from_millis(2500));
     let scrape_later = second.scrape();
     for scrape in [&scrape, &scrape_later] {
         assert_eq!(
-            scrape.sum("idlecut_connections_discovered_total", &[]),
+            sum(scrape, "idlecut_connections_discovered_total", &[]),
             4.0,
             "{}",
             scrape.text
         );
-        assert_eq!(scrape.sum("idlecut_connections_opened_total", &[]), 0.0);
-        assert_eq!(scrape.value("idlecut_tracked_connections", &[]), 4.0);
+        assert_eq!(sum(scrape, "idlecut_connections_opened_total", &[]), 0.0);
+    }
+    for path in [net.client_path_v4(), net.server_path_v4()] {
+        let report = second.path(
+            "imap",
+            if path == net.client_path_v4() {
+                "server"
+            } else {
+                "client"
+            },
+            &path,
+        );
+        assert_eq!(report.expect("the path")["open_connections"], 2);
     }
     for (client, server) in pairs {
         close_gracefully(client, server);
     }
     let scrape = second.wait_for("the four closes", |s| {
-        s.sum("idlecut_connections_closed_total", &[]) >= 4.0
+        sum(s, "idlecut_connections_closed_total", &[]) >= 4.0
     });
     assert_eq!(
-        scrape.sum("idlecut_connections_closed_total", &[("end", "fin")]),
+        sum(
+            &scrape,
+            "idlecut_connections_closed_total",
+            &[("end", "fin")]
+        ),
         4.0,
         "{}",
         scrape.text
     );
-    assert_eq!(scrape.value("idlecut_tracked_connections", &[]), 0.0);
-    assert_eq!(scrape.sum("idlecut_connections_open", &[]), 0.0);
-    assert_eq!(scrape.value("idlecut_untracked_closes_total", &[]), 0.0);
+    for path in [net.client_path_v4(), net.server_path_v4()] {
+        let report = second.path(
+            "imap",
+            if path == net.client_path_v4() {
+                "server"
+            } else {
+                "client"
+            },
+            &path,
+        );
+        assert_eq!(report.expect("the path")["open_connections"], 0);
+    }
 }

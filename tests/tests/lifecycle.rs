@@ -73,7 +73,7 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
 
     let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
     let scrape = agent.wait_for("three FIN closes on each side", |s| {
-        s.sum(CLOSED, &[("end", "fin")]) >= 6.0
+        s.sum_in(CLOSED, &[("end", "fin")], &net.paths()) >= 6.0
     });
     for (service, count) in [("imap", 2.0), ("submission", 1.0)] {
         assert_eq!(
@@ -107,8 +107,18 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
         }
     }
     // Exactly the watched connections, nothing for port 8143.
-    assert_eq!(scrape.sum(OPENED, &[]), 6.0, "{}", scrape.text);
-    assert_eq!(scrape.sum(CLOSED, &[]), 6.0, "{}", scrape.text);
+    assert_eq!(
+        scrape.sum_in(OPENED, &[], &net.paths()),
+        6.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scrape.sum_in(CLOSED, &[], &net.paths()),
+        6.0,
+        "{}",
+        scrape.text
+    );
     assert!(
         !scrape.text.contains("8143"),
         "port 8143 leaked:\n{}",
@@ -130,7 +140,6 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
         );
     }
     assert_eq!(scrape.get("idlecut_events_lost_total", &[]), Some(0.0));
-    assert_eq!(scrape.get("idlecut_tracked_connections", &[]), Some(0.0));
     assert!(scrape.text.contains("idlecut_build_info{version="));
     // Durations were observed for each closed connection.
     assert_eq!(
@@ -154,25 +163,45 @@ fn open_connections_are_counted_while_they_last() {
     }
     let net = Topology::new();
     let agent = Agent::start(&[]);
+    // Relative to what is open already: the gauges have no path label, and connections of
+    // other tests may still be open elsewhere on this host.
+    let open = |s: &Scrape, role: &str| {
+        s.value(
+            "idlecut_connections_open",
+            &[("service", "imap"), ("role", role)],
+        )
+    };
+    let before = agent.scrape();
     let imap = listen(&net.server, "0.0.0.0:143");
     let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
     exchange(&mut client, &mut server);
+    let tracked_before = before.value("idlecut_tracked_connections", &[]);
     let scrape = agent.wait_for("one open connection on each side", |s| {
-        s.value("idlecut_tracked_connections", &[]) >= 2.0
+        s.value("idlecut_tracked_connections", &[]) >= tracked_before + 2.0
     });
     for role in ["server", "client"] {
         assert_eq!(
-            scrape.get(
-                "idlecut_connections_open",
-                &[("service", "imap"), ("role", role)]
-            ),
-            Some(1.0)
+            open(&scrape, role),
+            open(&before, role) + 1.0,
+            "{}",
+            scrape.text
         );
     }
-    assert_eq!(scrape.value("idlecut_tracked_connections", &[]), 2.0);
+    assert_eq!(
+        scrape.value("idlecut_tracked_connections", &[]),
+        tracked_before + 2.0
+    );
     close_gracefully(client, server);
-    let scrape = agent.wait_for("both closed", |s| s.sum(CLOSED, &[]) >= 2.0);
-    assert_eq!(scrape.value("idlecut_tracked_connections", &[]), 0.0);
+    let scrape = agent.wait_for("both closed", |s| {
+        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+    });
+    assert_eq!(
+        scrape.value("idlecut_tracked_connections", &[]),
+        tracked_before
+    );
+    for role in ["server", "client"] {
+        assert_eq!(open(&scrape, role), open(&before, role));
+    }
 }
 
 #[test]
@@ -193,7 +222,9 @@ fn peer_reset_with_so_linger_zero() {
     drop(client);
 
     let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
-    let scrape = agent.wait_for("the abort on both sides", |s| s.sum(CLOSED, &[]) >= 2.0);
+    let scrape = agent.wait_for("the abort on both sides", |s| {
+        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+    });
     assert_eq!(
         closed(&scrape, "imap", "server", &client_path, "reset_sent"),
         1.0,
@@ -209,8 +240,13 @@ fn peer_reset_with_so_linger_zero() {
         resets(&scrape, "imap", "client", &server_path, "received"),
         1.0
     );
-    assert_eq!(scrape.sum(RESETS, &[]), 2.0, "{}", scrape.text);
-    assert_eq!(scrape.sum(CLOSED, &[]), 2.0);
+    assert_eq!(
+        scrape.sum_in(RESETS, &[], &net.paths()),
+        2.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(scrape.sum_in(CLOSED, &[], &net.paths()), 2.0);
 }
 
 #[test]
@@ -240,7 +276,9 @@ fn reset_from_a_middlebox_rule_on_the_router() {
     drop(server);
 
     let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
-    let scrape = agent.wait_for("both ends cut", |s| s.sum(CLOSED, &[]) >= 2.0);
+    let scrape = agent.wait_for("both ends cut", |s| {
+        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+    });
     assert_eq!(
         closed(
             &scrape,
@@ -272,7 +310,7 @@ fn reset_from_a_middlebox_rule_on_the_router() {
         1.0
     );
     assert_eq!(
-        scrape.sum(RESETS, &[("direction", "sent")]),
+        scrape.sum_in(RESETS, &[("direction", "sent")], &net.paths()),
         0.0,
         "{}",
         scrape.text
@@ -301,7 +339,7 @@ fn ipv6_fin_and_reset() {
 
     let (client_path, server_path) = (net.client_path_v6(), net.server_path_v6());
     let scrape = agent.wait_for("two IPv6 connections closed on both sides", |s| {
-        s.sum(CLOSED, &[]) >= 4.0
+        s.sum_in(CLOSED, &[], &net.paths()) >= 4.0
     });
     assert_eq!(
         opened(&scrape, "imap", "server", &client_path),
@@ -335,7 +373,9 @@ fn ipv4_clients_of_a_dual_stack_server_are_grouped_as_ipv4() {
     exchange(&mut client, &mut server);
     close_gracefully(client, server);
 
-    let scrape = agent.wait_for("the close on both sides", |s| s.sum(CLOSED, &[]) >= 2.0);
+    let scrape = agent.wait_for("the close on both sides", |s| {
+        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+    });
     assert_eq!(
         closed(&scrape, "imap", "server", &net.client_path_v4(), "fin"),
         1.0,
@@ -368,7 +408,9 @@ fn retransmissions_during_a_short_outage_are_counted() {
     close_gracefully(client, server);
 
     let server_path = net.server_path_v4();
-    let scrape = agent.wait_for("the close after the outage", |s| s.sum(CLOSED, &[]) >= 2.0);
+    let scrape = agent.wait_for("the close after the outage", |s| {
+        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+    });
     let retransmits = scrape.value(
         "idlecut_retransmits_total",
         &[
