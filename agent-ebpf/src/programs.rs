@@ -1,10 +1,12 @@
 use aya_ebpf::{
+    EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, TracePointContext},
 };
+use aya_log_ebpf::{debug, warn};
 use idlecut_ebpf::{
     AF_INET, AF_INET6, ConnectionState, FieldOffsets, IPPROTO_TCP, PortBitmap, RawEvent,
     SkbOffsets, SockOffsets, counter, event_flags, event_kind, tcp_state,
@@ -187,6 +189,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 .is_err()
             {
                 count(counter::STATE_INSERT_FAILED);
+                warn!(
+                    &ctx,
+                    "cannot track socket {:x}: state map insert failed", socket
+                );
             }
             let mut event = event_for(event_kind::OPEN, now, socket, local_port, remote_port);
             event.netns = netns_of(socket);
@@ -203,7 +209,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             event.remote_port = remote_port;
             event.old_state = old_state;
             event.netns = netns_of(socket);
-            match state_of(socket) {
+            match state_of(&ctx, socket) {
                 Some(state) => {
                     // SAFETY: pointer from a successful lookup, read once.
                     let state = unsafe { *state };
@@ -224,7 +230,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             emit(&event);
         }
         tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT => {
-            if let Some(state) = state_of(socket) {
+            if let Some(state) = state_of(&ctx, socket) {
                 // SAFETY: pointer from a successful lookup. Only flags of this connection are
                 // written, and only on its own state transitions.
                 let state = unsafe { &mut *state };
@@ -256,7 +262,7 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
     let Some(socket) = read::<u64>(&ctx, off.skaddr) else {
         return 0;
     };
-    activity(socket, local_port, remote_port, Side::Remote);
+    activity(&ctx, socket, local_port, remote_port, Side::Remote);
     0
 }
 
@@ -272,7 +278,7 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
-        activity(socket, 0, 0, Side::Local);
+        activity(&ctx, socket, 0, 0, Side::Local);
     }
     0
 }
@@ -286,8 +292,8 @@ enum Side {
 /// Traffic on a tracked connection: ends an idle gap if the connection was silent long enough,
 /// answers a pending gap, ends a stall.
 #[inline(always)]
-fn activity(socket: u64, local_port: u16, remote_port: u16, side: Side) {
-    let Some(state) = state_of(socket) else {
+fn activity(ctx: &TracePointContext, socket: u64, local_port: u16, remote_port: u16, side: Side) {
+    let Some(state) = state_of(ctx, socket) else {
         return;
     };
     let now = now_ns();
@@ -353,7 +359,7 @@ fn activity(socket: u64, local_port: u16, remote_port: u16, side: Side) {
 /// first time a program meets its socket: its seeded state moves from SEEDS (by cookie) to
 /// CONNECTIONS (by socket), and user space is told which socket it is.
 #[inline(always)]
-fn state_of(socket: u64) -> Option<*mut ConnectionState> {
+fn state_of<C: EbpfContext>(ctx: &C, socket: u64) -> Option<*mut ConnectionState> {
     if let Some(state) = CONNECTIONS.get_ptr_mut(&socket) {
         return Some(state);
     }
@@ -373,9 +379,17 @@ fn state_of(socket: u64) -> Option<*mut ConnectionState> {
         .is_err()
     {
         count(counter::STATE_INSERT_FAILED);
+        warn!(
+            ctx,
+            "cannot adopt scanned connection {}: state map insert failed", cookie
+        );
         return None;
     }
     let _ = SEEDS.remove(&cookie);
+    debug!(
+        ctx,
+        "adopted scanned connection {} as socket {:x}", cookie, socket
+    );
     let mut event = event_for(event_kind::ADOPTED, now_ns(), socket, 0, 0);
     event.value_ns = cookie;
     event.netns = netns_of(socket);
@@ -445,7 +459,7 @@ fn reset(ctx: &TracePointContext, off: &FieldOffsets, kind: u8) {
         return;
     };
     // Adopts a scanned connection first, so user space knows the socket.
-    let _ = state_of(socket);
+    let _ = state_of(ctx, socket);
     emit(&event_for(kind, now_ns(), socket, local_port, remote_port));
 }
 
@@ -462,7 +476,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     };
     let now = now_ns();
     let mut event = event_for(event_kind::RETRANSMIT, now, socket, local_port, remote_port);
-    if let Some(state) = state_of(socket) {
+    if let Some(state) = state_of(&ctx, socket) {
         // SAFETY: pointer from a successful lookup.
         let state = unsafe { &mut *state };
         state.retransmits = state.retransmits.saturating_add(1);

@@ -127,7 +127,11 @@ fn init_logging(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
@@ -152,6 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let probes::Probes {
         ebpf,
+        logger,
         events,
         counters,
         state,
@@ -175,6 +180,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (stop, stopped) = watch::channel(false);
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
+    let kernel_logs =
+        logger.map(|logger| tokio::spawn(probes::forward_kernel_logs(logger, stopped.clone())));
     let server = tokio::spawn(http::serve(
         listener,
         http::AppState {
@@ -196,6 +203,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop.send(true);
     pipeline.await.context("pipeline task")??;
     server.await.context("HTTP task")??;
+    if let Some(kernel_logs) = kernel_logs {
+        kernel_logs.await.context("kernel log task")??;
+    }
     // Detaches the programs.
     drop(ebpf);
     Ok(())

@@ -159,9 +159,14 @@ pub const PROBES: [ProbeSpec; 9] = [
     },
 ];
 
+/// The kernel programs' own log records (rare diagnostics), forwarded to `tracing`.
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// The loaded object: programs stay attached while this lives.
 pub struct Probes {
     pub ebpf: Ebpf,
+    /// None when the object has no log map (a build without kernel log statements).
+    pub logger: Option<KernelLogger>,
     pub events: RingBuf<MapData>,
     pub counters: KernelCounters,
     pub state: KernelState,
@@ -293,11 +298,21 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
             loader.override_global(offsets_global, offsets, true);
         }
     }
+    // The kernel programs log only rare diagnostics; they do it at the agent's own level.
+    let kernel_log_level = kernel_log_level() as u8;
+    loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
     let mut ebpf = loader.load(PROBES_OBJECT).context(
         "loading the eBPF programs (the agent needs root, or CAP_BPF, CAP_PERFMON and \
          CAP_SYS_RESOURCE, and a kernel with BPF ring buffers: Linux 5.8 or later)",
     )?;
 
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(err) => {
+            tracing::debug!(error = %err, "no kernel log map");
+            None
+        }
+    };
     // aya's own BTF, for attaching the fentry programs.
     let aya_btf = aya::Btf::from_sys_fs();
     let mut attached = Vec::with_capacity(PROBES.len());
@@ -346,6 +361,7 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
     };
     Ok(Probes {
         ebpf,
+        logger,
         events,
         counters,
         state,
@@ -375,6 +391,38 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// The most verbose level the agent logs at, as aya-log's kernel-side filter understands it.
+fn kernel_log_level() -> aya_log::Level {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => aya_log::Level::Trace,
+        LevelFilter::DEBUG => aya_log::Level::Debug,
+        LevelFilter::INFO => aya_log::Level::Info,
+        LevelFilter::WARN => aya_log::Level::Warn,
+        _ => aya_log::Level::Error,
+    }
+}
+
+/// Forwards the kernel programs' log records until shutdown.
+pub async fn forward_kernel_logs(
+    logger: KernelLogger,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // SAFETY: the logger owns its ring buffer's descriptor for as long as the AsyncFd holds it.
+    let mut logger = unsafe { tokio::io::unix::AsyncFd::register(logger) }
+        .map_err(|err| anyhow::anyhow!("watching the kernel log buffer: {err}"))?;
+    loop {
+        tokio::select! {
+            guard = logger.readable_mut() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the memory cgroup.
