@@ -77,6 +77,9 @@ pub struct Scan {
     /// Namespaces that could not be read, with why.
     pub failures: Vec<(Netns, String)>,
     pub namespaces: usize,
+    /// Inodes of the namespaces read completely: a connection of one of them that the scan
+    /// did not find had ended.
+    pub complete: HashSet<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,7 +136,10 @@ pub fn scan(ports: &PortMap) -> Scan {
     let home = File::open("/proc/thread-self/ns/net");
     for ns in namespaces {
         match enter(&ns.path).and_then(|()| dump_tcp(ns.inode, ports)) {
-            Ok(found) => scan.connections.extend(found),
+            Ok(found) => {
+                scan.complete.insert(ns.inode);
+                scan.connections.extend(found);
+            }
             Err(err) => scan.failures.push((ns, err.to_string())),
         }
     }

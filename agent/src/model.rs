@@ -278,6 +278,8 @@ struct Connection {
     /// Inode of its network namespace, 0 when unknown.
     netns: u32,
     opened_at: Option<Nanos>,
+    /// When the model learned of it (its open, or the scan that found it).
+    known_since: Nanos,
     cookie: Option<u64>,
     inode: Option<u32>,
     owner: Option<Owner>,
@@ -631,6 +633,7 @@ impl ConnectionModel {
             endpoints,
             netns,
             opened_at,
+            known_since: opened_at.unwrap_or(0),
             cookie: None,
             inode: None,
             owner: None,
@@ -863,6 +866,7 @@ impl ConnectionModel {
         finished: Nanos,
         out: &mut Vec<Update>,
     ) -> Vec<Seed> {
+        self.settle_vanished(scan, started, finished, out);
         let mut seeds = Vec::new();
         for scanned in &scan.connections {
             let clocks = (
@@ -891,6 +895,7 @@ impl ConnectionModel {
                             endpoints: scanned.endpoints,
                             netns: scanned.netns,
                             opened_at: None,
+                            known_since: finished,
                             cookie: Some(scanned.cookie),
                             inode: None,
                             owner: None,
@@ -964,6 +969,63 @@ impl ConnectionModel {
             }
         }
         seeds
+    }
+
+    /// Connections the scan should have found and did not: they ended while their close went
+    /// unseen (a full ring buffer). Settled as ended, how unknown, so no open connection lingers.
+    fn settle_vanished(
+        &mut self,
+        scan: &Scan,
+        started: Nanos,
+        finished: Nanos,
+        out: &mut Vec<Update>,
+    ) {
+        let found: std::collections::HashSet<(u32, Endpoints)> = scan
+            .connections
+            .iter()
+            .map(|c| (c.netns, c.endpoints))
+            .collect();
+        let vanished = |c: &Connection| {
+            c.netns != 0
+                && c.known_since < started
+                && scan.complete.contains(&c.netns)
+                && !found.contains(&(c.netns, c.endpoints))
+        };
+        let sockets: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, c)| vanished(c))
+            .map(|(&s, _)| s)
+            .collect();
+        let cookies: Vec<u64> = self
+            .discovered
+            .iter()
+            .filter(|(_, c)| vanished(c))
+            .map(|(&k, _)| k)
+            .collect();
+        let gone = sockets
+            .into_iter()
+            .filter_map(|s| self.open.remove(&s).map(|c| (Key::Socket(s), c)))
+            .chain(
+                cookies
+                    .into_iter()
+                    .filter_map(|k| self.discovered.remove(&k).map(|c| (Key::Cookie(k), c))),
+            )
+            .collect::<Vec<_>>();
+        for (key, connection) in gone {
+            self.index_remove(&connection.endpoints, key);
+            out.push(Update::Closed {
+                identity: connection.identity.clone(),
+                end: End::Unknown,
+                duration: None,
+                keepalive: connection.keepalive.map(|k| k.setting),
+            });
+            self.recently_closed.push_back(ClosedRecord {
+                info: info_of(&connection, None),
+                closed_at: finished,
+                end: End::Unknown,
+            });
+        }
     }
 
     /// Every open connection (adopted or not) and the recently closed ones, for the view.
@@ -1777,5 +1839,40 @@ mod tests {
         let closed: Vec<&ClosedRecord> = model.recently_closed().collect();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].end, End::Fin);
+    }
+
+    #[test]
+    fn a_connection_whose_close_was_lost_is_settled_by_the_next_scan() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(SECOND), &mut out);
+        out.clear();
+        let mut scan = scan_of(vec![]);
+        // Its namespace was not read completely: nothing can be concluded.
+        model.apply_scan(&scan, 5 * SECOND, 6 * SECOND, &mut out);
+        assert_eq!(model.open_count(), 1);
+        scan.complete.insert(NETNS);
+        model.apply_scan(&scan, 5 * SECOND, 6 * SECOND, &mut out);
+        assert_eq!(model.open_count(), 0);
+        assert_eq!(
+            out,
+            vec![Update::Closed {
+                identity: imap_server(),
+                end: End::Unknown,
+                duration: None,
+                keepalive: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_connection_opened_during_the_scan_is_not_settled() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(5 * SECOND), &mut out);
+        let mut scan = scan_of(vec![]);
+        scan.complete.insert(NETNS);
+        model.apply_scan(&scan, 4 * SECOND, 6 * SECOND, &mut out);
+        assert_eq!(model.open_count(), 1);
     }
 }
