@@ -109,7 +109,8 @@ fn promtool_checks_the_rules_and_passes_their_unit_tests() {
     assert!(test.contains("SUCCESS"), "{test}");
 }
 
-/// The alert names of the rules file, and those its unit tests expect to fire.
+/// Every alert of the rules file has a promtool case that expects it to fire (the cases also
+/// hold look-alike series that must not fire, checked by promtool itself).
 #[test]
 fn every_alert_has_a_unit_test_that_fires_it() {
     let dir = rules_dir();
@@ -128,13 +129,7 @@ fn every_alert_has_a_unit_test_that_fires_it() {
             .skip(1)
             .filter(|case| case.starts_with(&format!("{alert}\n")))
             .any(|case| case.contains("exp_labels:") && !case.contains("exp_alerts: []"));
-        let quiet = tests
-            .split("alertname: ")
-            .skip(1)
-            .filter(|case| case.starts_with(&format!("{alert}\n")))
-            .count();
         assert!(fired, "no promtool test case fires {alert}");
-        assert!(quiet >= 1, "no promtool test case evaluates {alert}");
     }
 }
 
