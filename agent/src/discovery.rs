@@ -77,6 +77,8 @@ pub struct Scan {
     /// Namespaces that could not be read, with why.
     pub failures: Vec<(Netns, String)>,
     pub namespaces: usize,
+    /// Process namespaces that could not be looked at (permission denied).
+    pub unreadable: usize,
     /// Inodes of the namespaces read completely: a connection of one of them that the scan
     /// did not find had ended.
     pub complete: HashSet<u32>,
@@ -89,8 +91,9 @@ pub struct Owner {
 }
 
 /// Every network namespace of the host: the agent's own, those named in /run/netns, and those
-/// held by processes. Deduplicated by inode.
-pub fn namespaces() -> Vec<Netns> {
+/// held by processes. Deduplicated by inode. Also says how many process namespaces could not be
+/// looked at (without CAP_SYS_PTRACE, those of other users' processes).
+pub fn namespaces() -> (Vec<Netns>, usize) {
     let mut candidates: Vec<PathBuf> = vec![PathBuf::from("/proc/self/ns/net")];
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         candidates.extend(entries.filter_map(Result::ok).map(|e| e.path()));
@@ -110,9 +113,16 @@ pub fn namespaces() -> Vec<Netns> {
     }
     let mut seen = HashSet::new();
     let mut namespaces = Vec::new();
+    let mut unreadable = 0;
     for path in candidates {
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue; // a process that exited, a namespace being deleted
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            // A process that exited, a namespace being deleted.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                unreadable += 1;
+                continue;
+            }
         };
         let Ok(inode) = u32::try_from(meta.ino()) else {
             continue;
@@ -121,15 +131,16 @@ pub fn namespaces() -> Vec<Netns> {
             namespaces.push(Netns { inode, path });
         }
     }
-    namespaces
+    (namespaces, unreadable)
 }
 
 /// Scans every namespace for connections on the watched ports. Blocking; call it from a thread
 /// of its own (see the module documentation).
 pub fn scan(ports: &PortMap) -> Scan {
-    let namespaces = namespaces();
+    let (namespaces, unreadable) = namespaces();
     let mut scan = Scan {
         namespaces: namespaces.len(),
+        unreadable,
         ..Scan::default()
     };
     // Enter each namespace on this thread in turn, then come back.

@@ -17,7 +17,7 @@ use prometheus_client::{
 use crate::{
     events::Nanos,
     inference::{PathReport, Verdict},
-    model::{End, KeepaliveSetting, Role, Update},
+    model::{Direction, End, KeepaliveSetting, Role, Signature, Update},
     paths::PathKey,
 };
 
@@ -474,6 +474,36 @@ impl Metrics {
         }
     }
 
+    /// Creates a new path's event counters at 0 (every signature, direction and end), so that
+    /// `rate()` and `increase()` see its first cut, reset or close.
+    pub fn init_path(&self, key: &PathKey) {
+        let labels = PathLabels {
+            service: key.service.clone(),
+            role: key.role.as_str(),
+            path: key.path.clone(),
+        };
+        // Creating the series is the point; the guards are dropped at once.
+        for signature in Signature::ALL {
+            let _ = self.cuts.get_or_create(&CutLabels {
+                service: labels.service.clone(),
+                role: labels.role,
+                path: labels.path.clone(),
+                signature: signature.as_str(),
+            });
+        }
+        for direction in [Direction::Received, Direction::Sent] {
+            let _ = self.resets.get_or_create(&ResetLabels {
+                service: labels.service.clone(),
+                role: labels.role,
+                path: labels.path.clone(),
+                direction: direction.as_str(),
+            });
+        }
+        for end in End::ALL {
+            let _ = self.closed.get_or_create(&with_end(labels.clone(), end));
+        }
+    }
+
     /// Sets a path's estimate gauges from its report; a gauge whose value is unknown is
     /// removed rather than set to a number that would mean something.
     pub fn set_path_estimates(&self, report: &PathReport) {
@@ -562,7 +592,7 @@ mod tests {
     use super::*;
     use crate::{
         inference::{CutCounts, PathReport},
-        model::{Direction, Identity},
+        model::Identity,
         paths::PathTable,
     };
 
@@ -590,7 +620,13 @@ mod tests {
         let metrics = Metrics::new([Arc::from("imap")]);
         let mut paths = PathTable::new(24, 48, 1);
         let mut record = |update: &Update| {
+            let before = paths.len();
             let key = update.identity().map(|identity| paths.key(identity));
+            if paths.len() > before
+                && let Some(key) = &key
+            {
+                metrics.init_path(key);
+            }
             metrics.record(key.as_ref(), update);
         };
         for update in [
@@ -632,6 +668,10 @@ mod tests {
             r#"idlecut_cuts_total{service="imap",role="client",path="192.0.2.0/24",signature="reset"} 1"#,
             r#"idlecut_idle_before_cut_seconds_bucket{le="300.0",service="imap",role="client",path="192.0.2.0/24",signature="reset"} 1"#,
             r#"idlecut_icmp_errors_total{service="imap",role="client",path="192.0.2.0/24",type="3",code="1"} 1"#,
+            // A path's counters exist from its first connection on, at 0.
+            r#"idlecut_cuts_total{service="imap",role="client",path="192.0.2.0/24",signature="blackhole"} 0"#,
+            r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="sent"} 0"#,
+            r#"idlecut_connections_closed_total{service="imap",role="client",path="192.0.2.0/24",end="timeout"} 0"#,
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line}\nin\n{text}");

@@ -77,6 +77,15 @@ pub enum End {
 }
 
 impl End {
+    pub const ALL: [Self; 6] = [
+        Self::Fin,
+        Self::ResetReceived,
+        Self::ResetSent,
+        Self::Timeout,
+        Self::Error,
+        Self::Unknown,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Fin => "fin",
@@ -102,6 +111,8 @@ pub enum Signature {
 }
 
 impl Signature {
+    pub const ALL: [Self; 3] = [Self::Reset, Self::Blackhole, Self::Icmp];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Reset => "reset",

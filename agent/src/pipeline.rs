@@ -195,6 +195,13 @@ impl Pipeline {
                 namespaces = scan.namespaces,
                 "found connections that were already open"
             );
+            if scan.unreadable > 0 {
+                warn!(
+                    unreadable = scan.unreadable,
+                    "some processes' network namespaces cannot be looked at: their connections \
+                     are seen by the probes but not by the scan (the agent needs CAP_SYS_PTRACE)"
+                );
+            }
         } else if found > 0 {
             debug!(
                 connections = found,
@@ -237,7 +244,13 @@ impl Pipeline {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for update in updates.drain(..) {
+            let known_paths = self.paths.len();
             let key = update.identity().map(|identity| self.paths.key(identity));
+            if self.paths.len() > known_paths
+                && let Some(key) = &key
+            {
+                self.metrics.init_path(key);
+            }
             self.metrics.record(key.as_ref(), &update);
             if let Some(key) = &key
                 && inference.record(key, &update)
