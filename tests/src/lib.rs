@@ -465,7 +465,8 @@ impl Drop for Agent {
     }
 }
 
-fn free_local_port() -> SocketAddr {
+/// A loopback address with a port nothing listens on (for the agent, for Prometheus).
+pub fn free_local_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
     listener.local_addr().expect("local addr")
 }
@@ -588,6 +589,27 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
         rest = &after[end + 1..];
     }
     labels
+}
+
+/// Turns TCP keepalive on with probes after `idle_s` seconds of silence (SO_KEEPALIVE and
+/// TCP_KEEPIDLE).
+pub fn set_keepalive(stream: &TcpStream, idle_s: i32) {
+    for (level, option, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s),
+    ] {
+        // SAFETY: valid socket and option buffer of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                level,
+                option,
+                std::ptr::from_ref(&value).cast(),
+                u32::try_from(size_of::<i32>()).expect("size"),
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// Makes the kernel give up on unacknowledged data after `ms` (TCP_USER_TIMEOUT), so that a

@@ -13,8 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -22,8 +21,8 @@ use std::{
 };
 
 use idlecut_integration_tests::{
-    Agent, Topology, abort, close_gracefully, connect, exchange, http_get, icmp_probe_attached,
-    listen, require_root, set_user_timeout,
+    Agent, Topology, abort, close_gracefully, connect, exchange, free_local_port, http_get,
+    icmp_probe_attached, listen, require_root, set_keepalive, set_user_timeout,
 };
 use serde_json::Value;
 
@@ -261,11 +260,6 @@ impl Drop for TempDir {
     }
 }
 
-fn free_local_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    listener.local_addr().expect("local addr")
-}
-
 /// The rules file with alerts made to fire within a test: every `for:` becomes 2 s and the
 /// 30 and 10 minute windows become LIVE_WINDOW.
 fn rules_for_live_check() -> String {
@@ -466,26 +460,6 @@ fn data_of(result: &[Value]) -> Data {
 }
 
 /// SO_KEEPALIVE with probes after `idle_s` of silence (TCP_KEEPIDLE).
-fn set_keepalive(stream: &TcpStream, idle_s: i32) {
-    let on: i32 = 1;
-    for (level, option, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, on),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s),
-    ] {
-        // SAFETY: valid socket and option buffer of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                level,
-                option,
-                std::ptr::from_ref(&value).cast(),
-                u32::try_from(size_of::<i32>()).expect("size"),
-            )
-        };
-        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
-    }
-}
-
 /// One connection: an exchange, a silence of `gap_ms`, then the client speaks. Through the
 /// black hole the client's connection dies; through the compliant path the server hears it.
 fn idle_then_client_speaks(mut client: TcpStream, mut server: TcpStream, gap_ms: u64, cut: bool) {
