@@ -26,8 +26,18 @@ enum Task {
         args: Vec<String>,
     },
     /// rustfmt check, clippy with warnings denied (host and BPF target), unit tests, then the
-    /// kernel integration tests as root
+    /// kernel integration tests as root, then the benchmark's smoke mode
     Test,
+    /// Build, then measure what idlecut costs the host (as root, a few minutes): prints a
+    /// summary table, writes the raw results to target/bench/
+    Bench {
+        /// A few seconds per measurement: checks only that each one produces numbers
+        #[arg(long)]
+        smoke: bool,
+        /// More arguments for idlecut-bench (such as `--only kernel,churn`), after `--`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +63,7 @@ fn run_task(cli: Cli) -> anyhow::Result<()> {
             run(&mut command)
         }
         Task::Test => test(&root),
+        Task::Bench { smoke, args } => bench(&root, smoke, &args),
     }
 }
 
@@ -142,5 +153,21 @@ fn test(root: &Path) -> anyhow::Result<()> {
     }
     // One agent at a time: every agent sees every namespace's connections.
     integration.args(["--", "--test-threads=1"]);
-    run(&mut integration)
+    run(&mut integration)?;
+    // Keeps the benchmark from rotting: every measurement, briefly.
+    bench(root, true, &[])
+}
+
+/// Builds the agent and the benchmark, then runs the benchmark as root (it loads eBPF
+/// programs, creates network namespaces and starts the agent).
+fn bench(root: &Path, smoke: bool, args: &[String]) -> anyhow::Result<()> {
+    build()?;
+    run(cargo().args(["build", "--release", "--package", "idlecut-bench"]))?;
+    let mut command = as_root(&root.join("target/release/idlecut-bench"));
+    command.env("IDLECUT_BIN", root.join("target/release/idlecut"));
+    if smoke {
+        command.arg("--smoke");
+    }
+    command.args(args);
+    run(&mut command)
 }

@@ -1,0 +1,392 @@
+//! Connection churn (measurement 3): IMAP connections opened and closed (FIN) as fast as asked, in
+//! several namespaces at once (each with its own port space), the rate stepped up until the machine
+//! cannot go faster. At each step: the rate achieved, whether the agent lost events (its kernel
+//! counter of ring buffer overflows, and whether it counted every open and close of both ends), and
+//! its CPU time. Then the machine's maximum rate with the agent and without it, alternating.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use idlecut_integration_tests::{Netns, Scrape};
+use serde::Serialize;
+
+use crate::{
+    agent::Agent,
+    net::{self, connect_from, drain_to_eof, join, spawn_in},
+    stats::{Spread, ratio},
+};
+
+pub struct Settings {
+    /// Target rates, connections per second, tried in order until the machine falls behind.
+    pub rates: Vec<u32>,
+    pub step: Duration,
+    /// Rounds of (unpaced with the agent, unpaced without).
+    pub max_rounds: usize,
+    pub namespaces: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    /// None: as fast as possible.
+    pub target_per_s: Option<u32>,
+    pub with_agent: bool,
+    pub connections: u64,
+    pub achieved_per_s: f64,
+    /// Ring buffer overflows the kernel counted during the step.
+    pub events_lost: f64,
+    /// Connections the kernel could not start tracking, closes of connections the agent did not
+    /// know, kernel states evicted: other ways to lose track, for diagnosis.
+    pub insert_failures: f64,
+    pub untracked_closes: f64,
+    pub evictions: f64,
+    /// Opens and closes the agent counted (both ends of each connection: 2 per connection).
+    pub opens_counted: f64,
+    pub closes_counted: f64,
+    /// No event lost: no ring buffer overflow, every open and close counted.
+    pub no_event_lost: bool,
+    /// Nothing lost at all: also every connection's kernel state inserted.
+    pub lossless: bool,
+    /// Agent CPU time over the step's duration: cores kept busy.
+    pub agent_cpu_cores: f64,
+    pub agent_cpu_us_per_connection: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Churn {
+    pub step_seconds: f64,
+    pub namespaces: usize,
+    pub steps: Vec<Step>,
+    /// The highest rate achieved with nothing lost (events, counts, kernel state).
+    pub highest_lossless_per_s: f64,
+    /// Agent CPU (cores) at that rate.
+    pub agent_cpu_cores_at_highest_lossless: f64,
+    /// The lowest rate at which something was lost, if anything was.
+    pub first_loss_per_s: Option<f64>,
+    /// The same two for events alone (ring buffer overflows, opens and closes not counted),
+    /// leaving out connections whose kernel state could not be inserted.
+    pub highest_no_event_lost_per_s: f64,
+    pub first_event_loss_per_s: Option<f64>,
+    pub max_with_agent_per_s: Spread,
+    pub max_without_agent_per_s: Spread,
+    /// with / without, per round.
+    pub max_ratio: Spread,
+}
+
+/// Connections opened but not yet accepted at which connectors wait (keeps the accept queue
+/// from overflowing, which would stall connects for a 1 s SYN retransmission).
+const MAX_IN_FLIGHT: u64 = 1000;
+
+struct Worker {
+    ns: Netns,
+    acceptor: JoinHandle<anyhow::Result<()>>,
+    accepted: Arc<AtomicU64>,
+}
+
+struct Rig {
+    workers: Vec<Worker>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Rig {
+    fn new(namespaces: usize) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for i in 0..namespaces {
+            let ns = net::netns(&format!("churn{i}"));
+            // Skip TIME_WAIT (it would hold ports for 60 s) and use the whole port range.
+            ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+            ns.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
+            let listener: TcpListener = join(spawn_in(&ns.name, || {
+                net::listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 143), 4096)
+            }))?;
+            let accepted = Arc::new(AtomicU64::new(0));
+            let acceptor = {
+                let (stop, accepted) = (stop.clone(), accepted.clone());
+                thread::spawn(move || accept_loop(&listener, &stop, &accepted))
+            };
+            workers.push(Worker {
+                ns,
+                acceptor,
+                accepted,
+            });
+        }
+        Ok(Self { workers, stop })
+    }
+
+    /// Opens and closes connections at `rate` per second in total (None: as fast as possible)
+    /// for `duration`; returns how many and for how long.
+    fn run(&self, rate: Option<u32>, duration: Duration) -> anyhow::Result<(u64, Duration)> {
+        let started = Instant::now();
+        let deadline = started + duration;
+        let per_worker = rate.map(|r| f64::from(r) / self.workers.len() as f64);
+        let connectors: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let accepted = w.accepted.clone();
+                let base = accepted.load(Ordering::Relaxed);
+                spawn_in(&w.ns.name, move || {
+                    connect_loop(per_worker, deadline, &accepted, base)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for connector in connectors {
+            total += join(connector)?;
+        }
+        let elapsed = started.elapsed();
+        Ok((total, elapsed))
+    }
+
+    fn accepted(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.accepted.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Waits until every connection opened so far has been accepted and closed.
+    fn settle(&self, opened: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.accepted() < opened && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.acceptor
+                .join()
+                .map_err(|_| anyhow::anyhow!("an acceptor panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    accepted: &AtomicU64,
+) -> anyhow::Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                // The client closes at once: read its FIN, then close ours.
+                drain_to_eof(stream, Duration::from_secs(2));
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => return Err(err).context("accepting"),
+        }
+    }
+    Ok(())
+}
+
+fn connect_loop(
+    rate: Option<f64>,
+    deadline: Instant,
+    accepted: &AtomicU64,
+    base: u64,
+) -> anyhow::Result<u64> {
+    let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 143);
+    let started = Instant::now();
+    let mut opened = 0u64;
+    while Instant::now() < deadline {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(opened as f64 / rate);
+            let now = Instant::now();
+            // Sleeping costs ~60 us more than asked: only when well ahead of schedule.
+            if due > now + Duration::from_millis(1) {
+                thread::sleep(due - now);
+            }
+        }
+        while opened.saturating_sub(accepted.load(Ordering::Relaxed) - base) > MAX_IN_FLIGHT {
+            thread::yield_now();
+        }
+        let stream = connect_from(Ipv4Addr::LOCALHOST, to).context("connecting")?;
+        drop(stream);
+        opened += 1;
+    }
+    Ok(opened)
+}
+
+/// What the agent has counted so far.
+struct Counts {
+    opens: f64,
+    closes: f64,
+    lost: f64,
+    insert_failures: f64,
+    untracked_closes: f64,
+    evictions: f64,
+    cpu: f64,
+}
+
+fn counts(agent: &Agent) -> anyhow::Result<Counts> {
+    let scrape: Scrape = agent.scrape()?;
+    let imap = [("service", "imap")];
+    Ok(Counts {
+        opens: scrape.sum("idlecut_connections_opened_total", &imap),
+        closes: scrape.sum("idlecut_connections_closed_total", &imap),
+        lost: scrape.value("idlecut_events_lost_total", &[]),
+        insert_failures: scrape.value("idlecut_kernel_state_insert_failures_total", &[]),
+        untracked_closes: scrape.value("idlecut_untracked_closes_total", &[]),
+        evictions: scrape.value("idlecut_kernel_state_evictions_total", &[]),
+        cpu: agent.cpu_seconds()?,
+    })
+}
+
+/// One step with the agent watching: runs, lets the agent catch up (it classifies a close
+/// after 100 ms and reads the kernel's loss counter every second), then compares.
+fn step_with_agent(
+    rig: &Rig,
+    agent: &Agent,
+    rate: Option<u32>,
+    duration: Duration,
+) -> anyhow::Result<Step> {
+    let before = counts(agent)?;
+    let accepted_before = rig.accepted();
+    let (n, elapsed) = rig.run(rate, duration)?;
+    rig.settle(accepted_before + n);
+    let expected = 2.0 * n as f64;
+    let settle_deadline = Instant::now() + Duration::from_secs(5);
+    let earliest = Instant::now() + Duration::from_millis(1200);
+    let after = loop {
+        let now = counts(agent)?;
+        let done = now.closes - before.closes >= expected && Instant::now() >= earliest;
+        if done || Instant::now() > settle_deadline {
+            break now;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let (opens, closes, lost) = (
+        after.opens - before.opens,
+        after.closes - before.closes,
+        after.lost - before.lost,
+    );
+    let cpu = after.cpu - before.cpu;
+    Ok(Step {
+        target_per_s: rate,
+        with_agent: true,
+        connections: n,
+        achieved_per_s: n as f64 / elapsed.as_secs_f64(),
+        events_lost: lost,
+        insert_failures: after.insert_failures - before.insert_failures,
+        untracked_closes: after.untracked_closes - before.untracked_closes,
+        evictions: after.evictions - before.evictions,
+        opens_counted: opens,
+        closes_counted: closes,
+        no_event_lost: lost == 0.0 && opens == expected && closes == expected,
+        lossless: lost == 0.0
+            && after.insert_failures == before.insert_failures
+            && opens == expected
+            && closes == expected,
+        agent_cpu_cores: cpu / elapsed.as_secs_f64(),
+        agent_cpu_us_per_connection: ratio(cpu * 1e6, n as f64),
+    })
+}
+
+fn step_without_agent(rig: &Rig, duration: Duration) -> anyhow::Result<Step> {
+    let accepted_before = rig.accepted();
+    let (n, elapsed) = rig.run(None, duration)?;
+    rig.settle(accepted_before + n);
+    Ok(Step {
+        target_per_s: None,
+        with_agent: false,
+        connections: n,
+        achieved_per_s: n as f64 / elapsed.as_secs_f64(),
+        events_lost: f64::NAN,
+        insert_failures: f64::NAN,
+        untracked_closes: f64::NAN,
+        evictions: f64::NAN,
+        opens_counted: f64::NAN,
+        closes_counted: f64::NAN,
+        no_event_lost: true,
+        lossless: true,
+        agent_cpu_cores: f64::NAN,
+        agent_cpu_us_per_connection: f64::NAN,
+    })
+}
+
+pub fn run(settings: &Settings) -> anyhow::Result<Churn> {
+    let rig = Rig::new(settings.namespaces)?;
+    let result = measure(&rig, settings);
+    rig.stop()?;
+    result
+}
+
+fn measure(rig: &Rig, settings: &Settings) -> anyhow::Result<Churn> {
+    let mut steps = Vec::new();
+    {
+        let agent = Agent::start(&[])?;
+        thread::sleep(Duration::from_millis(300));
+        for &rate in &settings.rates {
+            let step = step_with_agent(rig, &agent, Some(rate), settings.step)?;
+            let fell_behind = step.achieved_per_s < 0.9 * f64::from(rate);
+            steps.push(step);
+            if fell_behind {
+                break;
+            }
+        }
+    }
+    let (mut with, mut without, mut ratios) = (vec![], vec![], vec![]);
+    for round in 0..settings.max_rounds {
+        let mut pair = [f64::NAN; 2];
+        let agent_first = round % 2 == 0;
+        for with_agent in [agent_first, !agent_first] {
+            let step = if with_agent {
+                let agent = Agent::start(&[])?;
+                thread::sleep(Duration::from_millis(300));
+                step_with_agent(rig, &agent, None, settings.step)?
+            } else {
+                step_without_agent(rig, settings.step)?
+            };
+            pair[usize::from(!with_agent)] = step.achieved_per_s;
+            steps.push(step);
+        }
+        with.push(pair[0]);
+        without.push(pair[1]);
+        ratios.push(ratio(pair[0], pair[1]));
+    }
+    let watched = || steps.iter().filter(|s| s.with_agent);
+    let best = watched()
+        .filter(|s| s.lossless)
+        .max_by(|a, b| a.achieved_per_s.total_cmp(&b.achieved_per_s));
+    let first_loss = watched()
+        .filter(|s| !s.lossless)
+        .map(|s| s.achieved_per_s)
+        .min_by(f64::total_cmp);
+    let best_events = watched()
+        .filter(|s| s.no_event_lost)
+        .map(|s| s.achieved_per_s)
+        .max_by(f64::total_cmp);
+    let first_event_loss = watched()
+        .filter(|s| !s.no_event_lost)
+        .map(|s| s.achieved_per_s)
+        .min_by(f64::total_cmp);
+    Ok(Churn {
+        step_seconds: settings.step.as_secs_f64(),
+        namespaces: settings.namespaces,
+        highest_lossless_per_s: best.map_or(f64::NAN, |s| s.achieved_per_s),
+        agent_cpu_cores_at_highest_lossless: best.map_or(f64::NAN, |s| s.agent_cpu_cores),
+        first_loss_per_s: first_loss,
+        highest_no_event_lost_per_s: best_events.unwrap_or(f64::NAN),
+        first_event_loss_per_s: first_event_loss,
+        max_with_agent_per_s: Spread::of(&with),
+        max_without_agent_per_s: Spread::of(&without),
+        max_ratio: Spread::of(&ratios),
+        steps,
+    })
+}

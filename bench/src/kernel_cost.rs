@@ -1,0 +1,274 @@
+//! Kernel cost per event (measurement 1): the kernel's own accounting of each program's run time
+//! (`run_time_ns / run_cnt` with BPF statistics on) for idlecut's programs and for do-nothing
+//! programs attached to the same tracepoints at the same time, so that both see exactly the same
+//! events. Phases of non-mail traffic and of mail traffic alternate; each phase gives one ratio per
+//! tracepoint.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::{
+    agent::Agent,
+    kernel::{self, Baselines, NOPS, RunStats, Tracepoint},
+    net::{self, join, spawn_in},
+    stats::{Spread, ratio},
+    workload::{self, Pair},
+};
+
+pub struct Settings {
+    pub rounds: usize,
+    pub phase: Duration,
+    pub chatter_connections: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// Bulk transfer, small exchanges and churn on ports idlecut does not watch.
+    NonMail,
+    /// Small exchanges on open IMAP connections and churn on Submission.
+    Mail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sample {
+    pub round: usize,
+    pub class: Class,
+    pub tracepoint: String,
+    pub idlecut_runs: u64,
+    pub idlecut_ns_per_run: f64,
+    pub baseline_runs: u64,
+    pub baseline_ns_per_run: f64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub class: Class,
+    /// A tracepoint, or `all` for the run-weighted mean over all of them.
+    pub tracepoint: String,
+    pub idlecut_ns_per_run: Spread,
+    pub baseline_ns_per_run: Spread,
+    pub ratio: Spread,
+    pub runs_per_phase: Spread,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelCost {
+    pub rounds: usize,
+    pub phase_seconds: f64,
+    pub chatter_connections: usize,
+    pub method: &'static str,
+    pub samples: Vec<Sample>,
+    pub summary: Vec<Summary>,
+}
+
+struct Workload {
+    ns: String,
+    nonmail_chatter: Vec<Pair>,
+    mail_chatter: Vec<Pair>,
+    bulk: TcpListener,
+    nonmail_churn: TcpListener,
+    mail_churn: TcpListener,
+}
+
+const BULK_PORT: u16 = 5001;
+const NONMAIL_CHATTER_PORT: u16 = 5002;
+const NONMAIL_CHURN_PORT: u16 = 5003;
+const MAIL_CHATTER_PORT: u16 = 143;
+const MAIL_CHURN_PORT: u16 = 587;
+/// Every this many churned connections ends with a RST (resets and error reports get events).
+const ABORT_EVERY: u64 = 8;
+
+pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
+    let ns = net::netns("kcost");
+    // Churned connections skip TIME_WAIT, so that ports never run out.
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+    let agent = Agent::start(&[])?;
+    let mut baselines = Baselines::load()?;
+    for nop in NOPS {
+        baselines.attach(nop)?;
+    }
+    // Pairs (idlecut's program, the do-nothing program) per tracepoint.
+    let mut pairs: Vec<(Tracepoint, u32, u32)> = Vec::new();
+    let agent_ids = agent.program_ids()?;
+    let names = kernel::run_stats(&agent_ids)?;
+    for (name, at) in NOPS {
+        let agent_id = names
+            .iter()
+            .find(|(_, (prog, _))| kernel::tracepoint_of_agent_program(prog) == Some(at))
+            .map(|(id, _)| *id)
+            .with_context(|| format!("the agent has no program on {}", at.label()))?;
+        pairs.push((at, agent_id, baselines.id(name)?));
+    }
+    let ids: Vec<u32> = pairs.iter().flat_map(|&(_, a, b)| [a, b]).collect();
+
+    let name = ns.name.clone();
+    let connections = settings.chatter_connections;
+    let mut workload = net::join(spawn_in(&name.clone(), move || {
+        let listen = |port| net::listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), 4096);
+        let nonmail = listen(NONMAIL_CHATTER_PORT)?;
+        let mail = listen(MAIL_CHATTER_PORT)?;
+        Ok(Workload {
+            nonmail_chatter: workload::open_pairs(&nonmail, connections)?,
+            mail_chatter: workload::open_pairs(&mail, connections)?,
+            bulk: listen(BULK_PORT)?,
+            nonmail_churn: listen(NONMAIL_CHURN_PORT)?,
+            mail_churn: listen(MAIL_CHURN_PORT)?,
+            ns: name,
+        })
+    }))?;
+
+    let _stats = kernel::enable_run_stats()?;
+    let mut samples = Vec::new();
+    for round in 0..settings.rounds {
+        let order = if round % 2 == 0 {
+            [Class::NonMail, Class::Mail]
+        } else {
+            [Class::Mail, Class::NonMail]
+        };
+        for class in order {
+            let before = kernel::run_stats(&ids)?;
+            workload = phase(workload, class, settings.phase)?;
+            let after = kernel::run_stats(&ids)?;
+            let delta = |id: u32| -> RunStats {
+                match (after.get(&id), before.get(&id)) {
+                    (Some((_, a)), Some((_, b))) => a.since(*b),
+                    _ => RunStats::default(),
+                }
+            };
+            for &(at, agent_id, baseline_id) in &pairs {
+                let (a, b) = (delta(agent_id), delta(baseline_id));
+                samples.push(sample(round, class, at.label(), a, b));
+            }
+        }
+    }
+    drop(agent);
+    Ok(KernelCost {
+        rounds: settings.rounds,
+        phase_seconds: settings.phase.as_secs_f64(),
+        chatter_connections: settings.chatter_connections,
+        method: "BPF_ENABLE_STATS on; per phase, the change in run_time_ns / run_cnt of each \
+                 idlecut program and of a do-nothing program attached to the same tracepoint \
+                 after it (both run on every event); phases of non-mail and mail traffic \
+                 alternate, their order swapped every round",
+        summary: summarize(&samples),
+        samples,
+    })
+}
+
+fn sample(round: usize, class: Class, tracepoint: String, a: RunStats, b: RunStats) -> Sample {
+    let per_run = |s: RunStats| ratio(s.time_ns as f64, s.count as f64);
+    Sample {
+        round,
+        class,
+        tracepoint,
+        idlecut_runs: a.count,
+        idlecut_ns_per_run: per_run(a),
+        baseline_runs: b.count,
+        baseline_ns_per_run: per_run(b),
+        ratio: ratio(per_run(a), per_run(b)),
+    }
+}
+
+/// Per class and tracepoint, and per class over all tracepoints (total time over total runs:
+/// the mean cost of an event of that class, whatever tracepoint it fires).
+fn summarize(samples: &[Sample]) -> Vec<Summary> {
+    let mut summary = Vec::new();
+    for class in [Class::NonMail, Class::Mail] {
+        let of_class: Vec<&Sample> = samples.iter().filter(|s| s.class == class).collect();
+        let mut rounds: HashMap<usize, (f64, f64, f64, f64)> = HashMap::new();
+        for s in &of_class {
+            if s.idlecut_runs == 0 || s.baseline_runs == 0 {
+                continue;
+            }
+            let entry = rounds.entry(s.round).or_default();
+            entry.0 += s.idlecut_ns_per_run * s.idlecut_runs as f64;
+            entry.1 += s.idlecut_runs as f64;
+            entry.2 += s.baseline_ns_per_run * s.baseline_runs as f64;
+            entry.3 += s.baseline_runs as f64;
+        }
+        let (mut a, mut b, mut r, mut n) = (vec![], vec![], vec![], vec![]);
+        for (time_a, runs_a, time_b, runs_b) in rounds.values() {
+            let (per_a, per_b) = (ratio(*time_a, *runs_a), ratio(*time_b, *runs_b));
+            a.push(per_a);
+            b.push(per_b);
+            r.push(ratio(per_a, per_b));
+            n.push(*runs_a);
+        }
+        summary.push(Summary {
+            class,
+            tracepoint: "all".to_owned(),
+            idlecut_ns_per_run: Spread::of(&a),
+            baseline_ns_per_run: Spread::of(&b),
+            ratio: Spread::of(&r),
+            runs_per_phase: Spread::of(&n),
+        });
+        for (_, at) in NOPS {
+            let label = at.label();
+            let of_tp: Vec<&&Sample> = of_class.iter().filter(|s| s.tracepoint == label).collect();
+            let pick = |f: fn(&Sample) -> f64| -> Spread {
+                Spread::of(&of_tp.iter().map(|s| f(s)).collect::<Vec<_>>())
+            };
+            summary.push(Summary {
+                class,
+                tracepoint: label,
+                idlecut_ns_per_run: pick(|s| s.idlecut_ns_per_run),
+                baseline_ns_per_run: pick(|s| s.baseline_ns_per_run),
+                ratio: pick(|s| s.ratio),
+                runs_per_phase: pick(|s| s.idlecut_runs as f64),
+            });
+        }
+    }
+    summary
+}
+
+/// Runs one phase of traffic of a class for `duration`; returns the workload's connections.
+fn phase(mut w: Workload, class: Class, duration: Duration) -> anyhow::Result<Workload> {
+    let deadline = Instant::now() + duration;
+    let ns = w.ns.clone();
+    let (chatter_pairs, churn_listener) = match class {
+        Class::NonMail => (
+            std::mem::take(&mut w.nonmail_chatter),
+            w.nonmail_churn.try_clone()?,
+        ),
+        Class::Mail => (
+            std::mem::take(&mut w.mail_chatter),
+            w.mail_churn.try_clone()?,
+        ),
+    };
+    let chatter = spawn_in(&ns, move || workload::chatter(chatter_pairs, deadline));
+    let churn = spawn_in(&ns, move || {
+        workload::churn(&churn_listener, ABORT_EVERY, deadline)
+    });
+    let bulk = match class {
+        Class::NonMail => {
+            let listener = w.bulk.try_clone()?;
+            let receiver = std::thread::spawn(move || workload::bulk_receive(&listener));
+            let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, BULK_PORT);
+            let sender = spawn_in(&ns, move || workload::bulk_send(to, deadline));
+            Some((sender, receiver))
+        }
+        Class::Mail => None,
+    };
+    let (pairs, _) = join(chatter).context("chatter")?;
+    join(churn).context("churn")?;
+    if let Some((sender, receiver)) = bulk {
+        join(sender).context("bulk sender")?;
+        receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("the bulk receiver panicked"))?
+            .context("bulk receiver")?;
+    }
+    match class {
+        Class::NonMail => w.nonmail_chatter = pairs,
+        Class::Mail => w.mail_chatter = pairs,
+    }
+    Ok(w)
+}
