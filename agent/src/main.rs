@@ -148,11 +148,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .filter_map(|port| config.ports.service(port))
         .map(Arc::from);
     let metrics = Arc::new(Metrics::new(services));
-    for (probe, attached) in &probes.attached {
+    for (probe, verified) in &probes.attached {
         metrics
             .probe_attached
             .get_or_create(&ProbeLabels { probe })
-            .set(i64::from(*attached));
+            .set(i64::from(verified.is_some()));
+        if let Some(verified) = verified {
+            metrics
+                .probe_verified_instructions
+                .get_or_create(&ProbeLabels { probe })
+                .set(i64::from(*verified));
+        }
     }
     let probes::Probes {
         ebpf,

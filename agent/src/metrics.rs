@@ -130,6 +130,7 @@ pub struct Metrics {
     pub events_malformed: Counter,
     pub tracked_connections: Gauge,
     pub probe_attached: Family<ProbeLabels, Gauge>,
+    pub probe_verified_instructions: Family<ProbeLabels, Gauge>,
     pub untracked_closes: Counter,
     pub kernel_state_evictions: Counter,
     pub kernel_state_insert_failures: Counter,
@@ -283,6 +284,12 @@ impl Metrics {
             "1 when the kernel program on this tracepoint is attached, 0 when this kernel lacks it",
             probe_attached.clone(),
         );
+        let probe_verified_instructions = Family::<ProbeLabels, Gauge>::default();
+        registry.register(
+            "probe_verified_instructions",
+            "Instructions the kernel's verifier walked for each attached program: its size and worst-case path",
+            probe_verified_instructions.clone(),
+        );
         let untracked_closes = Counter::default();
         registry.register(
             "untracked_closes",
@@ -349,6 +356,7 @@ impl Metrics {
             events_malformed,
             tracked_connections,
             probe_attached,
+            probe_verified_instructions,
             untracked_closes,
             kernel_state_evictions,
             kernel_state_insert_failures,

@@ -170,8 +170,9 @@ pub struct Probes {
     pub events: RingBuf<MapData>,
     pub counters: KernelCounters,
     pub state: KernelState,
-    /// Each probe's label and whether it attached.
-    pub attached: Vec<(&'static str, bool)>,
+    /// Each probe's label and, when it attached, how many instructions the verifier walked
+    /// (the budget the tests hold the kernel side to).
+    pub attached: Vec<(&'static str, Option<u32>)>,
 }
 
 pub struct KernelCounters(PerCpuArray<MapData, u64>);
@@ -322,9 +323,13 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
             Ok(_) => attach(&mut ebpf, spec, aya_btf.as_ref().ok()),
         };
         match result {
-            Ok(()) => {
-                info!(probe = spec.label, "attached");
-                attached.push((spec.label, true));
+            Ok(verified) => {
+                info!(
+                    probe = spec.label,
+                    verified_instructions = verified,
+                    "attached"
+                );
+                attached.push((spec.label, Some(verified)));
             }
             Err(err) if spec.required => {
                 return Err(err.context(format!("attaching {}", spec.label)));
@@ -336,7 +341,7 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
                     "not attached: this kernel will not report {}",
                     spec.feature
                 );
-                attached.push((spec.label, false));
+                attached.push((spec.label, None));
             }
         }
     }
@@ -369,7 +374,9 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
     })
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> anyhow::Result<()> {
+/// Loads and attaches a program; returns how many instructions the verifier walked (0 when the
+/// kernel does not say).
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> anyhow::Result<u32> {
     let program = ebpf
         .program_mut(spec.program)
         .with_context(|| format!("no program {} in the eBPF object", spec.program))?;
@@ -380,6 +387,7 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> anyhow::
                 .load()
                 .context("the verifier rejected the program")?;
             program.attach(category, name)?;
+            Ok(verified_instructions(program.info()))
         }
         Hook::FEntry { function } => {
             let btf = btf.context("no kernel BTF")?;
@@ -388,9 +396,17 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> anyhow::
                 .load(function, btf)
                 .context("loading the fentry program (needs BTF and BPF trampolines)")?;
             program.attach()?;
+            Ok(verified_instructions(program.info()))
         }
     }
-    Ok(())
+}
+
+fn verified_instructions(
+    info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+) -> u32 {
+    info.ok()
+        .and_then(|info| info.verified_instruction_count())
+        .unwrap_or(0)
 }
 
 /// The most verbose level the agent logs at, as aya-log's kernel-side filter understands it.

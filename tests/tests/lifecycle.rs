@@ -14,6 +14,8 @@ use idlecut_integration_tests::{
 const OPENED: &str = "idlecut_connections_opened_total";
 const CLOSED: &str = "idlecut_connections_closed_total";
 const RESETS: &str = "idlecut_resets_total";
+/// Most instructions the verifier may walk for one of our programs.
+const VERIFIER_BUDGET: f64 = 20_000.0;
 
 fn opened(scrape: &Scrape, service: &str, role: &str, path: &str) -> f64 {
     scrape.value(
@@ -137,6 +139,16 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
             scrape.get("idlecut_probe_attached", &[("probe", probe)]),
             Some(1.0),
             "{probe}"
+        );
+        // The kernel side stays small: a budget on what the verifier walks (the most complex
+        // program, on state changes, walked about 11k instructions when this was written; the
+        // kernel's own limit is 1M).
+        let verified = scrape
+            .get("idlecut_probe_verified_instructions", &[("probe", probe)])
+            .unwrap_or_else(|| panic!("no verifier count for {probe}"));
+        assert!(
+            (1.0..=VERIFIER_BUDGET).contains(&verified),
+            "{probe}: {verified} instructions verified, budget {VERIFIER_BUDGET}"
         );
     }
     assert_eq!(scrape.get("idlecut_events_lost_total", &[]), Some(0.0));
