@@ -23,6 +23,9 @@ pub fn binary() -> PathBuf {
     )
 }
 
+/// What the agent logs once its start-up scan has been taken in.
+pub const SCAN_DONE: &str = "found connections that were already open";
+
 pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
@@ -94,6 +97,12 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Waits until the start-up scan has been taken in (so that it does not run into a
+    /// measurement), for at most `timeout`.
+    pub fn settle(&self, timeout: Duration) {
+        let _ = self.wait_for_log(SCAN_DONE, timeout);
     }
 
     pub fn pid(&self) -> u32 {

@@ -64,21 +64,30 @@ pub struct Churn {
     pub step_seconds: f64,
     pub namespaces: usize,
     pub steps: Vec<Step>,
-    /// The highest rate achieved with nothing lost (events, counts, kernel state).
-    pub highest_lossless_per_s: f64,
-    /// Agent CPU (cores) at that rate.
-    pub agent_cpu_cores_at_highest_lossless: f64,
-    /// The lowest rate at which something was lost, if anything was.
+    /// The rate sustained with no event lost: the highest rate of the leading steps of the
+    /// ladder that lost none (no ring buffer overflow, every open and close counted); 0 when
+    /// the first step already lost some.
+    pub sustained_no_loss_per_s: f64,
+    /// The first step of the ladder (or the unpaced runs) that lost events: its rate, and what
+    /// was lost.
     pub first_loss_per_s: Option<f64>,
-    /// The same two for events alone (ring buffer overflows, opens and closes not counted),
-    /// leaving out connections whose kernel state could not be inserted.
-    pub highest_no_event_lost_per_s: f64,
-    pub first_event_loss_per_s: Option<f64>,
+    pub first_loss: Option<String>,
+    /// Connections whose kernel state could not be inserted (they are counted, but their idle
+    /// gaps and retransmissions go unseen): the first rate where some were, and the share of
+    /// connections at the target rate.
+    pub first_insert_failure_per_s: Option<f64>,
+    pub insert_failure_share_at_20k: f64,
+    /// Agent CPU (cores) and per connection (us) at the 20k/s step, the target rate.
+    pub agent_cpu_cores_at_20k: f64,
+    pub agent_cpu_us_per_connection_at_20k: f64,
     pub max_with_agent_per_s: Spread,
     pub max_without_agent_per_s: Spread,
     /// with / without, per round.
     pub max_ratio: Spread,
 }
+
+/// The rate the target is set at, connections per second.
+pub const TARGET_RATE: u32 = 20_000;
 
 /// Connections opened but not yet accepted at which connectors wait (keeps the accept queue
 /// from overflowing, which would stall connects for a 1 s SYN retransmission).
@@ -331,7 +340,7 @@ fn measure(rig: &Rig, settings: &Settings) -> anyhow::Result<Churn> {
     let mut steps = Vec::new();
     {
         let agent = Agent::start(&[])?;
-        thread::sleep(Duration::from_millis(300));
+        agent.settle(Duration::from_secs(5));
         for &rate in &settings.rates {
             let step = step_with_agent(rig, &agent, Some(rate), settings.step)?;
             let fell_behind = step.achieved_per_s < 0.9 * f64::from(rate);
@@ -348,7 +357,7 @@ fn measure(rig: &Rig, settings: &Settings) -> anyhow::Result<Churn> {
         for with_agent in [agent_first, !agent_first] {
             let step = if with_agent {
                 let agent = Agent::start(&[])?;
-                thread::sleep(Duration::from_millis(300));
+                agent.settle(Duration::from_secs(5));
                 step_with_agent(rig, &agent, None, settings.step)?
             } else {
                 step_without_agent(rig, settings.step)?
@@ -360,30 +369,36 @@ fn measure(rig: &Rig, settings: &Settings) -> anyhow::Result<Churn> {
         without.push(pair[1]);
         ratios.push(ratio(pair[0], pair[1]));
     }
+    // Ladder order, then the unpaced runs.
     let watched = || steps.iter().filter(|s| s.with_agent);
-    let best = watched()
-        .filter(|s| s.lossless)
-        .max_by(|a, b| a.achieved_per_s.total_cmp(&b.achieved_per_s));
-    let first_loss = watched()
-        .filter(|s| !s.lossless)
-        .map(|s| s.achieved_per_s)
-        .min_by(f64::total_cmp);
-    let best_events = watched()
-        .filter(|s| s.no_event_lost)
+    let sustained = watched()
+        .take_while(|s| s.no_event_lost)
         .map(|s| s.achieved_per_s)
         .max_by(f64::total_cmp);
-    let first_event_loss = watched()
-        .filter(|s| !s.no_event_lost)
-        .map(|s| s.achieved_per_s)
-        .min_by(f64::total_cmp);
+    let first_loss = watched().find(|s| !s.no_event_lost);
+    let first_insert_failure = watched().find(|s| s.insert_failures > 0.0);
+    let at_20k = watched().find(|s| s.target_per_s == Some(TARGET_RATE));
     Ok(Churn {
         step_seconds: settings.step.as_secs_f64(),
         namespaces: settings.namespaces,
-        highest_lossless_per_s: best.map_or(f64::NAN, |s| s.achieved_per_s),
-        agent_cpu_cores_at_highest_lossless: best.map_or(f64::NAN, |s| s.agent_cpu_cores),
-        first_loss_per_s: first_loss,
-        highest_no_event_lost_per_s: best_events.unwrap_or(f64::NAN),
-        first_event_loss_per_s: first_event_loss,
+        sustained_no_loss_per_s: sustained.unwrap_or(0.0),
+        first_loss_per_s: first_loss.map(|s| s.achieved_per_s),
+        first_loss: first_loss.map(|s| {
+            let expected = 2.0 * s.connections as f64;
+            format!(
+                "{} opens and {} closes of {expected} not counted, {} ring buffer overflows",
+                expected - s.opens_counted,
+                expected - s.closes_counted,
+                s.events_lost
+            )
+        }),
+        first_insert_failure_per_s: first_insert_failure.map(|s| s.achieved_per_s),
+        insert_failure_share_at_20k: at_20k.map_or(f64::NAN, |s| {
+            ratio(s.insert_failures, 2.0 * s.connections as f64)
+        }),
+        agent_cpu_cores_at_20k: at_20k.map_or(f64::NAN, |s| s.agent_cpu_cores),
+        agent_cpu_us_per_connection_at_20k: at_20k
+            .map_or(f64::NAN, |s| s.agent_cpu_us_per_connection),
         max_with_agent_per_s: Spread::of(&with),
         max_without_agent_per_s: Spread::of(&without),
         max_ratio: Spread::of(&ratios),

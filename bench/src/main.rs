@@ -138,16 +138,17 @@ fn plan(smoke: bool) -> Plan {
         Plan {
             kernel: kernel_cost::Settings {
                 rounds: 1,
-                phase: Duration::from_millis(300),
+                phase: Duration::from_millis(200),
                 chatter_connections: 20,
             },
             overhead: overhead::Settings {
                 rounds: 1,
+                blocks: 2,
                 window: Duration::from_millis(100),
                 trigger_iterations: 50_000,
             },
             churn: churn::Settings {
-                rates: vec![1000],
+                rates: vec![1000, churn::TARGET_RATE],
                 step: Duration::from_millis(300),
                 max_rounds: 1,
                 namespaces: 2,
@@ -169,6 +170,7 @@ fn plan(smoke: bool) -> Plan {
             },
             overhead: overhead::Settings {
                 rounds: 8,
+                blocks: 5,
                 window: Duration::from_millis(400),
                 trigger_iterations: 300_000,
             },
@@ -217,22 +219,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .map_or(0, |d| d.as_secs());
     let plan = plan(cli.smoke);
     let wanted = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
-    let section = |s: Section, name: &str| {
-        let on = wanted(s);
-        if on {
-            eprintln!("idlecut-bench: {name}...");
-        }
-        on
-    };
     let results = Results {
-        kernel_cost: section(Section::Kernel, "kernel cost per event")
-            .then(|| kernel_cost::run(&plan.kernel)),
-        overhead: section(Section::Overhead, "overhead on unrelated traffic")
-            .then(|| overhead::run(&plan.overhead)),
-        churn: section(Section::Churn, "connection churn").then(|| churn::run(&plan.churn)),
-        scale: section(Section::Scale, "scale").then(|| scale::run(&plan.scale)),
-        latency: section(Section::Latency, "detection latency")
-            .then(|| latency::run(&plan.latency)),
+        kernel_cost: section(wanted(Section::Kernel), "kernel cost per event", || {
+            kernel_cost::run(&plan.kernel)
+        }),
+        overhead: section(
+            wanted(Section::Overhead),
+            "overhead on unrelated traffic",
+            || overhead::run(&plan.overhead),
+        ),
+        churn: section(wanted(Section::Churn), "connection churn", || {
+            churn::run(&plan.churn)
+        }),
+        scale: section(wanted(Section::Scale), "scale", || scale::run(&plan.scale)),
+        latency: section(wanted(Section::Latency), "detection latency", || {
+            latency::run(&plan.latency)
+        }),
     };
     let rows = report::rows(&results);
     let mode = if cli.smoke { "smoke" } else { "full" };
@@ -277,6 +279,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs a section if wanted, saying how long it took (its clean-up included).
+fn section<T>(wanted: bool, name: &str, run: impl FnOnce() -> anyhow::Result<T>) -> Outcome<T> {
+    if !wanted {
+        return None;
+    }
+    eprintln!("idlecut-bench: {name}...");
+    let started = Instant::now();
+    let result = run();
+    eprintln!(
+        "idlecut-bench: {name}: {} in {:.1} s",
+        if result.is_ok() { "done" } else { "failed" },
+        started.elapsed().as_secs_f64()
+    );
+    Some(result)
 }
 
 fn error_of<T>(outcome: &Outcome<T>) -> Option<String> {

@@ -24,6 +24,8 @@ use crate::{
 
 pub struct Settings {
     pub rounds: usize,
+    /// Throughputs and rates are the best of this many blocks of `window`.
+    pub blocks: usize,
     pub window: Duration,
     pub trigger_iterations: u32,
 }
@@ -70,8 +72,6 @@ pub struct Overhead {
     pub unavailable: BTreeMap<String, String>,
 }
 
-/// Each throughput and rate is the best of this many blocks.
-const TRAFFIC_BLOCKS: usize = 5;
 const BULK_PORT: u16 = 5201;
 const PING_PORT: u16 = 5202;
 
@@ -94,21 +94,20 @@ pub fn run(settings: &Settings) -> anyhow::Result<Overhead> {
         for agent_on in [agent_first, !agent_first] {
             if agent_on {
                 let agent = Agent::start(&[])?;
-                // Let the start-up scan finish.
-                thread::sleep(Duration::from_millis(300));
+                agent.settle(Duration::from_secs(5));
                 (r.bulk_gbit_s_on, r.ping_pong_per_s_on) =
-                    best_traffic(&name, &bulk, &ping, settings.window)?;
+                    best_traffic(&name, &bulk, &ping, settings)?;
                 r.trigger_ns
                     .insert("idlecut", trigger::with_agent(settings.trigger_iterations)?);
                 drop(agent);
             } else {
                 (r.bulk_gbit_s_off, r.ping_pong_per_s_off) =
-                    best_traffic(&name, &bulk, &ping, settings.window)?;
+                    best_traffic(&name, &bulk, &ping, settings)?;
                 // Any program on idlecut's tracepoints, doing nothing: what attaching costs.
                 for nop in NOPS {
                     baselines.attach(nop)?;
                 }
-                let nop_traffic = best_traffic(&name, &bulk, &ping, settings.window);
+                let nop_traffic = best_traffic(&name, &bulk, &ping, settings);
                 for (nop, _) in NOPS {
                     baselines.detach(nop)?;
                 }
@@ -164,12 +163,12 @@ fn best_traffic(
     ns: &str,
     bulk: &TcpListener,
     ping: &TcpListener,
-    block: Duration,
+    settings: &Settings,
 ) -> anyhow::Result<(f64, f64)> {
     let (mut gbit_s, mut per_s) = (0.0f64, 0.0f64);
-    for _ in 0..TRAFFIC_BLOCKS {
-        gbit_s = gbit_s.max(bulk_gbit_s(ns, bulk, block)?);
-        per_s = per_s.max(ping_pong_rate(ns, ping, block)?);
+    for _ in 0..settings.blocks {
+        gbit_s = gbit_s.max(bulk_gbit_s(ns, bulk, settings.window)?);
+        per_s = per_s.max(ping_pong_rate(ns, ping, settings.window)?);
     }
     Ok((gbit_s, per_s))
 }

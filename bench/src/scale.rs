@@ -16,7 +16,7 @@ use idlecut_integration_tests::http_get;
 use serde::Serialize;
 
 use crate::{
-    agent::{Agent, MapUsage},
+    agent::{Agent, MapUsage, SCAN_DONE},
     holder::{self, Holder},
     net,
     stats::{Spread, ratio},
@@ -74,7 +74,6 @@ pub struct Scale {
 
 /// Connections per holder process: two descriptors each, under the usual 20000-descriptor limit.
 const PER_HOLDER: u32 = 9000;
-const SCAN_DONE: &str = "found connections that were already open";
 
 pub fn run(settings: &Settings) -> anyhow::Result<Scale> {
     let tcp_connections = settings.tracked / 2;
@@ -86,7 +85,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Scale> {
 
     let ns = net::netns("scale");
     let agent = Agent::start(&agent_args)?;
-    thread::sleep(Duration::from_millis(500));
+    agent.settle(Duration::from_secs(5));
     let rss_before = agent.rss_bytes()?;
     let lost_before = lost(&agent)?;
 
