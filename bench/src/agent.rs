@@ -192,6 +192,17 @@ impl Agent {
             .collect())
     }
 
+    /// Times the kernel skipped the agent's programs because another BPF program was already
+    /// running on that CPU (`recursion_misses`, summed over its programs): events lost before
+    /// any program saw them.
+    pub fn recursion_misses(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .bpf_fdinfo("anon_inode:bpf-prog")?
+            .iter()
+            .filter_map(|info| field(info, "recursion_misses"))
+            .sum())
+    }
+
     /// The BPF maps the agent holds, with the kernel's accounting of their memory.
     pub fn maps(&self) -> anyhow::Result<Vec<MapUsage>> {
         let mut maps = Vec::new();

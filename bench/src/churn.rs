@@ -42,6 +42,9 @@ pub struct Step {
     pub achieved_per_s: f64,
     /// Ring buffer overflows the kernel counted during the step.
     pub events_lost: f64,
+    /// Times the kernel skipped one of the agent's programs because another BPF program was
+    /// running on the CPU (a softirq interrupting a program): events never seen.
+    pub recursion_misses: f64,
     /// Connections the kernel could not start tracking, closes of connections the agent did not
     /// know, kernel states evicted: other ways to lose track, for diagnosis.
     pub insert_failures: f64,
@@ -50,7 +53,8 @@ pub struct Step {
     /// Opens and closes the agent counted (both ends of each connection: 2 per connection).
     pub opens_counted: f64,
     pub closes_counted: f64,
-    /// No event lost: no ring buffer overflow, every open and close counted.
+    /// No event lost: no ring buffer overflow, no program run skipped, every open and close
+    /// counted.
     pub no_event_lost: bool,
     /// Nothing lost at all: also every connection's kernel state inserted.
     pub lossless: bool,
@@ -65,7 +69,8 @@ pub struct Churn {
     pub namespaces: usize,
     pub steps: Vec<Step>,
     /// The rate sustained with no event lost: the highest rate of the leading steps of the
-    /// ladder that lost none (no ring buffer overflow, every open and close counted); 0 when
+    /// ladder that lost none (no ring buffer overflow, no program run skipped, every open and
+    /// close counted); 0 when
     /// the first step already lost some.
     pub sustained_no_loss_per_s: f64,
     /// The first step of the ladder (or the unpaced runs) that lost events: its rate, and what
@@ -77,6 +82,10 @@ pub struct Churn {
     /// connections at the target rate.
     pub first_insert_failure_per_s: Option<f64>,
     pub insert_failure_share_at_20k: f64,
+    /// Program runs the kernel skipped per 10k connections at the target rate, and the first
+    /// rate where any were.
+    pub recursion_misses_per_10k_at_20k: f64,
+    pub first_recursion_miss_per_s: Option<f64>,
     /// Agent CPU (cores) and per connection (us) at the 20k/s step, the target rate.
     pub agent_cpu_cores_at_20k: f64,
     pub agent_cpu_us_per_connection_at_20k: f64,
@@ -240,6 +249,7 @@ struct Counts {
     insert_failures: f64,
     untracked_closes: f64,
     evictions: f64,
+    recursion_misses: f64,
     cpu: f64,
 }
 
@@ -253,6 +263,7 @@ fn counts(agent: &Agent) -> anyhow::Result<Counts> {
         insert_failures: scrape.value("idlecut_kernel_state_insert_failures_total", &[]),
         untracked_closes: scrape.value("idlecut_untracked_closes_total", &[]),
         evictions: scrape.value("idlecut_kernel_state_evictions_total", &[]),
+        recursion_misses: agent.recursion_misses()? as f64,
         cpu: agent.cpu_seconds()?,
     })
 }
@@ -292,13 +303,18 @@ fn step_with_agent(
         connections: n,
         achieved_per_s: n as f64 / elapsed.as_secs_f64(),
         events_lost: lost,
+        recursion_misses: after.recursion_misses - before.recursion_misses,
         insert_failures: after.insert_failures - before.insert_failures,
         untracked_closes: after.untracked_closes - before.untracked_closes,
         evictions: after.evictions - before.evictions,
         opens_counted: opens,
         closes_counted: closes,
-        no_event_lost: lost == 0.0 && opens == expected && closes == expected,
+        no_event_lost: lost == 0.0
+            && after.recursion_misses == before.recursion_misses
+            && opens == expected
+            && closes == expected,
         lossless: lost == 0.0
+            && after.recursion_misses == before.recursion_misses
             && after.insert_failures == before.insert_failures
             && opens == expected
             && closes == expected,
@@ -317,6 +333,7 @@ fn step_without_agent(rig: &Rig, duration: Duration) -> anyhow::Result<Step> {
         connections: n,
         achieved_per_s: n as f64 / elapsed.as_secs_f64(),
         events_lost: f64::NAN,
+        recursion_misses: f64::NAN,
         insert_failures: f64::NAN,
         untracked_closes: f64::NAN,
         evictions: f64::NAN,
@@ -386,16 +403,24 @@ fn measure(rig: &Rig, settings: &Settings) -> anyhow::Result<Churn> {
         first_loss: first_loss.map(|s| {
             let expected = 2.0 * s.connections as f64;
             format!(
-                "{} opens and {} closes of {expected} not counted, {} ring buffer overflows",
+                "{} program runs skipped, {} ring buffer overflows; {} opens and {} closes of \
+                 {expected} not counted",
+                s.recursion_misses,
+                s.events_lost,
                 expected - s.opens_counted,
                 expected - s.closes_counted,
-                s.events_lost
             )
         }),
         first_insert_failure_per_s: first_insert_failure.map(|s| s.achieved_per_s),
         insert_failure_share_at_20k: at_20k.map_or(f64::NAN, |s| {
             ratio(s.insert_failures, 2.0 * s.connections as f64)
         }),
+        recursion_misses_per_10k_at_20k: at_20k.map_or(f64::NAN, |s| {
+            ratio(s.recursion_misses * 10_000.0, s.connections as f64)
+        }),
+        first_recursion_miss_per_s: watched()
+            .find(|s| s.recursion_misses > 0.0)
+            .map(|s| s.achieved_per_s),
         agent_cpu_cores_at_20k: at_20k.map_or(f64::NAN, |s| s.agent_cpu_cores),
         agent_cpu_us_per_connection_at_20k: at_20k
             .map_or(f64::NAN, |s| s.agent_cpu_us_per_connection),

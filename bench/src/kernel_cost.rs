@@ -61,6 +61,9 @@ pub struct Summary {
 
 #[derive(Debug, Serialize)]
 pub struct KernelCost {
+    /// Runs of idlecut's programs the kernel skipped during the phases (another BPF program
+    /// was running on the CPU).
+    pub recursion_misses: u64,
     pub rounds: usize,
     pub phase_seconds: f64,
     pub chatter_connections: usize,
@@ -126,6 +129,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
     }))?;
 
     let _stats = kernel::enable_run_stats()?;
+    let misses_before = agent.recursion_misses()?;
     let mut samples = Vec::new();
     for round in 0..settings.rounds {
         let order = if round % 2 == 0 {
@@ -149,8 +153,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
             }
         }
     }
+    let recursion_misses = agent.recursion_misses()? - misses_before;
     drop(agent);
     Ok(KernelCost {
+        recursion_misses,
         rounds: settings.rounds,
         phase_seconds: settings.phase.as_secs_f64(),
         chatter_connections: settings.chatter_connections,

@@ -112,6 +112,10 @@ struct Machine {
     memory_bytes: u64,
     agent_binary: String,
     agent_version: String,
+    /// `git describe --always --dirty` of the tree the agent binary was built in (the binary
+    /// is taken to sit in `<tree>/target/release/`): `-dirty` means uncommitted changes.
+    agent_source: String,
+    /// The same for the benchmark's own tree.
     commit: String,
 }
 
@@ -349,6 +353,22 @@ fn machine() -> Machine {
     };
     let binary = agent::binary();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let describe = |tree: &Path| {
+        output(
+            Path::new("git"),
+            &[
+                "-C",
+                &tree.display().to_string(),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+        )
+    };
+    let agent_tree = binary
+        .canonicalize()
+        .ok()
+        .and_then(|b| b.ancestors().nth(3).map(Path::to_path_buf));
     Machine {
         kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
         cpu,
@@ -356,15 +376,7 @@ fn machine() -> Machine {
         memory_bytes,
         agent_version: output(&binary, &["--version"]),
         agent_binary: binary.display().to_string(),
-        commit: output(
-            Path::new("git"),
-            &[
-                "-C",
-                &workspace.display().to_string(),
-                "rev-parse",
-                "--short",
-                "HEAD",
-            ],
-        ),
+        agent_source: agent_tree.map(|tree| describe(&tree)).unwrap_or_default(),
+        commit: describe(&workspace),
     }
 }

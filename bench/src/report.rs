@@ -250,6 +250,20 @@ pub fn rows(results: &Results) -> Vec<Row> {
         rows.push(
             row(
                 "churn",
+                "program runs the kernel skipped at 20k conn/s, per 10k connections",
+                "runs",
+                c.recursion_misses_per_10k_at_20k,
+                (0.0, "expected"),
+                None,
+            )
+            .note(match c.first_recursion_miss_per_s {
+                Some(rate) => format!("first seen at {rate:.0}/s (recursion_misses)"),
+                None => "none seen".to_owned(),
+            }),
+        );
+        rows.push(
+            row(
+                "churn",
                 "kernel state insert failures at 20k conn/s (share of tracked)",
                 "%",
                 100.0 * c.insert_failure_share_at_20k,
