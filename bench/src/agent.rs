@@ -145,18 +145,7 @@ impl Agent {
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
         let path = format!("/proc/{}/status", self.pid());
         let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map(|kib| kib * 1024)
-            .with_context(|| format!("no VmRSS in {path}"))
+        kib_field(&status, "VmRSS:").with_context(|| format!("no VmRSS in {path}"))
     }
 
     /// CPU time used so far, user and system, all threads, seconds.
@@ -271,6 +260,20 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `key   N kB` line of a /proc file (status, meminfo), in bytes.
+pub fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
 }
 
 /// A `key:\tvalue` field of an fdinfo file.

@@ -114,7 +114,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
 
     let name = ns.name.clone();
     let connections = settings.chatter_connections;
-    let mut workload = net::join(spawn_in(&name.clone(), move || {
+    let mut workload = net::join(spawn_in(&ns.name, move || {
         let listen = |port| net::listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), 4096);
         let nonmail = listen(NONMAIL_CHATTER_PORT)?;
         let mail = listen(MAIL_CHATTER_PORT)?;

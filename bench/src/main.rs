@@ -331,17 +331,7 @@ fn machine() -> Machine {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
         .unwrap_or_default();
-    let memory_bytes = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kib| kib * 1024);
+    let memory_bytes = agent::kib_field(&read("/proc/meminfo"), "MemTotal:").unwrap_or(0);
     let output = |program: &Path, args: &[&str]| {
         Command::new(program)
             .args(args)

@@ -165,48 +165,49 @@ pub fn rows(results: &Results) -> Vec<Row> {
                 );
             }
         }
-        let bulk = row(
-            "overhead",
-            "loopback TCP bulk throughput, non-mail port",
-            "Gbit/s",
-            o.bulk_gbit_s_on.median,
-            (o.bulk_gbit_s_off.median, "agent not running"),
-            Some(o.bulk_ratio),
-        );
-        let met = o.bulk_ratio.median >= 0.98;
-        rows.push(bulk.target("loss < 2% (ratio >= 0.98)", met));
-        rows.push(
-            row(
-                "overhead",
-                "loopback TCP bulk throughput, do-nothing programs attached",
+        for (what, unit, on, off, nop, ratio_on, ratio_nop) in [
+            (
+                "loopback TCP bulk throughput",
                 "Gbit/s",
-                o.bulk_gbit_s_nop.median,
-                (o.bulk_gbit_s_off.median, "nothing attached"),
-                Some(o.bulk_nop_ratio),
-            )
-            .note("what attaching anything there costs"),
-        );
-        let pp = row(
-            "overhead",
-            "loopback TCP ping-pong rate (64 B), non-mail port",
-            "/s",
-            o.ping_pong_per_s_on.median,
-            (o.ping_pong_per_s_off.median, "agent not running"),
-            Some(o.ping_pong_ratio),
-        );
-        let met = o.ping_pong_ratio.median >= 0.98;
-        rows.push(pp.target("loss < 2% (ratio >= 0.98)", met));
-        rows.push(
-            row(
-                "overhead",
-                "loopback TCP ping-pong rate, do-nothing programs attached",
+                o.bulk_gbit_s_on,
+                o.bulk_gbit_s_off,
+                o.bulk_gbit_s_nop,
+                o.bulk_ratio,
+                o.bulk_nop_ratio,
+            ),
+            (
+                "loopback TCP ping-pong rate (64 B)",
                 "/s",
-                o.ping_pong_per_s_nop.median,
-                (o.ping_pong_per_s_off.median, "nothing attached"),
-                Some(o.ping_pong_nop_ratio),
-            )
-            .note("what attaching anything there costs"),
-        );
+                o.ping_pong_per_s_on,
+                o.ping_pong_per_s_off,
+                o.ping_pong_per_s_nop,
+                o.ping_pong_ratio,
+                o.ping_pong_nop_ratio,
+            ),
+        ] {
+            rows.push(
+                row(
+                    "overhead",
+                    format!("{what}, non-mail port"),
+                    unit,
+                    on.median,
+                    (off.median, "agent not running"),
+                    Some(ratio_on),
+                )
+                .target("loss < 2% (ratio >= 0.98)", ratio_on.median >= 0.98),
+            );
+            rows.push(
+                row(
+                    "overhead",
+                    format!("{what}, do-nothing programs attached"),
+                    unit,
+                    nop.median,
+                    (off.median, "nothing attached"),
+                    Some(ratio_nop),
+                )
+                .note("what attaching anything there costs"),
+            );
+        }
     }
     if let Some(Ok(c)) = &results.churn {
         let machine_max = c.max_without_agent_per_s.median;
