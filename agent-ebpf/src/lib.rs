@@ -19,6 +19,9 @@ pub const SEEDING_MAP: &str = "SEEDING";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the global holding the port bitmap ([`PortBitmap`]).
 pub const PORTS_GLOBAL: &str = "MAIL_PORTS";
+/// Name of the global holding how many bytes may wait in the ring buffer before a program
+/// wakes the reader (below that, the agent drains the buffer on its timer).
+pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 /// Name of the global holding the minimum idle gap, in nanoseconds, that earns an event.
 pub const MIN_IDLE_GAP_GLOBAL: &str = "MIN_IDLE_GAP_NS";
 /// Name of the global holding [`SkbOffsets`] (from BTF) for the ICMP error programs.

@@ -1,9 +1,12 @@
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_NOEXIST,
+    bindings::{
+        BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
+    },
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, map, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
@@ -25,9 +28,10 @@ static CONNECTIONS: LruHashMap<u64, ConnectionState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
 
 /// Connections found by the start-up scan, by socket cookie, until a program adopts them.
+/// Not preallocated: it is empty but for the moments after a scan finds connections.
 #[map(name = "SEEDS")]
-static SEEDS: LruHashMap<u64, ConnectionState> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+static SEEDS: HashMap<u64, ConnectionState> =
+    HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, BPF_F_NO_PREALLOC);
 
 /// Entry 0 is non-zero while SEEDS may hold entries.
 #[map(name = "SEEDING")]
@@ -42,6 +46,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 static MAIL_PORTS: PortBitmap = [0; 1024];
 #[unsafe(no_mangle)]
 static MIN_IDLE_GAP_NS: u64 = 10_000_000_000;
+/// Waking the reader costs more than the rest of a program's run: events are submitted without
+/// a wake-up (the agent drains the buffer on a timer) until this many bytes are waiting.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = DEFAULT_RING_BUFFER_BYTES as u64 / 4;
 #[unsafe(no_mangle)]
 static OFFSETS_INET_SOCK_SET_STATE: FieldOffsets = FieldOffsets::absent();
 #[unsafe(no_mangle)]
@@ -105,17 +113,22 @@ fn read<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
 /// Local and remote port, in host order, or None when neither is a watched port.
 #[inline(always)]
 fn mail_ports(ctx: &TracePointContext, off: &FieldOffsets) -> Option<(u16, u16)> {
-    let (local, remote) = if off.ports_in_sockaddr != 0 {
-        // `sin_port` / `sin6_port` sit two bytes into the sockaddr, in network order.
-        let local = u16::from_be(read::<u16>(ctx, off.local_port.wrapping_add(2))?);
-        let remote = u16::from_be(read::<u16>(ctx, off.remote_port.wrapping_add(2))?);
-        (local, remote)
-    } else {
-        (
-            read::<u16>(ctx, off.local_port)?,
-            read::<u16>(ctx, off.remote_port)?,
-        )
-    };
+    let (local, remote) =
+        if off.ports_in_sockaddr == 0 && off.remote_port == off.local_port.wrapping_add(2) {
+            // Side by side, as in every tracepoint that has them: one read instead of two.
+            let both = read::<[u16; 2]>(ctx, off.local_port)?;
+            (both[0], both[1])
+        } else if off.ports_in_sockaddr != 0 {
+            // `sin_port` / `sin6_port` sit two bytes into the sockaddr, in network order.
+            let local = u16::from_be(read::<u16>(ctx, off.local_port.wrapping_add(2))?);
+            let remote = u16::from_be(read::<u16>(ctx, off.remote_port.wrapping_add(2))?);
+            (local, remote)
+        } else {
+            (
+                read::<u16>(ctx, off.local_port)?,
+                read::<u16>(ctx, off.remote_port)?,
+            )
+        };
     if is_mail_port(local) || is_mail_port(remote) {
         Some((local, remote))
     } else {
@@ -128,7 +141,14 @@ fn emit(event: &RawEvent) {
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            entry.submit(0);
+            // SAFETY: a valid static.
+            let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+            let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= wakeup_bytes {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(u64::from(flags));
         }
         None => count(counter::RINGBUF_FULL),
     }
@@ -158,12 +178,13 @@ fn fill_addresses(ctx: &TracePointContext, off: &FieldOffsets, event: &mut RawEv
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let off = offsets(&OFFSETS_INET_SOCK_SET_STATE);
-    if read::<u16>(&ctx, off.protocol) != Some(IPPROTO_TCP) {
-        return 0;
-    }
+    // Ports first: the cheapest test that rejects almost everything.
     let Some((local_port, remote_port)) = mail_ports(&ctx, &off) else {
         return 0;
     };
+    if read::<u16>(&ctx, off.protocol) != Some(IPPROTO_TCP) {
+        return 0;
+    }
     let (Some(socket), Some(old_state), Some(new_state)) = (
         read::<u64>(&ctx, off.skaddr),
         read::<i32>(&ctx, off.old_state),
@@ -185,7 +206,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 _pad: [0; 3],
             };
             if CONNECTIONS
-                .insert(&socket, &state, u64::from(BPF_NOEXIST))
+                .insert(&socket, &state, u64::from(BPF_ANY))
                 .is_err()
             {
                 count(counter::STATE_INSERT_FAILED);
@@ -271,10 +292,24 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     let off = offsets(&OFFSETS_SOCK_SEND_LENGTH);
-    if read::<u16>(&ctx, off.protocol) != Some(IPPROTO_TCP) {
-        return 0;
-    }
-    if !read::<i32>(&ctx, off.ret).is_some_and(|sent| sent > 0) {
+    let (protocol, sent) = if off.ret == off.protocol.wrapping_add(2) {
+        // Side by side, as on every kernel that has this tracepoint: one read instead of two.
+        let Some(bytes) = read::<[u8; 6]>(&ctx, off.protocol) else {
+            return 0;
+        };
+        (
+            u16::from_ne_bytes([bytes[0], bytes[1]]),
+            i32::from_ne_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]),
+        )
+    } else {
+        let (Some(protocol), Some(sent)) =
+            (read::<u16>(&ctx, off.protocol), read::<i32>(&ctx, off.ret))
+        else {
+            return 0;
+        };
+        (protocol, sent)
+    };
+    if protocol != IPPROTO_TCP || sent <= 0 {
         return 0;
     }
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
@@ -496,12 +531,12 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     let off = offsets(&OFFSETS_INET_SK_ERROR_REPORT);
-    if read::<u16>(&ctx, off.protocol) != Some(IPPROTO_TCP) {
-        return 0;
-    }
     let Some((local_port, remote_port)) = mail_ports(&ctx, &off) else {
         return 0;
     };
+    if read::<u16>(&ctx, off.protocol) != Some(IPPROTO_TCP) {
+        return 0;
+    }
     let Some(error) = read::<i32>(&ctx, off.error) else {
         return 0;
     };

@@ -167,6 +167,21 @@ pub fn scan(ports: &PortMap) -> Scan {
     scan
 }
 
+/// Whether the agent holds CAP_SYS_PTRACE (needed to look at other users' processes'
+/// namespaces), from its effective capability set.
+pub fn has_sys_ptrace() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
+}
+
 fn enter(path: &Path) -> io::Result<()> {
     setns(&File::open(path)?)
 }

@@ -204,8 +204,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.listen
     );
 
-    shutdown_signal().await?;
-    info!("shutting down");
+    // Run until a signal, or until a task stops on its own, which only an error makes it do:
+    // better to exit (and be restarted) than to serve numbers that no longer move.
+    let mut pipeline = pipeline;
+    let mut server = server;
+    tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            info!("shutting down");
+        }
+        ended = &mut pipeline => {
+            let _ = stop.send(true);
+            ended.context("pipeline task")??;
+            anyhow::bail!("the event pipeline stopped");
+        }
+        ended = &mut server => {
+            let _ = stop.send(true);
+            ended.context("HTTP task")??;
+            anyhow::bail!("the HTTP server stopped");
+        }
+    }
     let _ = stop.send(true);
     pipeline.await.context("pipeline task")??;
     server.await.context("HTTP task")??;

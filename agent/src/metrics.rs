@@ -263,7 +263,7 @@ impl Metrics {
         let events_lost = Counter::default();
         registry.register(
             "events_lost",
-            "Kernel events dropped because the ring buffer was full (raise --ring-buffer-size)",
+            "Kernel events lost: the ring buffer was full (raise --ring-buffer-size), or the kernel skipped a program run because another BPF program was running on that CPU",
             events_lost.clone(),
         );
         let events_malformed = Counter::default();

@@ -869,15 +869,18 @@ impl ConnectionModel {
     /// Takes in a scan of the kernel's socket tables (made between `started` and `finished`,
     /// kernel time): connections it knows get their inode, owner and keepalive; connections it
     /// does not know were open before the agent (or their open was lost): they are tracked
-    /// from now on, and returned as seeds for the kernel programs to adopt.
+    /// from now on, and returned as seeds for the kernel programs to adopt. Connections it
+    /// should have found and did not are settled (see `settle_vanished`); their sockets are
+    /// returned too, so that their leftover kernel state can be dropped.
     pub fn apply_scan(
         &mut self,
         scan: &Scan,
         started: Nanos,
         finished: Nanos,
+        stall_of: &dyn Fn(u64) -> Option<Nanos>,
         out: &mut Vec<Update>,
-    ) -> Vec<Seed> {
-        self.settle_vanished(scan, started, finished, out);
+    ) -> (Vec<Seed>, Vec<u64>) {
+        let vanished = self.settle_vanished(scan, started, finished, stall_of, out);
         let mut seeds = Vec::new();
         for scanned in &scan.connections {
             let clocks = (
@@ -979,18 +982,22 @@ impl ConnectionModel {
                 }
             }
         }
-        seeds
+        (seeds, vanished)
     }
 
     /// Connections the scan should have found and did not: they ended while their close went
-    /// unseen (a full ring buffer). Settled as ended, how unknown, so no open connection lingers.
+    /// unseen (the kernel skips a program run when another BPF program is running on that CPU,
+    /// or the ring buffer was full). They are classified like any close, from what was seen of
+    /// them: one that was stalled (`stall_of` says since when, from the kernel's leftover state)
+    /// timed out; otherwise how it ended is unknown. Returns the sockets settled.
     fn settle_vanished(
         &mut self,
         scan: &Scan,
         started: Nanos,
         finished: Nanos,
+        stall_of: &dyn Fn(u64) -> Option<Nanos>,
         out: &mut Vec<Update>,
-    ) {
+    ) -> Vec<u64> {
         let found: std::collections::HashSet<(u32, Endpoints)> = scan
             .connections
             .iter()
@@ -1014,29 +1021,39 @@ impl ConnectionModel {
             .filter(|(_, c)| vanished(c))
             .map(|(&k, _)| k)
             .collect();
-        let gone = sockets
-            .into_iter()
-            .filter_map(|s| self.open.remove(&s).map(|c| (Key::Socket(s), c)))
-            .chain(
-                cookies
-                    .into_iter()
-                    .filter_map(|k| self.discovered.remove(&k).map(|c| (Key::Cookie(k), c))),
-            )
-            .collect::<Vec<_>>();
-        for (key, connection) in gone {
-            self.index_remove(&connection.endpoints, key);
+        for &socket in &sockets {
+            let Some(mut connection) = self.open.remove(&socket) else {
+                continue;
+            };
+            self.index_remove(&connection.endpoints, Key::Socket(socket));
+            let stalled_for = stall_of(socket).map(|since| finished.saturating_sub(since));
+            if stalled_for.is_some() && connection.error.is_none() {
+                connection.error = Some((finished, ETIMEDOUT));
+            }
+            self.closing.insert(
+                socket,
+                Closing {
+                    connection,
+                    closed_at: finished,
+                    old_state: tcp_state::ESTABLISHED,
+                    stalled_for,
+                },
+            );
+            self.finish(socket, out);
+        }
+        for cookie in cookies {
+            let Some(connection) = self.discovered.remove(&cookie) else {
+                continue;
+            };
+            self.index_remove(&connection.endpoints, Key::Cookie(cookie));
             out.push(Update::Closed {
                 identity: connection.identity.clone(),
                 end: End::Unknown,
                 duration: None,
                 keepalive: connection.keepalive.map(|k| k.setting),
             });
-            self.recently_closed.push_back(ClosedRecord {
-                info: info_of(&connection, None),
-                closed_at: finished,
-                end: End::Unknown,
-            });
         }
+        sockets
     }
 
     /// Every open connection (adopted or not) and the recently closed ones, for the view.
@@ -1677,6 +1694,16 @@ mod tests {
         }
     }
 
+    fn scan_into(
+        model: &mut ConnectionModel,
+        scan: &Scan,
+        started: Nanos,
+        finished: Nanos,
+        out: &mut Vec<Update>,
+    ) -> Vec<Seed> {
+        model.apply_scan(scan, started, finished, &|_| None, out).0
+    }
+
     fn scan_of(connections: Vec<crate::discovery::Scanned>) -> Scan {
         Scan {
             connections,
@@ -1691,7 +1718,7 @@ mod tests {
         let scan = scan_of(vec![scanned(KeepaliveObservation::On {
             interval_ms: 60_000,
         })]);
-        let seeds = model.apply_scan(&scan, 90 * SECOND, 100 * SECOND, &mut out);
+        let seeds = scan_into(&mut model, &scan, 90 * SECOND, 100 * SECOND, &mut out);
         assert_eq!(
             seeds,
             vec![Seed {
@@ -1715,11 +1742,7 @@ mod tests {
         assert_eq!((model.open_count(), model.pending_adoptions()), (1, 1));
         // Scanned again: nothing new.
         out.clear();
-        assert!(
-            model
-                .apply_scan(&scan, 200 * SECOND, 200 * SECOND, &mut out)
-                .is_empty()
-        );
+        assert!(scan_into(&mut model, &scan, 200 * SECOND, 200 * SECOND, &mut out).is_empty());
         assert!(out.is_empty(), "{out:?}");
     }
 
@@ -1728,7 +1751,7 @@ mod tests {
         let mut model = model();
         let mut out = Vec::new();
         let scan = scan_of(vec![scanned(KeepaliveObservation::Off)]);
-        model.apply_scan(&scan, 0, 100 * SECOND, &mut out);
+        scan_into(&mut model, &scan, 0, 100 * SECOND, &mut out);
         out.clear();
         model.apply(
             Event::Adopted {
@@ -1763,7 +1786,8 @@ mod tests {
     fn a_scanned_connection_never_adopted_is_closed_by_its_endpoints() {
         let mut model = model();
         let mut out = Vec::new();
-        model.apply_scan(
+        scan_into(
+            &mut model,
             &scan_of(vec![scanned(KeepaliveObservation::Unknown)]),
             0,
             SECOND,
@@ -1786,7 +1810,8 @@ mod tests {
         let mut out = Vec::new();
         model.apply(open(SECOND), &mut out);
         out.clear();
-        let seeds = model.apply_scan(
+        let seeds = scan_into(
+            &mut model,
             &scan_of(vec![scanned(KeepaliveObservation::On {
                 interval_ms: 7_200_000,
             })]),
@@ -1814,7 +1839,8 @@ mod tests {
         let mut out = Vec::new();
         // Closed (unknown to the model) after the scan started, before it was applied.
         model.apply(close(5 * SECOND, tcp_state::LAST_ACK, None), &mut out);
-        let seeds = model.apply_scan(
+        let seeds = scan_into(
+            &mut model,
             &scan_of(vec![scanned(KeepaliveObservation::Off)]),
             4 * SECOND,
             6 * SECOND,
@@ -1860,20 +1886,42 @@ mod tests {
         out.clear();
         let mut scan = scan_of(vec![]);
         // Its namespace was not read completely: nothing can be concluded.
-        model.apply_scan(&scan, 5 * SECOND, 6 * SECOND, &mut out);
+        scan_into(&mut model, &scan, 5 * SECOND, 6 * SECOND, &mut out);
         assert_eq!(model.open_count(), 1);
         scan.complete.insert(NETNS);
-        model.apply_scan(&scan, 5 * SECOND, 6 * SECOND, &mut out);
+        scan_into(&mut model, &scan, 5 * SECOND, 6 * SECOND, &mut out);
         assert_eq!(model.open_count(), 0);
         assert_eq!(
             out,
             vec![Update::Closed {
                 identity: imap_server(),
                 end: End::Unknown,
-                duration: None,
+                duration: Some(5 * SECOND),
                 keepalive: None,
             }]
         );
+    }
+
+    #[test]
+    fn a_lost_close_in_a_stall_after_a_gap_is_still_a_blackhole_cut() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(SECOND), &mut out);
+        model.apply(gap_end(100 * SECOND, 90 * SECOND, Side::Local), &mut out);
+        model.apply(retransmit(100 * SECOND + 1, 0), &mut out);
+        out.clear();
+        let mut scan = scan_of(vec![]);
+        scan.complete.insert(NETNS);
+        let (_, vanished) = model.apply_scan(
+            &scan,
+            110 * SECOND,
+            120 * SECOND,
+            &|_| Some(100 * SECOND),
+            &mut out,
+        );
+        assert_eq!(vanished, vec![SOCK]);
+        assert_eq!(cuts(&out), vec![(90 * SECOND, Signature::Blackhole)]);
+        assert_eq!(ends(&out), vec![End::Timeout]);
     }
 
     #[test]
@@ -1883,7 +1931,7 @@ mod tests {
         model.apply(open(5 * SECOND), &mut out);
         let mut scan = scan_of(vec![]);
         scan.complete.insert(NETNS);
-        model.apply_scan(&scan, 4 * SECOND, 6 * SECOND, &mut out);
+        scan_into(&mut model, &scan, 4 * SECOND, 6 * SECOND, &mut out);
         assert_eq!(model.open_count(), 1);
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     metrics::{KernelCounterSync, Metrics},
     model::{ConnectionModel, Update},
     paths::PathTable,
-    probes::{KernelCounters, KernelState},
+    probes::{self, KernelCounters, KernelState},
     view::{self, ConnectionsResponse, Filter},
 };
 
@@ -36,7 +36,8 @@ pub struct ViewRequest {
 /// A finished scan and when it started and ended (kernel time).
 type ScanResult = (Scan, Nanos, Nanos);
 
-/// How often closed connections past their grace period are classified.
+/// How often the ring buffer is drained (programs wake the reader only when it fills up) and
+/// closed connections past their grace period are classified.
 const TICK: Duration = Duration::from_millis(50);
 /// How often the kernel's counters are read (every this many ticks).
 const COUNTER_SYNC_TICKS: u32 = 20;
@@ -69,6 +70,7 @@ impl Pipeline {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut updates = Vec::new();
         let lost = KernelCounterSync::default();
+        let skipped = KernelCounterSync::default();
         let insert_failures = KernelCounterSync::default();
         let mut ticks = 0u32;
         let mut scan_timer = tokio::time::interval(self.scan_interval);
@@ -109,6 +111,9 @@ impl Pipeline {
                     let _ = request.reply.send(response);
                 }
                 _ = tick.tick() => {
+                    // Programs wake the reader only when the buffer fills up: small volumes
+                    // are drained here.
+                    self.drain(events.get_mut(), MAX_BATCH, &mut updates);
                     self.model.expire(monotonic_now(), &mut updates);
                     self.record(&mut updates);
                     seeding = self.update_seeding(seeding);
@@ -117,6 +122,7 @@ impl Pipeline {
                         match (self.counters.ringbuf_full(), self.counters.state_insert_failed()) {
                             (Ok(full), Ok(failed)) => {
                                 lost.sync(&self.metrics.events_lost, full);
+                                skipped.sync(&self.metrics.events_lost, probes::skipped_program_runs());
                                 insert_failures.sync(&self.metrics.kernel_state_insert_failures, failed);
                             }
                             (Err(err), _) | (_, Err(err)) => {
@@ -145,7 +151,11 @@ impl Pipeline {
             let Some(record) = ring.next() else { break };
             handled += 1;
             match events::decode(&record) {
-                Ok(event) => self.model.apply(event, updates),
+                Ok(event) => {
+                    // Off unless asked for (IDLECUT_LOG=idlecut::pipeline=trace): for debugging.
+                    tracing::trace!(?event, "event");
+                    self.model.apply(event, updates);
+                }
                 Err(_) => {
                     self.metrics.events_malformed.inc();
                 }
@@ -165,7 +175,21 @@ impl Pipeline {
         updates: &mut Vec<Update>,
     ) {
         let before = updates.len();
-        let seeds = self.model.apply_scan(scan, started, finished, updates);
+        // A connection the scan no longer finds, although the model has it open, ended while
+        // the kernel skipped its close: its leftover state says whether it died in a stall.
+        let kernel = &self.kernel;
+        let stall_of = |socket: u64| {
+            kernel
+                .connection(socket)
+                .map(|state| state.stall_started_ns)
+                .filter(|&started| started != 0)
+        };
+        let (seeds, vanished) = self
+            .model
+            .apply_scan(scan, started, finished, &stall_of, updates);
+        for socket in vanished {
+            self.kernel.forget(socket);
+        }
         let found = updates[before..]
             .iter()
             .filter(|u| matches!(u, Update::Discovered(_)))
@@ -196,11 +220,18 @@ impl Pipeline {
                 "found connections that were already open"
             );
             if scan.unreadable > 0 {
-                warn!(
-                    unreadable = scan.unreadable,
-                    "some processes' network namespaces cannot be looked at: their connections \
-                     are seen by the probes but not by the scan (the agent needs CAP_SYS_PTRACE)"
-                );
+                if discovery::has_sys_ptrace() {
+                    debug!(
+                        unreadable = scan.unreadable,
+                        "some processes' network namespaces are not readable even with CAP_SYS_PTRACE"
+                    );
+                } else {
+                    warn!(
+                        unreadable = scan.unreadable,
+                        "some processes' network namespaces cannot be looked at: their connections \
+                         are seen by the probes but not by the scan (the agent needs CAP_SYS_PTRACE)"
+                    );
+                }
             }
         } else if found > 0 {
             debug!(

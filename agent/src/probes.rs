@@ -12,7 +12,7 @@ use aya::{
 use idlecut_ebpf::{
     CONNECTIONS_MAP, COUNTERS_MAP, ConnectionState, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL,
     PORTS_GLOBAL, SEEDING_MAP, SEEDS_MAP, SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets,
-    SockOffsets, counter, offsets_global,
+    SockOffsets, WAKEUP_BYTES_GLOBAL, counter, offsets_global,
 };
 use tracing::{info, warn};
 
@@ -162,6 +162,24 @@ pub const PROBES: [ProbeSpec; 9] = [
 /// The kernel programs' own log records (rare diagnostics), forwarded to `tracing`.
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
+/// Program runs the kernel skipped, summed over the agent's programs: a tracepoint program is
+/// skipped when another BPF program is already running on that CPU (an interrupt landed during
+/// one), and counts it in the program's `recursion_misses` (Linux 5.12+, in /proc/self/fdinfo).
+pub fn skipped_program_runs() -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("recursion_misses:"))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// The loaded object: programs stay attached while this lives.
 pub struct Probes {
     pub ebpf: Ebpf,
@@ -205,6 +223,11 @@ impl KernelState {
     }
 
     /// Tells the programs whether seeds may be waiting (they skip the lookup otherwise).
+    /// Drops the state of a socket whose close the programs never saw.
+    pub fn forget(&mut self, socket: u64) {
+        let _ = self.connections.remove(&socket);
+    }
+
     pub fn set_seeding(&mut self, seeding: bool) -> anyhow::Result<()> {
         self.seeding
             .set(0, &u32::from(seeding), 0)
@@ -281,10 +304,13 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
     raise_memlock_limit();
     let ports = config.ports.bitmap();
     let min_idle_gap_ns = u64::try_from(config.min_idle_gap.as_nanos()).unwrap_or(u64::MAX);
+    // A quarter full wakes the reader; below that, the pipeline's timer drains the buffer.
+    let wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(PORTS_GLOBAL, &ports, true)
         .override_global(MIN_IDLE_GAP_GLOBAL, &min_idle_gap_ns, true)
+        .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
         .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes)
         .map_max_entries(CONNECTIONS_MAP, config.max_connections)
         .map_max_entries(SEEDS_MAP, config.max_connections);

@@ -383,11 +383,22 @@ impl Agent {
         let addr = free_local_port();
         let log = std::env::temp_dir().join(format!("idlecut-agent-{}.log", addr.port()));
         let log_file = File::create(&log).expect("agent log file");
+        // Scans every 2 s unless the test says otherwise: a close the kernel skipped (another
+        // BPF program was running on that CPU) is then settled within a test's wait.
+        let scan: &[&str] = if args.contains(&"--scan-interval") {
+            &[]
+        } else {
+            &["--scan-interval", "2s"]
+        };
         let child = Command::new(agent_binary())
             .arg("--listen")
             .arg(addr.to_string())
+            .args(scan)
             .args(args)
-            .env("IDLECUT_LOG", "debug")
+            .env(
+                "IDLECUT_LOG",
+                std::env::var("IDLECUT_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -413,8 +424,35 @@ impl Agent {
         }
     }
 
+    /// The agent's log, without the loader's own debug chatter.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !line.contains(" aya_obj::") && !line.contains(" aya::"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The agent's own health series, for failure messages.
+    pub fn health(&self) -> String {
+        http_get(self.addr, "/metrics")
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|line| {
+                        [
+                            "idlecut_events_",
+                            "idlecut_tracked_",
+                            "idlecut_kernel_",
+                            "idlecut_untracked_",
+                        ]
+                        .iter()
+                        .any(|prefix| line.starts_with(prefix))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_else(|err| format!("(cannot scrape: {err})"))
     }
 
     pub fn scrape(&self) -> Scrape {
@@ -695,8 +733,9 @@ impl Agent {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what} on {service}/{role}/{path}; paths:\n{}\nagent log:\n{}",
+                "timed out waiting for {what} on {service}/{role}/{path}; paths:\n{}\nagent health:\n{}\nagent log:\n{}",
                 serde_json::to_string_pretty(&self.paths()).unwrap_or_default(),
+                self.health(),
                 self.log_text()
             );
             thread::sleep(Duration::from_millis(100));
