@@ -40,7 +40,8 @@ pub struct Step {
     pub with_agent: bool,
     pub connections: u64,
     pub achieved_per_s: f64,
-    /// Ring buffer overflows the kernel counted during the step.
+    /// The agent's `idlecut_events_lost_total` over the step: ring buffer overflows (and, since
+    /// the agent counts them too, skipped program runs).
     pub events_lost: f64,
     /// Times the kernel skipped one of the agent's programs because another BPF program was
     /// running on the CPU (a softirq interrupting a program): events never seen.
@@ -403,8 +404,8 @@ fn measure(rig: &Rig, settings: &Settings) -> anyhow::Result<Churn> {
         first_loss: first_loss.map(|s| {
             let expected = 2.0 * s.connections as f64;
             format!(
-                "{} program runs skipped, {} ring buffer overflows; {} opens and {} closes of \
-                 {expected} not counted",
+                "{} program runs skipped, {} lost per idlecut_events_lost_total; {} opens and \
+                 {} closes of {expected} not counted",
                 s.recursion_misses,
                 s.events_lost,
                 expected - s.opens_counted,
