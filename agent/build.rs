@@ -1,53 +1,5 @@
 //! Builds the kernel programs (crate `idlecut-ebpf`, BPF target, pinned nightly) so that the
 //! agent can embed them: one binary to deploy.
-use std::{env, fs, path::PathBuf};
-
-use anyhow::{Context as _, anyhow};
-use aya_build::{Package, Toolchain};
-
 fn main() -> anyhow::Result<()> {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let ebpf_dir = manifest_dir.join("../agent-ebpf").canonicalize()?;
-    let toolchain_file = ebpf_dir.join("rust-toolchain.toml");
-    println!("cargo::rerun-if-changed={}", toolchain_file.display());
-    let toolchain = fs::read_to_string(&toolchain_file)
-        .with_context(|| format!("reading {}", toolchain_file.display()))?
-        .lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_owned())
-        })
-        .ok_or_else(|| anyhow!("no `channel = ...` in {}", toolchain_file.display()))?;
-
-    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let object = out_dir.join("idlecut-probes");
-    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    if skip {
-        // `cargo check`-style runs without the BPF toolchain: embed an empty object, which the
-        // agent refuses to run with a clear message.
-        if !object.exists() {
-            fs::write(&object, [])?;
-        }
-        println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
-        return Ok(());
-    }
-    let root_dir = ebpf_dir
-        .to_str()
-        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
-    aya_build::build_ebpf(
-        [Package {
-            name: "idlecut-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
-        Toolchain::Custom(&toolchain),
-    )
-    .context(
-        "building the eBPF programs failed; `./x build` installs the toolchain they need \
-         (nightly with rust-src, bpf-linker built against LLVM 22)",
-    )
+    idlecut_build_support::build_ebpf("idlecut-ebpf", "../agent-ebpf", "idlecut-probes")
 }

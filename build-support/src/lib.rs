@@ -1,0 +1,70 @@
+//! Builds a `no_std` eBPF crate of this workspace for the BPF target from a build script, with
+//! the nightly pinned in `agent-ebpf/rust-toolchain.toml` (one place pins it for the whole
+//! repository), so that the calling crate can embed the object it produces.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+/// Builds package `package` (in `crate_dir`, relative to the calling crate) so that
+/// `OUT_DIR/<object>` holds its binary.
+///
+/// With `AYA_BUILD_SKIP=1` (a `cargo check` without the BPF toolchain) it writes an empty object
+/// instead, which the caller must refuse to run with a clear message.
+pub fn build_ebpf(package: &str, crate_dir: &str, object: &str) -> anyhow::Result<()> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let workspace = manifest_dir
+        .parent()
+        .context("the calling crate lives in the workspace")?;
+    let ebpf_dir = manifest_dir.join(crate_dir).canonicalize()?;
+    let toolchain = pinned_nightly(&workspace.join("agent-ebpf/rust-toolchain.toml"))?;
+
+    let object = PathBuf::from(env::var("OUT_DIR")?).join(object);
+    println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if skip {
+        if !object.exists() {
+            fs::write(&object, [])?;
+        }
+        return Ok(());
+    }
+    let root_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: package,
+            root_dir,
+            ..Default::default()
+        }],
+        Toolchain::Custom(&toolchain),
+    )
+    .with_context(|| {
+        format!(
+            "building the eBPF crate {package} failed; `./x build` installs the toolchain it \
+             needs (nightly with rust-src, bpf-linker built against LLVM 22)"
+        )
+    })
+}
+
+/// The `channel = "..."` of a rust-toolchain.toml.
+fn pinned_nightly(toolchain_file: &Path) -> anyhow::Result<String> {
+    let toolchain_file = toolchain_file.canonicalize()?;
+    println!("cargo::rerun-if-changed={}", toolchain_file.display());
+    fs::read_to_string(&toolchain_file)
+        .with_context(|| format!("reading {}", toolchain_file.display()))?
+        .lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .ok_or_else(|| anyhow!("no `channel = ...` in {}", toolchain_file.display()))
+}
