@@ -119,11 +119,19 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The kernel programs, linted as what they are: BPF code built with the pinned nightly,
-    // which rustup picks from agent-ebpf/rust-toolchain.toml when run from there.
+    // The kernel programs (the agent's and the benchmark's baselines), linted as what they
+    // are: BPF code built with the pinned nightly, which rustup picks from
+    // agent-ebpf/rust-toolchain.toml when run from there.
     run(Command::new("cargo")
         .current_dir(root.join("agent-ebpf"))
-        .args(["clippy", "--package", "idlecut-ebpf", "--bins", "--release"])
+        .args([
+            "clippy",
+            "--package",
+            "idlecut-ebpf",
+            "--package",
+            "idlecut-bench-ebpf",
+        ])
+        .args(["--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(root.join("target/ebpf-clippy"))
