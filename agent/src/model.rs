@@ -310,6 +310,37 @@ struct Connection {
     cut_after_idle: bool,
 }
 
+impl Connection {
+    /// A connection the model just learned of, with nothing yet seen of it.
+    fn new(
+        identity: Identity,
+        endpoints: Endpoints,
+        netns: u32,
+        opened_at: Option<Nanos>,
+        known_since: Nanos,
+    ) -> Self {
+        Self {
+            identity,
+            endpoints,
+            netns,
+            opened_at,
+            known_since,
+            cookie: None,
+            inode: None,
+            owner: None,
+            keepalive: None,
+            retransmits: 0,
+            scanned_clocks: None,
+            reset_received: false,
+            reset_sent: false,
+            error: None,
+            unanswered: None,
+            peer_ended_gap: None,
+            cut_after_idle: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Closing {
     connection: Connection,
@@ -639,25 +670,13 @@ impl ConnectionModel {
         let Some(identity) = self.identify(&endpoints) else {
             return;
         };
-        let connection = Connection {
-            identity: identity.clone(),
+        let connection = Connection::new(
+            identity.clone(),
             endpoints,
             netns,
             opened_at,
-            known_since: opened_at.unwrap_or(0),
-            cookie: None,
-            inode: None,
-            owner: None,
-            keepalive: None,
-            retransmits: 0,
-            scanned_clocks: None,
-            reset_received: false,
-            reset_sent: false,
-            error: None,
-            unanswered: None,
-            peer_ended_gap: None,
-            cut_after_idle: false,
-        };
+            opened_at.unwrap_or(0),
+        );
         if let Some(previous) = self.open.insert(socket, connection) {
             // Its close was lost: it ended, we cannot say how.
             self.index_remove(&previous.endpoints, Key::Socket(socket));
@@ -905,23 +924,14 @@ impl ConnectionModel {
                     self.discovered.insert(
                         scanned.cookie,
                         Connection {
-                            identity: identity.clone(),
-                            endpoints: scanned.endpoints,
-                            netns: scanned.netns,
-                            opened_at: None,
-                            known_since: finished,
                             cookie: Some(scanned.cookie),
-                            inode: None,
-                            owner: None,
-                            keepalive: None,
-                            retransmits: 0,
-                            scanned_clocks: None,
-                            reset_received: false,
-                            reset_sent: false,
-                            error: None,
-                            unanswered: None,
-                            peer_ended_gap: None,
-                            cut_after_idle: false,
+                            ..Connection::new(
+                                identity.clone(),
+                                scanned.endpoints,
+                                scanned.netns,
+                                None,
+                                finished,
+                            )
                         },
                     );
                     self.index_insert(

@@ -245,20 +245,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         // SIGTERM first so that the agent detaches cleanly; SIGKILL if it hangs.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        if idlecut_integration_tests::stop(&mut self.child, Duration::from_secs(10)) {
+            let _ = std::fs::remove_file(&self.log);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                let _ = std::fs::remove_file(&self.log);
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -485,22 +485,30 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SIGTERM first so that the agent detaches cleanly; SIGKILL if it hangs.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        if stop(&mut self.child, Duration::from_secs(5)) {
+            let _ = std::fs::remove_file(&self.log);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                let _ = std::fs::remove_file(&self.log);
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+}
+
+/// Stops a child process: SIGTERM first, so that it can clean up (the agent detaches its
+/// programs), then SIGKILL if it has not exited within `grace`. Returns whether it exited on
+/// its own.
+pub fn stop(child: &mut Child, grace: Duration) -> bool {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 /// A loopback address with a port nothing listens on (for the agent, for Prometheus).

@@ -22,7 +22,7 @@ use std::{
 
 use idlecut_integration_tests::{
     Agent, Topology, abort, close_gracefully, connect, exchange, free_local_port, http_get,
-    icmp_probe_attached, listen, require_root, set_keepalive, set_user_timeout,
+    icmp_probe_attached, listen, require_root, set_keepalive, set_user_timeout, stop,
 };
 use serde_json::Value;
 
@@ -395,19 +395,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, Duration::from_secs(10));
         // `dir` is removed when the struct's fields drop, after the process is gone.
     }
 }
