@@ -29,6 +29,44 @@ pub const SKB_OFFSETS_GLOBAL: &str = "SKB_OFFSETS";
 /// Name of the global holding [`SockOffsets`] (from BTF): network namespace and cookie.
 pub const SOCK_OFFSETS_GLOBAL: &str = "SOCK_OFFSETS";
 
+/// Every map the agent opens or sizes, by name: the built object must have exactly these (plus
+/// aya-log's), which a test of the agent checks against the embedded object.
+pub const MAPS: [&str; 5] = [
+    EVENTS_MAP,
+    CONNECTIONS_MAP,
+    SEEDS_MAP,
+    SEEDING_MAP,
+    COUNTERS_MAP,
+];
+
+/// Every global the agent sets at load time, by name: the built object must have exactly these
+/// (plus aya-log's level), which a test of the agent checks against the embedded object.
+pub const GLOBALS: [&str; 12] = [
+    PORTS_GLOBAL,
+    WAKEUP_BYTES_GLOBAL,
+    MIN_IDLE_GAP_GLOBAL,
+    SKB_OFFSETS_GLOBAL,
+    SOCK_OFFSETS_GLOBAL,
+    offsets_global::INET_SOCK_SET_STATE,
+    offsets_global::TCP_PROBE,
+    offsets_global::TCP_RECEIVE_RESET,
+    offsets_global::TCP_SEND_RESET,
+    offsets_global::TCP_RETRANSMIT_SKB,
+    offsets_global::INET_SK_ERROR_REPORT,
+    offsets_global::SOCK_SEND_LENGTH,
+];
+
+/// Defaults of what the agent sizes and sets at load time; the programs' placeholders use the
+/// same values, so an object loaded without overrides behaves like the agent's defaults.
+pub mod defaults {
+    /// `--ring-buffer-size`.
+    pub const RING_BUFFER_BYTES: u32 = 1 << 20;
+    /// `--max-connections`.
+    pub const MAX_CONNECTIONS: u32 = 65_536;
+    /// `--min-idle-gap`, in nanoseconds.
+    pub const MIN_IDLE_GAP_NS: u64 = 10_000_000_000;
+}
+
 /// Address families as the kernel spells them.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -285,6 +323,18 @@ pub mod offsets_global {
 
 /// A bitmap of the watched ports: bit `p % 64` of word `p / 64`.
 pub type PortBitmap = [u64; 1024];
+
+// The layouts both sides rely on, checked wherever this crate is compiled: by the BPF build of
+// the programs as much as by the agent's (the unit tests below pin the field offsets too).
+const _: () = {
+    assert!(core::mem::size_of::<RawEvent>() == 88);
+    assert!(core::mem::align_of::<RawEvent>() == 8);
+    assert!(core::mem::size_of::<ConnectionState>() == 40);
+    assert!(core::mem::size_of::<FieldOffsets>() == 24);
+    assert!(core::mem::size_of::<SockOffsets>() == 8);
+    assert!(core::mem::size_of::<SkbOffsets>() == 8);
+    assert!(core::mem::size_of::<PortBitmap>() == 8192);
+};
 
 #[cfg(feature = "user")]
 mod user {

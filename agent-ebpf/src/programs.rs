@@ -12,13 +12,12 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use idlecut_ebpf::{
     AF_INET, AF_INET6, ConnectionState, FieldOffsets, IPPROTO_TCP, PortBitmap, RawEvent,
-    SkbOffsets, SockOffsets, counter, event_flags, event_kind, tcp_state,
+    SkbOffsets, SockOffsets, counter, defaults, event_flags, event_kind, tcp_state,
 };
 
-/// Default sizes; the agent overrides both at load time (`--ring-buffer-size`,
-/// `--max-connections`).
-const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 20;
-const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
+// Sizes the agent overrides at load time (`--ring-buffer-size`, `--max-connections`).
+const DEFAULT_RING_BUFFER_BYTES: u32 = defaults::RING_BUFFER_BYTES;
+const DEFAULT_MAX_CONNECTIONS: u32 = defaults::MAX_CONNECTIONS;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_BYTES, 0);
@@ -45,7 +44,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[unsafe(no_mangle)]
 static MAIL_PORTS: PortBitmap = [0; 1024];
 #[unsafe(no_mangle)]
-static MIN_IDLE_GAP_NS: u64 = 10_000_000_000;
+static MIN_IDLE_GAP_NS: u64 = defaults::MIN_IDLE_GAP_NS;
 /// Waking the reader costs more than the rest of a program's run: events are submitted without
 /// a wake-up (the agent drains the buffer on a timer) until this many bytes are waiting.
 #[unsafe(no_mangle)]

@@ -13,9 +13,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_IPV4_PREFIX: u8 = 24;
 pub const DEFAULT_IPV6_PREFIX: u8 = 48;
 pub const DEFAULT_MAX_PATHS: usize = 500;
-pub const DEFAULT_MIN_IDLE_GAP: Duration = Duration::from_secs(10);
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
-pub const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 20;
+pub const DEFAULT_MIN_IDLE_GAP: Duration =
+    Duration::from_nanos(idlecut_ebpf::defaults::MIN_IDLE_GAP_NS);
+pub const DEFAULT_MAX_CONNECTIONS: u32 = idlecut_ebpf::defaults::MAX_CONNECTIONS;
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = idlecut_ebpf::defaults::RING_BUFFER_BYTES;
 /// RFC 5382 REQ-5: a NAT must not cut an established connection idle for less than 2h04m.
 pub const DEFAULT_REQ5_THRESHOLD: Duration = Duration::from_secs(7440);
 pub const DEFAULT_MIN_CUTS: usize = 2;
@@ -32,15 +33,6 @@ impl PortMap {
 
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.keys().copied()
-    }
-
-    /// The kernel programs' filter: bit `p % 64` of word `p / 64` set for each watched port.
-    pub fn bitmap(&self) -> idlecut_ebpf::PortBitmap {
-        let mut bitmap = [0u64; 1024];
-        for port in self.ports() {
-            bitmap[usize::from(port >> 6)] |= 1 << (port & 63);
-        }
-        bitmap
     }
 }
 
@@ -522,15 +514,6 @@ mod tests {
         );
         assert!(parse_ports("143=a,143=b").unwrap_err().contains("twice"));
         assert_eq!(parse_ports("8143").unwrap().service(8143), Some("8143"));
-    }
-
-    #[test]
-    fn bitmap_has_exactly_the_configured_ports() {
-        let bitmap = parse_ports("25=smtp,143=imap,65535=top").unwrap().bitmap();
-        let set: Vec<u32> = (0..=65535u32)
-            .filter(|&p| bitmap[(p >> 6) as usize] & (1 << (p & 63)) != 0)
-            .collect();
-        assert_eq!(set, vec![25, 143, 65535]);
     }
 
     #[test]

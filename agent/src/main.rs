@@ -10,7 +10,6 @@ mod duration_text;
 mod events;
 mod http;
 mod inference;
-mod layouts;
 mod metrics;
 mod model;
 mod paths;

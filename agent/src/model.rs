@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::{
     config::PortMap,
     discovery::{KeepaliveObservation, Owner, Scan},
-    events::{Endpoints, Event, Nanos, Side},
+    events::{Endpoints, Event, Nanos, Seed, Side},
 };
 
 /// How long a closed connection, or a gap the peer ended, waits for late facts (RST sent,
@@ -378,16 +378,6 @@ pub struct ConnectionInfo {
     pub keepalive: Option<Keepalive>,
     pub retransmits: u32,
     pub scanned_clocks: Option<(Nanos, Nanos)>,
-}
-
-/// A connection the scan found that the kernel programs should adopt: seed its state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Seed {
-    pub cookie: u64,
-    /// Kernel time of the last segment received and of the last data sent.
-    pub last_received: Nanos,
-    pub last_sent: Nanos,
-    pub flags: u8,
 }
 
 /// Open connections by kernel socket address (or, found by a scan and not yet met by a
@@ -944,14 +934,12 @@ impl ConnectionModel {
                         cookie: scanned.cookie,
                         last_received: clocks.0,
                         last_sent: clocks.1,
-                        flags: match scanned.state {
-                            tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK => {
-                                idlecut_ebpf::event_flags::REMOTE_CLOSED_FIRST
-                            }
+                        first_fin: match scanned.state {
+                            tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK => Some(Side::Remote),
                             tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING => {
-                                idlecut_ebpf::event_flags::LOCAL_CLOSED_FIRST
+                                Some(Side::Local)
                             }
-                            _ => 0,
+                            _ => None,
                         },
                     });
                     Key::Cookie(scanned.cookie)
@@ -1735,7 +1723,7 @@ mod tests {
                 cookie: 77,
                 last_received: 98 * SECOND,
                 last_sent: 96 * SECOND,
-                flags: 0,
+                first_fin: None,
             }]
         );
         assert_eq!(

@@ -8,7 +8,6 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use idlecut_ebpf::ConnectionState;
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot, watch},
@@ -18,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::PortMap,
     discovery::{self, Scan},
-    events::{self, Nanos},
+    events::Nanos,
     inference::Inference,
     metrics::{KernelCounterSync, Metrics},
     model::{ConnectionModel, Update},
@@ -150,7 +149,7 @@ impl Pipeline {
         while handled < max {
             let Some(record) = ring.next() else { break };
             handled += 1;
-            match events::decode(&record) {
+            match probes::decode(&record) {
                 Ok(event) => {
                     // Off unless asked for (IDLECUT_LOG=idlecut::pipeline=trace): for debugging.
                     tracing::trace!(?event, "event");
@@ -178,12 +177,7 @@ impl Pipeline {
         // A connection the scan no longer finds, although the model has it open, ended while
         // the kernel skipped its close: its leftover state says whether it died in a stall.
         let kernel = &self.kernel;
-        let stall_of = |socket: u64| {
-            kernel
-                .connection(socket)
-                .map(|state| state.stall_started_ns)
-                .filter(|&started| started != 0)
-        };
+        let stall_of = |socket: u64| kernel.stall_started(socket);
         let (seeds, vanished) = self
             .model
             .apply_scan(scan, started, finished, &stall_of, updates);
@@ -196,16 +190,7 @@ impl Pipeline {
             .count();
         if self.kernel.can_adopt {
             for seed in &seeds {
-                let state = ConnectionState {
-                    opened_ns: 0,
-                    last_received_ns: seed.last_received,
-                    last_sent_ns: seed.last_sent,
-                    stall_started_ns: 0,
-                    retransmits: 0,
-                    flags: seed.flags,
-                    _pad: [0; 3],
-                };
-                if let Err(err) = self.kernel.plant(seed.cookie, &state) {
+                if let Err(err) = self.kernel.plant(seed) {
                     warn!(
                         error = format!("{err:#}"),
                         "cannot seed a scanned connection"

@@ -130,11 +130,8 @@ pub fn build(
     let seconds = |ns: Nanos| Duration::from_nanos(ns).as_secs_f64();
     let mut rows: Vec<ConnectionRow> = Vec::new();
     for info in model.connections() {
-        let clocks = info
-            .socket
-            .and_then(|socket| kernel.connection(socket))
-            .or_else(|| info.cookie.and_then(|cookie| kernel.seed(cookie)))
-            .map(|state| (state.last_received_ns, state.last_sent_ns))
+        let clocks = kernel
+            .idle_clocks(info.socket, info.cookie)
             .or(info.scanned_clocks);
         let idle = clocks.map(|(received, sent)| seconds(now.saturating_sub(received.max(sent))));
         let mut row = row_of(&info, paths, "open");

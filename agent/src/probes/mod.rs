@@ -3,6 +3,10 @@
 //! per hook, and hands out the ring buffer, the counters and the per-connection state maps.
 //! The only module that loads anything into the kernel.
 
+mod decode;
+mod kernel;
+mod layouts;
+
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -10,19 +14,21 @@ use aya::{
     programs::{FEntry, TracePoint},
 };
 use idlecut_ebpf::{
-    CONNECTIONS_MAP, COUNTERS_MAP, ConnectionState, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL,
-    PORTS_GLOBAL, SEEDING_MAP, SEEDS_MAP, SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets,
-    SockOffsets, WAKEUP_BYTES_GLOBAL, counter, offsets_global,
+    CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL, PORTS_GLOBAL,
+    PortBitmap, SEEDING_MAP, SEEDS_MAP, SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets,
+    SockOffsets, WAKEUP_BYTES_GLOBAL, offsets_global,
+};
+use layouts::{
+    btf,
+    tracefs::{self, Format, Needs},
 };
 use tracing::{info, warn};
 
-use crate::{
-    config::Config,
-    layouts::{
-        btf,
-        tracefs::{self, Format, Needs},
-    },
+pub use self::{
+    decode::decode,
+    kernel::{KernelCounters, KernelState},
 };
+use crate::config::{Config, PortMap};
 
 /// The eBPF object built by build.rs from the `idlecut-ebpf` crate.
 static PROBES_OBJECT: &[u8] =
@@ -193,67 +199,6 @@ pub struct Probes {
     pub attached: Vec<(&'static str, Option<u32>)>,
 }
 
-pub struct KernelCounters(PerCpuArray<MapData, u64>);
-
-/// The kernel's per-connection state (read for the idle clocks of the per-connection view) and
-/// the seeds of scanned connections for the programs to adopt.
-pub struct KernelState {
-    connections: HashMap<MapData, u64, ConnectionState>,
-    seeds: HashMap<MapData, u64, ConnectionState>,
-    seeding: Array<MapData, u32>,
-    /// Whether the programs can adopt seeds (they need the cookie's offset from BTF).
-    pub can_adopt: bool,
-}
-
-impl KernelState {
-    /// The kernel's state of a followed connection, by socket.
-    pub fn connection(&self, socket: u64) -> Option<ConnectionState> {
-        self.connections.get(&socket, 0).ok()
-    }
-
-    /// A seed not adopted yet, by cookie.
-    pub fn seed(&self, cookie: u64) -> Option<ConnectionState> {
-        self.seeds.get(&cookie, 0).ok()
-    }
-
-    pub fn plant(&mut self, cookie: u64, state: &ConnectionState) -> anyhow::Result<()> {
-        self.seeds
-            .insert(&cookie, state, 0)
-            .context("seeding a scanned connection")
-    }
-
-    /// Tells the programs whether seeds may be waiting (they skip the lookup otherwise).
-    /// Drops the state of a socket whose close the programs never saw.
-    pub fn forget(&mut self, socket: u64) {
-        let _ = self.connections.remove(&socket);
-    }
-
-    pub fn set_seeding(&mut self, seeding: bool) -> anyhow::Result<()> {
-        self.seeding
-            .set(0, &u32::from(seeding), 0)
-            .context("setting the SEEDING flag")
-    }
-}
-
-impl KernelCounters {
-    /// The running total of one of the kernel's counters, summed over CPUs.
-    pub fn total(&self, index: u32) -> anyhow::Result<u64> {
-        let values = self
-            .0
-            .get(&index, 0)
-            .with_context(|| format!("reading kernel counter {index}"))?;
-        Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
-    }
-
-    pub fn ringbuf_full(&self) -> anyhow::Result<u64> {
-        self.total(counter::RINGBUF_FULL)
-    }
-
-    pub fn state_insert_failed(&self) -> anyhow::Result<u64> {
-        self.total(counter::STATE_INSERT_FAILED)
-    }
-}
-
 pub fn load(config: &Config) -> anyhow::Result<Probes> {
     if PROBES_OBJECT.is_empty() {
         bail!(
@@ -302,7 +247,7 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
         .collect();
 
     raise_memlock_limit();
-    let ports = config.ports.bitmap();
+    let ports = port_bitmap(&config.ports);
     let min_idle_gap_ns = u64::try_from(config.min_idle_gap.as_nanos()).unwrap_or(u64::MAX);
     // A quarter full wakes the reader; below that, the pipeline's timer drains the buffer.
     let wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
@@ -481,5 +426,63 @@ fn raise_memlock_limit() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// The watched ports as the programs test them: bit `p % 64` of word `p / 64`.
+fn port_bitmap(ports: &PortMap) -> PortBitmap {
+    let mut bitmap = [0u64; 1024];
+    for port in ports.ports() {
+        bitmap[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+    bitmap
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+    use super::*;
+
+    /// The names the agent uses for maps and globals are constants of the shared crate; the
+    /// kernel side spells them as identifiers. This ties the two: the embedded object has
+    /// exactly the maps and globals the agent opens and sets (and aya-log's own).
+    #[test]
+    fn the_object_has_exactly_the_maps_and_globals_the_agent_uses() {
+        let object = object::File::parse(PROBES_OBJECT).expect("the embedded object parses");
+        let names_in = |section_name: &str| -> BTreeSet<String> {
+            let Some(section) = object.section_by_name(section_name) else {
+                return BTreeSet::new();
+            };
+            object
+                .symbols()
+                .filter(|sym| sym.is_global() && sym.section_index() == Some(section.index()))
+                .map(|sym| sym.name().expect("symbol names are UTF-8").to_owned())
+                .collect()
+        };
+        let expected_maps: BTreeSet<String> = idlecut_ebpf::MAPS
+            .iter()
+            .chain(&["AYA_LOGS"])
+            .map(|name| (*name).to_owned())
+            .collect();
+        assert_eq!(names_in("maps"), expected_maps);
+        let expected_globals: BTreeSet<String> = idlecut_ebpf::GLOBALS
+            .iter()
+            .chain(&[aya_log::LEVEL])
+            .map(|name| (*name).to_owned())
+            .collect();
+        assert_eq!(names_in(".rodata"), expected_globals);
+    }
+
+    #[test]
+    fn bitmap_has_exactly_the_configured_ports() {
+        let ports = crate::config::parse_ports("25=smtp,143=imap,65535=top").unwrap();
+        let bitmap = port_bitmap(&ports);
+        let set: Vec<u16> = (0..=u16::MAX)
+            .filter(|&p| bitmap[usize::from(p >> 6)] & (1 << (p & 63)) != 0)
+            .collect();
+        assert_eq!(set, [25, 143, 65535]);
     }
 }
