@@ -242,10 +242,12 @@ pub struct ConnectionState {
     pub _pad: [u8; 3],
 }
 
-/// Where a socket's network namespace inode and cookie are, from the kernel's BTF:
-/// `sk->__sk_common.skc_net.net` then `net->ns.inum`, and `sk->__sk_common.skc_cookie`.
-/// `valid` is 0 when BTF could not tell (the programs then report namespace 0 and do not adopt
-/// scanned connections).
+/// Where the fields of `struct sock` that the programs read sit, from the kernel's BTF. The
+/// BTF tracepoint programs read the socket through these; every program reads the network
+/// namespace (`sk->__sk_common.skc_net.net`, then `net->ns.inum`) and the cookie
+/// (`sk->__sk_common.skc_cookie`) to adopt scanned connections. `valid` is 0 when BTF could not
+/// tell (the programs then report namespace 0, do not adopt scanned connections, and the agent
+/// uses the classic tracepoints).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOffsets {
@@ -253,6 +255,41 @@ pub struct SockOffsets {
     pub ns_inum: u16,
     pub cookie: u16,
     pub valid: u16,
+    /// `skc_portpair`: the remote port (network order) then the local port (host order), one
+    /// 32-bit load for both.
+    pub portpair: u16,
+    /// `skc_family`.
+    pub family: u16,
+    /// `sk_protocol` (16 bits).
+    pub protocol: u16,
+    /// `sk_err` (an `int`, positive errno).
+    pub err: u16,
+    /// `skc_rcv_saddr` and `skc_daddr`: IPv4 local and remote addresses.
+    pub v4_local: u16,
+    pub v4_remote: u16,
+    /// `skc_v6_rcv_saddr` and `skc_v6_daddr`: IPv6 local and remote addresses.
+    pub v6_local: u16,
+    pub v6_remote: u16,
+}
+
+impl SockOffsets {
+    /// Nothing known: what the programs see until the agent fills the global in.
+    pub const fn unknown() -> Self {
+        Self {
+            net: 0,
+            ns_inum: 0,
+            cookie: 0,
+            valid: 0,
+            portpair: 0,
+            family: 0,
+            protocol: 0,
+            err: 0,
+            v4_local: 0,
+            v4_remote: 0,
+            v6_local: 0,
+            v6_remote: 0,
+        }
+    }
 }
 
 /// Offsets of the `struct sk_buff` fields the ICMP error programs read, from the kernel's BTF.
@@ -331,7 +368,7 @@ const _: () = {
     assert!(core::mem::align_of::<RawEvent>() == 8);
     assert!(core::mem::size_of::<ConnectionState>() == 40);
     assert!(core::mem::size_of::<FieldOffsets>() == 24);
-    assert!(core::mem::size_of::<SockOffsets>() == 8);
+    assert!(core::mem::size_of::<SockOffsets>() == 24);
     assert!(core::mem::size_of::<SkbOffsets>() == 8);
     assert!(core::mem::size_of::<PortBitmap>() == 8192);
 };
@@ -385,7 +422,7 @@ mod tests {
     #[test]
     fn skb_and_sock_offsets_layouts_are_pinned() {
         assert_eq!(size_of::<SkbOffsets>(), 8);
-        assert_eq!(size_of::<SockOffsets>(), 8);
+        assert_eq!(size_of::<SockOffsets>(), 24);
     }
 
     #[test]

@@ -58,6 +58,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which kinds of kernel hook the probes may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hooks {
+    /// BTF tracepoints where the kernel has BTF (cheaper, no tracefs needed), classic
+    /// tracepoints for any probe whose BTF tracepoint does not load.
+    #[default]
+    Auto,
+    /// Classic tracepoints only (the fallback; needs tracefs).
+    Classic,
+}
+
 /// The agent's settings once flags, file and defaults are merged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -67,6 +79,7 @@ pub struct Config {
     pub ipv6_prefix: u8,
     pub max_paths: usize,
     pub log_format: LogFormat,
+    pub hooks: Hooks,
     pub min_idle_gap: Duration,
     pub max_connections: u32,
     pub ring_buffer_bytes: u32,
@@ -102,6 +115,10 @@ pub struct Flags {
     /// Log format on stderr [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Kernel hooks the probes use: `auto` (BTF tracepoints where the kernel has BTF, classic
+    /// tracepoints otherwise, per probe) or `classic` (classic tracepoints only) [default: auto]
+    #[arg(long, value_name = "KIND")]
+    pub hooks: Option<Hooks>,
     /// Shortest silence from the peer that counts as an idle gap, e.g. 10s, 2m [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_min_idle_gap)]
     pub min_idle_gap: Option<Duration>,
@@ -136,6 +153,7 @@ struct FileConfig {
     ipv6_prefix: Option<i64>,
     max_paths: Option<i64>,
     log_format: Option<LogFormat>,
+    hooks: Option<Hooks>,
     min_idle_gap: Option<String>,
     max_connections: Option<i64>,
     ring_buffer_size: Option<i64>,
@@ -265,6 +283,7 @@ impl Config {
             ipv6_prefix,
             max_paths,
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            hooks: flags.hooks.or(file.hooks).unwrap_or_default(),
             min_idle_gap,
             max_connections,
             ring_buffer_bytes,

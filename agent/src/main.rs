@@ -30,7 +30,7 @@ use tracing::info;
 use crate::{
     config::{Config, Flags, LogFormat},
     inference::{Inference, Settings},
-    metrics::{Metrics, ProbeLabels},
+    metrics::{Metrics, ProbeHookLabels, ProbeLabels},
     model::ConnectionModel,
     paths::PathTable,
     pipeline::Pipeline,
@@ -147,16 +147,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .filter_map(|port| config.ports.service(port))
         .map(Arc::from);
     let metrics = Arc::new(Metrics::new(services));
-    for (probe, verified) in &probes.attached {
+    for attached in &probes.attached {
+        let probe = attached.label;
         metrics
             .probe_attached
             .get_or_create(&ProbeLabels { probe })
-            .set(i64::from(verified.is_some()));
-        if let Some(verified) = verified {
+            .set(i64::from(attached.kind.is_some()));
+        if let Some(kind) = attached.kind {
             metrics
                 .probe_verified_instructions
                 .get_or_create(&ProbeLabels { probe })
-                .set(i64::from(*verified));
+                .set(i64::from(attached.verified_instructions));
+            metrics
+                .probe_hook
+                .get_or_create(&ProbeHookLabels {
+                    probe,
+                    kind: kind.as_str(),
+                })
+                .set(1);
         }
     }
     let probes::Probes {

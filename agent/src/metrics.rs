@@ -97,6 +97,13 @@ pub struct ProbeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeHookLabels {
+    pub probe: &'static str,
+    /// `tp_btf`, `tracepoint` or `fentry`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -131,6 +138,7 @@ pub struct Metrics {
     pub tracked_connections: Gauge,
     pub probe_attached: Family<ProbeLabels, Gauge>,
     pub probe_verified_instructions: Family<ProbeLabels, Gauge>,
+    pub probe_hook: Family<ProbeHookLabels, Gauge>,
     pub untracked_closes: Counter,
     pub kernel_state_evictions: Counter,
     pub kernel_state_insert_failures: Counter,
@@ -290,6 +298,12 @@ impl Metrics {
             "Instructions the kernel's verifier walked for each attached program: its size and worst-case path",
             probe_verified_instructions.clone(),
         );
+        let probe_hook = Family::<ProbeHookLabels, Gauge>::default();
+        registry.register(
+            "probe_hook",
+            "1 for the kind of kernel hook that serves each attached probe: tp_btf (BTF tracepoint), tracepoint (classic) or fentry",
+            probe_hook.clone(),
+        );
         let untracked_closes = Counter::default();
         registry.register(
             "untracked_closes",
@@ -357,6 +371,7 @@ impl Metrics {
             tracked_connections,
             probe_attached,
             probe_verified_instructions,
+            probe_hook,
             untracked_closes,
             kernel_state_evictions,
             kernel_state_insert_failures,

@@ -371,6 +371,21 @@ pub fn agent_binary() -> PathBuf {
 }
 
 /// The real agent, with its eBPF programs attached, killed on drop.
+/// The `--hooks` every agent of this test run gets: `IDLECUT_TEST_HOOKS` (`auto`, the default,
+/// or `classic`). `./x test` runs the integration suite once with each, so both kinds of hook
+/// pass it.
+pub fn hooks_under_test() -> String {
+    std::env::var("IDLECUT_TEST_HOOKS").unwrap_or_else(|_| "auto".into())
+}
+
+/// The `kind` label every tracepoint probe should report under [`hooks_under_test`].
+pub fn expected_tracepoint_kind() -> &'static str {
+    match hooks_under_test().as_str() {
+        "classic" => "tracepoint",
+        _ => "tp_btf",
+    }
+}
+
 pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
@@ -393,6 +408,7 @@ impl Agent {
         let child = Command::new(agent_binary())
             .arg("--listen")
             .arg(addr.to_string())
+            .args(["--hooks", &hooks_under_test()])
             .args(scan)
             .args(args)
             .env(

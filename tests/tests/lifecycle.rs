@@ -8,7 +8,8 @@
 use std::{thread, time::Duration};
 
 use idlecut_integration_tests::{
-    Agent, Scrape, Topology, abort, close_gracefully, connect, exchange, listen, require_root,
+    Agent, Scrape, Topology, abort, close_gracefully, connect, exchange, expected_tracepoint_kind,
+    listen, require_root,
 };
 
 const OPENED: &str = "idlecut_connections_opened_total";
@@ -126,10 +127,12 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
         "port 8143 leaked:\n{}",
         scrape.text
     );
-    // Every probe attaches on this kernel; a silently missing one would hide a feature.
+    // Every probe attaches on this kernel, with the kind of hook under test; a silently missing
+    // one would hide a feature.
     for probe in [
         "sock:inet_sock_set_state",
         "tcp:tcp_probe",
+        "sock:sock_send_length",
         "tcp:tcp_receive_reset",
         "tcp:tcp_send_reset",
         "tcp:tcp_retransmit_skb",
@@ -139,6 +142,16 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
             scrape.get("idlecut_probe_attached", &[("probe", probe)]),
             Some(1.0),
             "{probe}"
+        );
+        assert_eq!(
+            scrape.get(
+                "idlecut_probe_hook",
+                &[("probe", probe), ("kind", expected_tracepoint_kind())]
+            ),
+            Some(1.0),
+            "{probe} should be served by {}:\n{}",
+            expected_tracepoint_kind(),
+            scrape.text
         );
         // The kernel side stays small: a budget on what the verifier walks (the most complex
         // program, on state changes, walked about 17.5k instructions when this was written; the

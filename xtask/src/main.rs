@@ -162,6 +162,9 @@ fn test(root: &Path) -> anyhow::Result<()> {
     // One agent at a time: every agent sees every namespace's connections.
     integration.args(["--", "--test-threads=1"]);
     run(&mut integration)?;
+    // Again with the fallback: classic tracepoints are what kernels without BTF run, and they
+    // must pass the same suite.
+    run(integration.env("IDLECUT_TEST_HOOKS", "classic"))?;
     // Keeps the benchmark from rotting: every measurement, briefly.
     bench(root, true, &[])
 }

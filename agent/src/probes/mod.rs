@@ -3,6 +3,7 @@
 //! per hook, and hands out the ring buffer, the counters and the per-connection state maps.
 //! The only module that loads anything into the kernel.
 
+mod catalog;
 mod decode;
 mod kernel;
 mod layouts;
@@ -11,159 +12,30 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, TracePoint},
+    programs::{BtfTracePoint, FEntry, TracePoint},
 };
 use idlecut_ebpf::{
     CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL, PORTS_GLOBAL,
     PortBitmap, SEEDING_MAP, SEEDS_MAP, SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets,
-    SockOffsets, WAKEUP_BYTES_GLOBAL, offsets_global,
+    SockOffsets, WAKEUP_BYTES_GLOBAL,
 };
 use layouts::{
     btf,
-    tracefs::{self, Format, Needs},
+    tracefs::{self, Format},
 };
 use tracing::{info, warn};
 
+use self::catalog::{Hook, PROBES, ProbeSpec};
 pub use self::{
+    catalog::HookKind,
     decode::decode,
     kernel::{KernelCounters, KernelState},
 };
-use crate::config::{Config, PortMap};
+use crate::config::{Config, Hooks, PortMap};
 
 /// The eBPF object built by build.rs from the `idlecut-ebpf` crate.
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/idlecut-probes"));
-
-/// Where a program attaches.
-#[derive(Clone, Copy, Debug)]
-pub enum Hook {
-    /// A tracepoint, whose field offsets come from tracefs into `offsets_global`.
-    Tracepoint {
-        category: &'static str,
-        name: &'static str,
-        needs: Needs,
-        offsets_global: &'static str,
-    },
-    /// A BPF trampoline on a kernel function (needs BTF); reads `struct sk_buff` at offsets
-    /// from BTF.
-    FEntry { function: &'static str },
-}
-
-/// A kernel program and where it attaches.
-#[derive(Clone, Copy, Debug)]
-pub struct ProbeSpec {
-    /// The `probe` label of `idlecut_probe_attached`: `category:name` or `fentry:function`.
-    pub label: &'static str,
-    /// The program's function name in the object.
-    pub program: &'static str,
-    pub hook: Hook,
-    /// Without it the agent has nothing to report: failing to attach it is fatal.
-    pub required: bool,
-    /// What is lost when it is missing, for the warning.
-    pub feature: &'static str,
-}
-
-const fn tracepoint(
-    label: &'static str,
-    category: &'static str,
-    name: &'static str,
-    needs: Needs,
-    offsets_global: &'static str,
-    feature: &'static str,
-) -> ProbeSpec {
-    ProbeSpec {
-        label,
-        program: name,
-        hook: Hook::Tracepoint {
-            category,
-            name,
-            needs,
-            offsets_global,
-        },
-        required: false,
-        feature,
-    }
-}
-
-pub const PROBES: [ProbeSpec; 9] = [
-    ProbeSpec {
-        required: true,
-        ..tracepoint(
-            "sock:inet_sock_set_state",
-            "sock",
-            "inet_sock_set_state",
-            Needs::StateChange,
-            offsets_global::INET_SOCK_SET_STATE,
-            "connection opens and closes",
-        )
-    },
-    tracepoint(
-        "tcp:tcp_probe",
-        "tcp",
-        "tcp_probe",
-        Needs::SocketAndPorts,
-        offsets_global::TCP_PROBE,
-        "segments received (idle gaps, answers after a gap, stall recoveries)",
-    ),
-    tracepoint(
-        "sock:sock_send_length",
-        "sock",
-        "sock_send_length",
-        Needs::SendLength,
-        offsets_global::SOCK_SEND_LENGTH,
-        "data sent (gaps this host ends; blackhole cuts are then seen only through retransmissions)",
-    ),
-    tracepoint(
-        "tcp:tcp_receive_reset",
-        "tcp",
-        "tcp_receive_reset",
-        Needs::SocketAndPorts,
-        offsets_global::TCP_RECEIVE_RESET,
-        "resets received (endings fall back to the reported errno)",
-    ),
-    tracepoint(
-        "tcp:tcp_send_reset",
-        "tcp",
-        "tcp_send_reset",
-        Needs::SocketAndAnyPorts,
-        offsets_global::TCP_SEND_RESET,
-        "resets sent",
-    ),
-    tracepoint(
-        "tcp:tcp_retransmit_skb",
-        "tcp",
-        "tcp_retransmit_skb",
-        Needs::SocketAndPorts,
-        offsets_global::TCP_RETRANSMIT_SKB,
-        "retransmissions and stalls",
-    ),
-    tracepoint(
-        "sock:inet_sk_error_report",
-        "sock",
-        "inet_sk_error_report",
-        Needs::ErrorReport,
-        offsets_global::INET_SK_ERROR_REPORT,
-        "timeouts and errors as endings",
-    ),
-    ProbeSpec {
-        label: "fentry:tcp_v4_err",
-        program: "tcp_v4_err",
-        hook: Hook::FEntry {
-            function: "tcp_v4_err",
-        },
-        required: false,
-        feature: "ICMP errors for IPv4 connections (icmp cuts still show through EHOSTUNREACH)",
-    },
-    ProbeSpec {
-        label: "fentry:tcp_v6_err",
-        program: "tcp_v6_err",
-        hook: Hook::FEntry {
-            function: "tcp_v6_err",
-        },
-        required: false,
-        feature: "ICMPv6 errors for IPv6 connections",
-    },
-];
 
 /// The kernel programs' own log records (rare diagnostics), forwarded to `tracing`.
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -186,6 +58,18 @@ pub fn skipped_program_runs() -> u64 {
         .sum()
 }
 
+/// One probe after start-up: which kind of hook serves it, if any.
+#[derive(Clone, Copy, Debug)]
+pub struct Attached {
+    /// The `probe` label (the same whichever kind of hook serves it).
+    pub label: &'static str,
+    /// None when nothing could be attached for it.
+    pub kind: Option<HookKind>,
+    /// How many instructions the verifier walked (the budget the tests hold the kernel side
+    /// to); 0 when the kernel does not say or nothing is attached.
+    pub verified_instructions: u32,
+}
+
 /// The loaded object: programs stay attached while this lives.
 pub struct Probes {
     pub ebpf: Ebpf,
@@ -194,9 +78,63 @@ pub struct Probes {
     pub events: RingBuf<MapData>,
     pub counters: KernelCounters,
     pub state: KernelState,
-    /// Each probe's label and, when it attached, how many instructions the verifier walked
-    /// (the budget the tests hold the kernel side to).
-    pub attached: Vec<(&'static str, Option<u32>)>,
+    pub attached: Vec<Attached>,
+}
+
+/// What this kernel offers the programs, found before the object is loaded (its globals must
+/// be set by then).
+struct KernelLayouts {
+    sock: anyhow::Result<SockOffsets>,
+    skb: anyhow::Result<SkbOffsets>,
+    /// Each tracepoint's record offsets for its classic program, or why there are none; in
+    /// `PROBES` order (`Ok(None)` for hooks that are not tracepoints).
+    records: Vec<Result<Option<FieldOffsets>, String>>,
+}
+
+/// Reads the layouts the probes need. BTF tracepoints read sockets at offsets from BTF and need
+/// nothing else; classic tracepoints read records at offsets from tracefs. With `--hooks auto`
+/// and BTF, tracefs is read only if it is already mounted (for a fallback that is rarely
+/// needed), so that the agent needs neither the mount nor root's access to tracefs.
+fn kernel_layouts(config: &Config) -> anyhow::Result<(KernelLayouts, bool)> {
+    let (sock, skb) = match btf::vmlinux() {
+        Ok(btf) => (btf::sock_offsets(&btf), btf::skb_offsets(&btf)),
+        Err(err) => (Err(anyhow::anyhow!("{err:#}")), Err(err)),
+    };
+    if let Err(err) = &sock {
+        warn!(
+            error = format!("{err:#}"),
+            "no socket layout from BTF: classic tracepoints only, connections will not show \
+             their network namespace, and those found at start-up are followed only until \
+             they close"
+        );
+    }
+    let prefer_btf = config.hooks == Hooks::Auto && sock.is_ok();
+    let tracefs = if prefer_btf {
+        tracefs::locate().ok_or_else(|| {
+            "tracefs is not mounted, so there is no classic tracepoint to fall back on".to_owned()
+        })
+    } else {
+        Ok(tracefs::locate_or_mount()?)
+    };
+    let records = PROBES
+        .iter()
+        .map(|spec| match spec.hook {
+            Hook::Tracepoint {
+                category,
+                name,
+                needs,
+                ..
+            } => {
+                let tracefs = tracefs.as_ref().map_err(Clone::clone)?;
+                Format::read(tracefs, category, name)
+                    .map_err(|err| format!("{err:#}"))
+                    .and_then(|format| tracefs::offsets_for(&format, needs))
+                    .map(Some)
+            }
+            Hook::FEntry { .. } => Ok(None),
+        })
+        .collect();
+    Ok((KernelLayouts { sock, skb, records }, prefer_btf))
 }
 
 pub fn load(config: &Config) -> anyhow::Result<Probes> {
@@ -206,45 +144,7 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
              build it with `./x build`"
         );
     }
-    let tracefs = tracefs::locate_or_mount()?;
-    // What each program needs from this kernel, or why this kernel cannot give it.
-    let btf = btf::vmlinux();
-    let skb_offsets: anyhow::Result<SkbOffsets> = match &btf {
-        Ok(btf) => btf::skb_offsets(btf),
-        Err(err) => Err(anyhow::anyhow!("{err:#}")),
-    };
-    let sock_offsets: anyhow::Result<SockOffsets> = match &btf {
-        Ok(btf) => btf::sock_offsets(btf),
-        Err(err) => Err(anyhow::anyhow!("{err:#}")),
-    };
-    if let Err(err) = &sock_offsets {
-        warn!(
-            error = format!("{err:#}"),
-            "no socket layout from BTF: connections will not show their network namespace, and \
-             those found at start-up are followed only until they close"
-        );
-    }
-    let readiness: Vec<(ProbeSpec, Result<Option<FieldOffsets>, String>)> = PROBES
-        .iter()
-        .map(|spec| {
-            let ready = match spec.hook {
-                Hook::Tracepoint {
-                    category,
-                    name,
-                    needs,
-                    ..
-                } => Format::read(&tracefs, category, name)
-                    .map_err(|err| format!("{err:#}"))
-                    .and_then(|format| tracefs::offsets_for(&format, needs))
-                    .map(Some),
-                Hook::FEntry { .. } => match &skb_offsets {
-                    Ok(_) => Ok(None),
-                    Err(err) => Err(format!("{err:#}")),
-                },
-            };
-            (*spec, ready)
-        })
-        .collect();
+    let (layouts, prefer_btf) = kernel_layouts(config)?;
 
     raise_memlock_limit();
     let ports = port_bitmap(&config.ports);
@@ -259,24 +159,24 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
         .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes)
         .map_max_entries(CONNECTIONS_MAP, config.max_connections)
         .map_max_entries(SEEDS_MAP, config.max_connections);
-    if let Ok(skb_offsets) = &skb_offsets {
+    if let Ok(skb_offsets) = &layouts.skb {
         loader.override_global(SKB_OFFSETS_GLOBAL, skb_offsets, true);
     }
-    if let Ok(sock_offsets) = &sock_offsets {
+    if let Ok(sock_offsets) = &layouts.sock {
         loader.override_global(SOCK_OFFSETS_GLOBAL, sock_offsets, true);
     }
-    for (spec, ready) in &readiness {
-        if let (Hook::Tracepoint { offsets_global, .. }, Ok(Some(offsets))) = (spec.hook, ready) {
+    for (spec, record) in PROBES.iter().zip(&layouts.records) {
+        if let (Hook::Tracepoint { offsets_global, .. }, Ok(Some(offsets))) = (spec.hook, record) {
             loader.override_global(offsets_global, offsets, true);
         }
     }
     // The kernel programs log only rare diagnostics; they do it at the agent's own level.
     let kernel_log_level = kernel_log_level() as u8;
     loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
-    let mut ebpf = loader.load(PROBES_OBJECT).context(
-        "loading the eBPF programs (the agent needs root, or CAP_BPF, CAP_PERFMON and \
-         CAP_SYS_RESOURCE, and a kernel with BPF ring buffers: Linux 5.8 or later)",
-    )?;
+    let mut ebpf = loader
+        .load(PROBES_OBJECT)
+        .map_err(|err| explain_load_error(anyhow::Error::from(err)))
+        .context("loading the eBPF object (a kernel with BPF ring buffers: Linux 5.8 or later)")?;
 
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(logger),
@@ -285,22 +185,31 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
             None
         }
     };
-    // aya's own BTF, for attaching the fentry programs.
-    let aya_btf = aya::Btf::from_sys_fs();
+    // aya's own BTF, for loading the BTF tracepoint and fentry programs.
+    let aya_btf = aya::Btf::from_sys_fs().ok();
     let mut attached = Vec::with_capacity(PROBES.len());
-    for (spec, ready) in &readiness {
-        let result = match ready {
-            Err(missing) => Err(anyhow::anyhow!("{missing}")),
-            Ok(_) => attach(&mut ebpf, spec, aya_btf.as_ref().ok()),
-        };
+    for (spec, record) in PROBES.iter().zip(&layouts.records) {
+        let result = attach_probe(
+            &mut ebpf,
+            spec,
+            record,
+            &layouts,
+            prefer_btf,
+            aya_btf.as_ref(),
+        );
         match result {
-            Ok(verified) => {
+            Ok((kind, verified)) => {
                 info!(
                     probe = spec.label,
+                    kind = kind.as_str(),
                     verified_instructions = verified,
                     "attached"
                 );
-                attached.push((spec.label, Some(verified)));
+                attached.push(Attached {
+                    label: spec.label,
+                    kind: Some(kind),
+                    verified_instructions: verified,
+                });
             }
             Err(err) if spec.required => {
                 return Err(err.context(format!("attaching {}", spec.label)));
@@ -312,28 +221,26 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
                     "not attached: this kernel will not report {}",
                     spec.feature
                 );
-                attached.push((spec.label, None));
+                attached.push(Attached {
+                    label: spec.label,
+                    kind: None,
+                    verified_instructions: 0,
+                });
             }
         }
     }
 
-    let events = RingBuf::try_from(
-        ebpf.take_map(EVENTS_MAP)
-            .context("the eBPF object has no EVENTS map")?,
-    )?;
-    let counters = KernelCounters(PerCpuArray::try_from(
-        ebpf.take_map(COUNTERS_MAP)
-            .context("the eBPF object has no COUNTERS map")?,
-    )?);
     let mut take = |name: &str| {
         ebpf.take_map(name)
             .with_context(|| format!("the eBPF object has no {name} map"))
     };
+    let events = RingBuf::try_from(take(EVENTS_MAP)?)?;
+    let counters = KernelCounters(PerCpuArray::try_from(take(COUNTERS_MAP)?)?);
     let state = KernelState {
         connections: HashMap::try_from(take(CONNECTIONS_MAP)?)?,
         seeds: HashMap::try_from(take(SEEDS_MAP)?)?,
         seeding: Array::try_from(take(SEEDING_MAP)?)?,
-        can_adopt: sock_offsets.is_ok(),
+        can_adopt: layouts.sock.is_ok(),
     };
     Ok(Probes {
         ebpf,
@@ -345,30 +252,93 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
     })
 }
 
-/// Loads and attaches a program; returns how many instructions the verifier walked (0 when the
-/// kernel does not say).
-fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, btf: Option<&aya::Btf>) -> anyhow::Result<u32> {
-    let program = ebpf
-        .program_mut(spec.program)
-        .with_context(|| format!("no program {} in the eBPF object", spec.program))?;
+/// Attaches one probe with the best hook kind this kernel allows: a tracepoint's BTF program
+/// when preferred, its classic program when that is not possible; returns the kind used and
+/// how many instructions the verifier walked.
+fn attach_probe(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    record: &Result<Option<FieldOffsets>, String>,
+    layouts: &KernelLayouts,
+    prefer_btf: bool,
+    btf: Option<&aya::Btf>,
+) -> anyhow::Result<(HookKind, u32)> {
     match spec.hook {
-        Hook::Tracepoint { category, name, .. } => {
-            let program: &mut TracePoint = program.try_into()?;
-            program
-                .load()
-                .context("the verifier rejected the program")?;
-            program.attach(category, name)?;
-            Ok(verified_instructions(program.info()))
-        }
         Hook::FEntry { function } => {
+            if let Err(err) = &layouts.skb {
+                bail!("no sk_buff layout from BTF: {err:#}");
+            }
             let btf = btf.context("no kernel BTF")?;
-            let program: &mut FEntry = program.try_into()?;
+            let program: &mut FEntry = program(ebpf, spec, HookKind::FEntry)?.try_into()?;
             program
                 .load(function, btf)
+                .map_err(|err| explain_load_error(err.into()))
                 .context("loading the fentry program (needs BTF and BPF trampolines)")?;
             program.attach()?;
-            Ok(verified_instructions(program.info()))
+            Ok((HookKind::FEntry, verified_instructions(program.info())))
         }
+        Hook::Tracepoint { category, name, .. } => {
+            if prefer_btf {
+                match attach_btf_tracepoint(ebpf, spec, name, btf) {
+                    Ok(verified) => return Ok((HookKind::BtfTracepoint, verified)),
+                    Err(err) => warn!(
+                        probe = spec.label,
+                        error = format!("{err:#}"),
+                        "the BTF tracepoint did not attach: trying the classic tracepoint"
+                    ),
+                }
+            }
+            if let Err(missing) = record {
+                bail!("{missing}");
+            }
+            let program: &mut TracePoint = program(ebpf, spec, HookKind::Tracepoint)?.try_into()?;
+            program
+                .load()
+                .map_err(|err| explain_load_error(err.into()))?;
+            program.attach(category, name)?;
+            Ok((HookKind::Tracepoint, verified_instructions(program.info())))
+        }
+    }
+}
+
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    tracepoint: &str,
+    btf: Option<&aya::Btf>,
+) -> anyhow::Result<u32> {
+    let btf = btf.context("no kernel BTF")?;
+    let program: &mut BtfTracePoint = program(ebpf, spec, HookKind::BtfTracepoint)?.try_into()?;
+    program
+        .load(tracepoint, btf)
+        .map_err(|err| explain_load_error(err.into()))?;
+    program.attach()?;
+    Ok(verified_instructions(program.info()))
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    spec: &ProbeSpec,
+    kind: HookKind,
+) -> anyhow::Result<&'a mut aya::programs::Program> {
+    let name = spec.program(kind);
+    ebpf.program_mut(name)
+        .with_context(|| format!("no program {name} in the eBPF object"))
+}
+
+/// Says what a load failure means: EPERM is about privileges (or a hook this kernel does not
+/// allow), not the verifier, which answers EACCES or EINVAL with its log.
+fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+    let errno = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>()?.raw_os_error());
+    match errno {
+        Some(libc::EPERM) => err.context(
+            "not permitted: the agent needs root, or CAP_BPF and CAP_PERFMON (and \
+             CAP_SYS_RESOURCE on kernels before 5.11); with those, this kernel does not allow \
+             this kind of hook",
+        ),
+        _ => err.context("the verifier rejected the program (its log follows, if any)"),
     }
 }
 

@@ -62,17 +62,28 @@ fn member_bit_offset(btf: &Btf, st: &Struct, name: &str) -> Option<u32> {
     None
 }
 
-/// Where a socket's network namespace inode and cookie are:
-/// `sock.__sk_common.skc_net.net -> net.ns.inum` and `sock.__sk_common.skc_cookie`.
+/// Where the `struct sock` fields the programs read are (see [`SockOffsets`]): the network
+/// namespace (`sock.__sk_common.skc_net.net -> net.ns.inum`), the cookie, and what the BTF
+/// tracepoint programs read directly: ports, family, protocol, error and addresses.
 pub fn sock_offsets(btf: &Btf) -> anyhow::Result<SockOffsets> {
-    let net = byte_offset(btf, "sock", &["__sk_common", "skc_net", "net"])?;
-    let cookie = byte_offset(btf, "sock", &["__sk_common", "skc_cookie"])?;
-    let ns_inum = byte_offset(btf, "net", &["ns", "inum"])?;
+    let common = |path: &[&str]| {
+        let mut full = vec!["__sk_common"];
+        full.extend_from_slice(path);
+        byte_offset(btf, "sock", &full)
+    };
     Ok(SockOffsets {
-        net,
-        ns_inum,
-        cookie,
+        net: common(&["skc_net", "net"])?,
+        ns_inum: byte_offset(btf, "net", &["ns", "inum"])?,
+        cookie: common(&["skc_cookie"])?,
         valid: 1,
+        portpair: common(&["skc_portpair"])?,
+        family: common(&["skc_family"])?,
+        protocol: byte_offset(btf, "sock", &["sk_protocol"])?,
+        err: byte_offset(btf, "sock", &["sk_err"])?,
+        v4_local: common(&["skc_rcv_saddr"])?,
+        v4_remote: common(&["skc_daddr"])?,
+        v6_local: common(&["skc_v6_rcv_saddr"])?,
+        v6_remote: common(&["skc_v6_daddr"])?,
     })
 }
 
@@ -167,5 +178,11 @@ mod tests {
         let sock = sock_offsets(&btf).unwrap();
         assert_eq!(sock.valid, 1);
         assert!(sock.net < sock.cookie || sock.cookie < 64, "{sock:?}");
+        // The ports are one 32-bit word, right after the address pair and the hash.
+        assert_eq!(
+            (sock.v4_remote, sock.v4_local, sock.portpair),
+            (0, 4, 12),
+            "{sock:?}"
+        );
     }
 }

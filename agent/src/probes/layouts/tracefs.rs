@@ -12,13 +12,19 @@ use std::{
 use anyhow::{Context as _, bail};
 use idlecut_ebpf::FieldOffsets;
 
+/// Where tracefs is mounted and readable, if it is.
+pub fn locate() -> Option<PathBuf> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .map(Path::new)
+        .find(|path| path.join("events").is_dir())
+        .map(Path::to_owned)
+}
+
 /// Where tracefs is, mounting it at /sys/kernel/tracing when it is not mounted anywhere.
 pub fn locate_or_mount() -> anyhow::Result<PathBuf> {
-    for candidate in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        let path = Path::new(candidate);
-        if path.join("events").is_dir() {
-            return Ok(path.to_owned());
-        }
+    if let Some(path) = locate() {
+        return Ok(path);
     }
     let target = Path::new("/sys/kernel/tracing");
     let source = c"tracefs";

@@ -1,0 +1,211 @@
+//! The default hook kind: BTF tracepoints (`tp_btf`). The kernel hands them the tracepoint's
+//! typed arguments (`struct sock *`...) without formatting a record, and guards each program
+//! on its own instead of sharing the per-CPU guard of classic tracepoints, so an interrupt
+//! that lands in another program does not make this one skip a run.
+//!
+//! Fields are read with plain loads ([`load`]), not `bpf_probe_read_kernel`.
+
+use aya_ebpf::{
+    EbpfContext, helpers::bpf_probe_read_kernel, macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use idlecut_ebpf::{AF_INET, IPPROTO_TCP, RawEvent, SockOffsets, event_kind};
+
+use super::{
+    SOCK_OFFSETS,
+    facts::{self, Side},
+    kernel_read, v4_mapped, watched,
+};
+
+/// The offset of one `struct sock` field, as the agent set it from BTF.
+macro_rules! offset_of_field {
+    ($field:ident) => {
+        // SAFETY: a valid, aligned static; read volatile so that the compiler keeps the load
+        // (the verifier, not the compiler, turns it into a constant: see `load`).
+        unsafe { core::ptr::read_volatile(&raw const SOCK_OFFSETS.$field) }
+    };
+}
+
+/// Reads a `T` at `sk + offset` with one plain load instruction.
+///
+/// Why the verifier accepts it, and checks it: `sk` is a tracepoint argument of BTF type
+/// `struct sock *` (PTR_TO_BTF_ID), on which the verifier allows adding a constant and then
+/// checks the load's offset and size against the members of `struct sock` (btf_struct_access).
+/// `offset` is a constant to the verifier although the agent chose it at load time: it comes
+/// from the object's read-only data, a map that aya creates with BPF_F_RDONLY_PROG and freezes
+/// before any program loads, and the verifier reads loads from such a map at verification
+/// time (bpf_map_direct_read) and tracks them as known scalars. Without that (a writable
+/// global, or an offset computed at run time) the verifier would refuse the access with
+/// "invalid variable offset". The load is a PROBE_MEM access: a fault reads zero instead of
+/// oopsing, which only a NULL socket could cause here and which callers check first anyway.
+#[inline(always)]
+fn load<T: Copy>(sk: *const u8, offset: u16) -> T {
+    // SAFETY: see above; the kernel's exception table covers a faulting load.
+    unsafe { core::ptr::read_volatile(sk.wrapping_add(usize::from(offset)).cast::<T>()) }
+}
+
+/// The socket's address as plain data: the connection's identity, a map key and an event field.
+///
+/// `sk` itself stays a pointer to the verifier, which lets it be dereferenced but not taken
+/// apart (formatting it for a log record shifts it: "pointer arithmetic with >>= operator
+/// prohibited"). The same argument read through `bpf_probe_read_kernel` is a scalar. One helper
+/// call, made only once a socket has passed the port filter.
+#[inline(always)]
+fn socket_id(ctx: &BtfTracePointContext) -> Option<u64> {
+    // SAFETY: the context points at the tracepoint's argument array, argument 0 first;
+    // bpf_probe_read_kernel checks the access.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr().cast::<u64>()) }
+        .ok()
+        .filter(|&socket| socket != 0)
+}
+
+/// `skc_portpair` holds `skc_dport` (network order) then `skc_num` (host order), in memory
+/// order; returns (local, remote) in host order.
+#[inline(always)]
+pub(super) fn split_portpair(portpair: u32) -> (u16, u16) {
+    let [d0, d1, n0, n1] = portpair.to_ne_bytes();
+    (u16::from_ne_bytes([n0, n1]), u16::from_be_bytes([d0, d1]))
+}
+
+/// The socket's ports when one is watched: one load and two bit tests, the whole cost of a
+/// program on a socket that is not ours.
+#[inline(always)]
+fn mail_ports(sk: *const u8) -> Option<(u16, u16)> {
+    let (local, remote) = split_portpair(load::<u32>(sk, offset_of_field!(portpair)));
+    watched(local, remote)
+}
+
+#[inline(always)]
+fn is_tcp(sk: *const u8) -> bool {
+    load::<u16>(sk, offset_of_field!(protocol)) == IPPROTO_TCP
+}
+
+/// Family and addresses, IPv4 stored v4-mapped as the classic tracepoints do. The IPv6
+/// addresses (16-byte arrays, rare events) go through the checked read.
+#[inline(always)]
+fn fill_addresses(sk: *const u8, event: &mut RawEvent) {
+    let offsets: SockOffsets = super::global(&SOCK_OFFSETS);
+    let family = load::<u16>(sk, offsets.family);
+    event.family = family;
+    if family == AF_INET {
+        event.local_addr = v4_mapped(load::<u32>(sk, offsets.v4_local).to_ne_bytes());
+        event.remote_addr = v4_mapped(load::<u32>(sk, offsets.v4_remote).to_ne_bytes());
+    } else {
+        event.local_addr = kernel_read(sk, offsets.v6_local).unwrap_or([0; 16]);
+        event.remote_addr = kernel_read(sk, offsets.v6_remote).unwrap_or([0; 16]);
+    }
+}
+
+/// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    let Some(ports) = mail_ports(sk) else {
+        return 0;
+    };
+    if !is_tcp(sk) {
+        return 0;
+    }
+    let Some(socket) = socket_id(&ctx) else {
+        return 0;
+    };
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    facts::state_change(
+        &ctx,
+        socket,
+        ports,
+        old_state as u8,
+        new_state as u8,
+        |event| fill_addresses(sk, event),
+    );
+    0
+}
+
+/// tcp_probe(struct sock *sk, const struct sk_buff *skb): every segment received on an
+/// established socket.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn btf_tcp_probe(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    if let Some(ports) = mail_ports(sk)
+        && let Some(socket) = socket_id(&ctx)
+    {
+        facts::activity(&ctx, socket, ports, Side::Remote);
+    }
+    0
+}
+
+/// sock_send_length(struct sock *sk, int ret, int flags): every send on every socket of the
+/// host, so the cheapest tests come first and no map is looked up for a socket that is not on
+/// a watched port.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    let sent: i32 = ctx.arg(1);
+    if sent <= 0 {
+        return 0;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    if mail_ports(sk).is_some()
+        && is_tcp(sk)
+        && let Some(socket) = socket_id(&ctx)
+    {
+        facts::activity(&ctx, socket, (0, 0), Side::Local);
+    }
+    0
+}
+
+/// tcp_receive_reset(struct sock *sk): a valid RST arrived.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn btf_tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    if let Some(ports) = mail_ports(sk)
+        && let Some(socket) = socket_id(&ctx)
+    {
+        facts::reset(&ctx, event_kind::RESET_RECEIVED, socket, ports);
+    }
+    0
+}
+
+/// tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, reason): `sk` is NULL for
+/// a RST in reply to a segment that matches no socket: not ours.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return 0;
+    }
+    if let Some(ports) = mail_ports(sk)
+        && let Some(socket) = socket_id(&ctx)
+    {
+        facts::reset(&ctx, event_kind::RESET_SENT, socket, ports);
+    }
+    0
+}
+
+/// tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err).
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn btf_tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    if let Some(ports) = mail_ports(sk)
+        && let Some(socket) = socket_id(&ctx)
+    {
+        facts::retransmit(&ctx, socket, ports);
+    }
+    0
+}
+
+/// inet_sk_error_report(const struct sock *sk): the error is the socket's `sk_err`. Reported
+/// by 4-tuple, as the classic tracepoint (which has no socket pointer) does.
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn btf_inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    let Some(ports) = mail_ports(sk) else {
+        return 0;
+    };
+    if !is_tcp(sk) {
+        return 0;
+    }
+    let error = load::<i32>(sk, offset_of_field!(err));
+    facts::error_report(ports, error, |event| fill_addresses(sk, event));
+    0
+}

@@ -1,0 +1,211 @@
+//! What the programs report, whatever hook they sit on: each function takes the values a hook
+//! adapter ([`super::btf`] or [`super::tracepoint`]) has already read and filtered on the
+//! ports, updates the connection's state and emits the facts. Both hook kinds therefore report
+//! exactly the same events.
+
+use aya_ebpf::{EbpfContext, bindings::BPF_ANY};
+use aya_log_ebpf::warn;
+use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags, event_kind, tcp_state};
+
+use super::{
+    CONNECTIONS, MIN_IDLE_GAP_NS, count, emit, event_for, global, netns_of, now_ns, state_of,
+};
+
+/// A TCP state change on a watched port: connections open (-> ESTABLISHED) and end (-> CLOSE);
+/// who sent the first FIN is remembered on the way. `addresses` fills in the family and
+/// addresses, only for the events that carry them.
+#[inline(always)]
+pub(super) fn state_change<C: EbpfContext>(
+    ctx: &C,
+    socket: u64,
+    (local_port, remote_port): (u16, u16),
+    old_state: u8,
+    new_state: u8,
+    addresses: impl FnOnce(&mut RawEvent),
+) {
+    match new_state {
+        tcp_state::ESTABLISHED => {
+            let now = now_ns();
+            let state = ConnectionState {
+                opened_ns: now,
+                last_received_ns: now,
+                last_sent_ns: now,
+                stall_started_ns: 0,
+                retransmits: 0,
+                flags: 0,
+                _pad: [0; 3],
+            };
+            if CONNECTIONS
+                .insert(&socket, &state, u64::from(BPF_ANY))
+                .is_err()
+            {
+                count(counter::STATE_INSERT_FAILED);
+                warn!(
+                    ctx,
+                    "cannot track socket {:x}: state map insert failed", socket
+                );
+            }
+            let mut event = event_for(event_kind::OPEN, now, socket, local_port, remote_port);
+            event.netns = netns_of(socket);
+            addresses(&mut event);
+            emit(&event);
+        }
+        tcp_state::CLOSE if tcp_state::was_established(old_state) => {
+            let now = now_ns();
+            let mut event = event_for(event_kind::CLOSE, now, socket, local_port, remote_port);
+            event.old_state = old_state;
+            event.netns = netns_of(socket);
+            match state_of(ctx, socket) {
+                Some(state) => {
+                    // SAFETY: pointer from a successful lookup, read once.
+                    let state = unsafe { *state };
+                    event.value_ns = state.opened_ns;
+                    event.count = state.retransmits;
+                    event.flags = state.flags;
+                    if state.stall_started_ns != 0 {
+                        event.aux_ns = now.saturating_sub(state.stall_started_ns);
+                    }
+                    let _ = CONNECTIONS.remove(&socket);
+                }
+                None => {
+                    event.flags = event_flags::NO_STATE;
+                    count(counter::CLOSE_WITHOUT_STATE);
+                }
+            }
+            addresses(&mut event);
+            emit(&event);
+        }
+        tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT => {
+            if let Some(state) = state_of(ctx, socket) {
+                // SAFETY: pointer from a successful lookup. Only flags of this connection are
+                // written, and only on its own state transitions.
+                let state = unsafe { &mut *state };
+                if state.flags
+                    & (event_flags::LOCAL_CLOSED_FIRST | event_flags::REMOTE_CLOSED_FIRST)
+                    == 0
+                {
+                    state.flags |= if new_state == tcp_state::FIN_WAIT1 {
+                        event_flags::LOCAL_CLOSED_FIRST
+                    } else {
+                        event_flags::REMOTE_CLOSED_FIRST
+                    };
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    Local,
+    Remote,
+}
+
+/// Traffic on a tracked connection: ends an idle gap if the connection was silent long enough,
+/// answers a pending gap, ends a stall. `ports` are (0, 0) where the hook does not have them
+/// (user space knows the connection by its socket).
+#[inline(always)]
+pub(super) fn activity<C: EbpfContext>(
+    ctx: &C,
+    socket: u64,
+    (local_port, remote_port): (u16, u16),
+    side: Side,
+) {
+    let Some(state) = state_of(ctx, socket) else {
+        return;
+    };
+    let now = now_ns();
+    // SAFETY: pointer from a successful lookup. Events of one socket are serialized by the
+    // socket lock in the kernel paths these tracepoints sit on; a race at worst misreports
+    // one gap.
+    let state = unsafe { &mut *state };
+    let last = if state.last_received_ns > state.last_sent_ns {
+        state.last_received_ns
+    } else {
+        state.last_sent_ns
+    };
+    let gap = now.saturating_sub(last);
+    if side == Side::Remote {
+        state.last_received_ns = now;
+        if state.flags & event_flags::AWAITING_ANSWER != 0 {
+            state.flags &= !event_flags::AWAITING_ANSWER;
+            let mut event = event_for(
+                event_kind::GAP_ANSWERED,
+                now,
+                socket,
+                local_port,
+                remote_port,
+            );
+            event.aux_ns = now.saturating_sub(state.last_sent_ns);
+            emit(&event);
+        }
+        if state.stall_started_ns != 0 {
+            let mut event = event_for(
+                event_kind::STALL_RECOVERED,
+                now,
+                socket,
+                local_port,
+                remote_port,
+            );
+            event.value_ns = now.saturating_sub(state.stall_started_ns);
+            state.stall_started_ns = 0;
+            emit(&event);
+        }
+    } else {
+        state.last_sent_ns = now;
+    }
+    if gap >= global(&MIN_IDLE_GAP_NS) {
+        let mut event = event_for(
+            event_kind::IDLE_GAP_END,
+            now,
+            socket,
+            local_port,
+            remote_port,
+        );
+        event.value_ns = gap;
+        if side == Side::Local {
+            event.flags = event_flags::LOCAL_SPOKE_FIRST;
+            state.flags |= event_flags::AWAITING_ANSWER;
+        }
+        emit(&event);
+    }
+}
+
+/// A RST received or sent (`kind`) on a socket of a watched connection.
+#[inline(always)]
+pub(super) fn reset<C: EbpfContext>(ctx: &C, kind: u8, socket: u64, ports: (u16, u16)) {
+    // Adopts a scanned connection first, so user space knows the socket.
+    let _ = state_of(ctx, socket);
+    emit(&event_for(kind, now_ns(), socket, ports.0, ports.1));
+}
+
+/// A segment of the socket was retransmitted. The first one since the peer was last heard from
+/// starts a stall.
+#[inline(always)]
+pub(super) fn retransmit<C: EbpfContext>(ctx: &C, socket: u64, ports: (u16, u16)) {
+    let now = now_ns();
+    let mut event = event_for(event_kind::RETRANSMIT, now, socket, ports.0, ports.1);
+    if let Some(state) = state_of(ctx, socket) {
+        // SAFETY: pointer from a successful lookup.
+        let state = unsafe { &mut *state };
+        state.retransmits = state.retransmits.saturating_add(1);
+        if state.stall_started_ns == 0 {
+            state.stall_started_ns = now;
+        }
+        state.last_sent_ns = now;
+        event.count = state.retransmits;
+        event.value_ns = now.saturating_sub(state.stall_started_ns);
+    }
+    emit(&event);
+}
+
+/// The error a socket reports to its application (ETIMEDOUT, ECONNRESET, EHOSTUNREACH...),
+/// identified by its 4-tuple (the classic tracepoint has no socket pointer).
+#[inline(always)]
+pub(super) fn error_report(ports: (u16, u16), error: i32, addresses: impl FnOnce(&mut RawEvent)) {
+    let mut event = event_for(event_kind::ERROR_REPORT, now_ns(), 0, ports.0, ports.1);
+    event.error = error.unsigned_abs().min(u32::from(u16::MAX)) as u16;
+    addresses(&mut event);
+    emit(&event);
+}
