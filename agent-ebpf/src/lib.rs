@@ -270,6 +270,9 @@ pub struct SockOffsets {
     /// `skc_v6_rcv_saddr` and `skc_v6_daddr`: IPv6 local and remote addresses.
     pub v6_local: u16,
     pub v6_remote: u16,
+    /// `inet_sock.inet_sport` (network order): the local port, still set after the kernel
+    /// unbinds a closed socket (which zeroes `skc_num`).
+    pub inet_sport: u16,
 }
 
 impl SockOffsets {
@@ -288,6 +291,7 @@ impl SockOffsets {
             v4_remote: 0,
             v6_local: 0,
             v6_remote: 0,
+            inet_sport: 0,
         }
     }
 }
@@ -368,7 +372,7 @@ const _: () = {
     assert!(core::mem::align_of::<RawEvent>() == 8);
     assert!(core::mem::size_of::<ConnectionState>() == 40);
     assert!(core::mem::size_of::<FieldOffsets>() == 24);
-    assert!(core::mem::size_of::<SockOffsets>() == 24);
+    assert!(core::mem::size_of::<SockOffsets>() == 26);
     assert!(core::mem::size_of::<SkbOffsets>() == 8);
     assert!(core::mem::size_of::<PortBitmap>() == 8192);
 };
@@ -422,7 +426,7 @@ mod tests {
     #[test]
     fn skb_and_sock_offsets_layouts_are_pinned() {
         assert_eq!(size_of::<SkbOffsets>(), 8);
-        assert_eq!(size_of::<SockOffsets>(), 24);
+        assert_eq!(size_of::<SockOffsets>(), 26);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod metrics;
 mod model;
 mod paths;
 mod pipeline;
+mod privileges;
 mod probes;
 mod view;
 
@@ -99,6 +100,24 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    // Loaded before the runtime starts its threads: capabilities belong to threads, and the
+    // ones only loading needs are dropped here, once, for every thread the agent will have.
+    let probes = match probes::load(&config) {
+        Ok(probes) => probes,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("idlecut: error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match privileges::drop_after_load() {
+        Ok(kept) => info!(?kept, "programs attached: capabilities dropped but these"),
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("idlecut: error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -110,7 +129,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, probes)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -138,9 +157,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, probes: probes::Probes) -> anyhow::Result<()> {
     let listener = http::bind(config.listen).await?;
-    let probes = probes::load(&config)?;
     let services = config
         .ports
         .ports()

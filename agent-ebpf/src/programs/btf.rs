@@ -75,6 +75,17 @@ fn mail_ports(sk: *const u8) -> Option<(u16, u16)> {
     watched(local, remote)
 }
 
+/// The ports of a socket that may be closing: after `tcp_done` the kernel unbinds it and
+/// zeroes `skc_num`, so the local port comes from `inet_sport`, which stays. `inet_sport` lies
+/// in `struct inet_sock`, beyond the `struct sock` the verifier knows `sk` as, hence the
+/// checked read; these hooks fire once per connection, not per segment.
+#[inline(always)]
+fn ports_of_closing(sk: *const u8) -> Option<(u16, u16)> {
+    let local = u16::from_be(kernel_read::<u16>(sk, offset_of_field!(inet_sport))?);
+    let (_, remote) = split_portpair(load::<u32>(sk, offset_of_field!(portpair)));
+    watched(local, remote)
+}
+
 #[inline(always)]
 fn is_tcp(sk: *const u8) -> bool {
     load::<u16>(sk, offset_of_field!(protocol)) == IPPROTO_TCP
@@ -96,7 +107,8 @@ fn fill_addresses(sk: *const u8, event: &mut RawEvent) {
     }
 }
 
-/// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
+/// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate). It fires before the
+/// kernel unbinds a closing socket, so `skc_num` is still its local port.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
@@ -158,7 +170,7 @@ pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn btf_tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    if let Some(ports) = mail_ports(sk)
+    if let Some(ports) = ports_of_closing(sk)
         && let Some(socket) = socket_id(&ctx)
     {
         facts::reset(&ctx, event_kind::RESET_RECEIVED, socket, ports);
@@ -174,7 +186,7 @@ pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
     if sk.is_null() {
         return 0;
     }
-    if let Some(ports) = mail_ports(sk)
+    if let Some(ports) = ports_of_closing(sk)
         && let Some(socket) = socket_id(&ctx)
     {
         facts::reset(&ctx, event_kind::RESET_SENT, socket, ports);
@@ -199,7 +211,7 @@ pub fn btf_tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn btf_inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    let Some(ports) = mail_ports(sk) else {
+    let Some(ports) = ports_of_closing(sk) else {
         return 0;
     };
     if !is_tcp(sk) {

@@ -84,6 +84,7 @@ pub fn sock_offsets(btf: &Btf) -> anyhow::Result<SockOffsets> {
         v4_remote: common(&["skc_daddr"])?,
         v6_local: common(&["skc_v6_rcv_saddr"])?,
         v6_remote: common(&["skc_v6_daddr"])?,
+        inet_sport: byte_offset(btf, "inet_sock", &["inet_sport"])?,
     })
 }
 
