@@ -10,7 +10,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -395,6 +395,12 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent with `args` and waits until it serves /healthz.
     pub fn start(args: &[&str]) -> Self {
+        Self::try_start_as(&[], &agent_binary(), args).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// Starts `binary` with `args` behind `runner` (a command prefix such as `setpriv ...`,
+    /// or nothing) and waits until it serves /healthz; or says, with its log, why it did not.
+    pub fn try_start_as(runner: &[&str], binary: &Path, args: &[&str]) -> Result<Self, String> {
         let addr = free_local_port();
         let log = std::env::temp_dir().join(format!("idlecut-agent-{}.log", addr.port()));
         let log_file = File::create(&log).expect("agent log file");
@@ -405,7 +411,15 @@ impl Agent {
         } else {
             &["--scan-interval", "2s"]
         };
-        let child = Command::new(agent_binary())
+        let mut command = match runner.split_first() {
+            Some((program, runner_args)) => {
+                let mut command = Command::new(program);
+                command.args(runner_args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("--listen")
             .arg(addr.to_string())
             .args(["--hooks", &hooks_under_test()])
@@ -423,21 +437,27 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = agent.child.try_wait().expect("agent status") {
-                panic!(
+                return Err(format!(
                     "the agent exited with {status} at start-up:\n{}",
                     agent.log_text()
-                );
+                ));
             }
             if http_get(addr, "/healthz").is_ok_and(|(status, _)| status == 200) {
-                return agent;
+                return Ok(agent);
             }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not come up within 20 s:\n{}",
-                agent.log_text()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the agent did not come up within 20 s:\n{}",
+                    agent.log_text()
+                ));
+            }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The agent's log, without the loader's own debug chatter.

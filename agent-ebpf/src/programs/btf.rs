@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_probe_read_kernel, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use idlecut_ebpf::{AF_INET, IPPROTO_TCP, RawEvent, SockOffsets, event_kind};
+use idlecut_ebpf::{AF_INET, IPPROTO_TCP, RawEvent, SockOffsets, event_kind, tcp_state};
 
 use super::{
     SOCK_OFFSETS,
@@ -75,7 +75,7 @@ fn mail_ports(sk: *const u8) -> Option<(u16, u16)> {
     watched(local, remote)
 }
 
-/// The ports of a socket that may be closing: after `tcp_done` the kernel unbinds it and
+/// The ports of a socket that may be closing: when it goes to CLOSE the kernel unbinds it and
 /// zeroes `skc_num`, so the local port comes from `inet_sport`, which stays. `inet_sport` lies
 /// in `struct inet_sock`, beyond the `struct sock` the verifier knows `sk` as, hence the
 /// checked read; these hooks fire once per connection, not per segment.
@@ -107,12 +107,19 @@ fn fill_addresses(sk: *const u8, event: &mut RawEvent) {
     }
 }
 
-/// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate). It fires before the
-/// kernel unbinds a closing socket, so `skc_num` is still its local port.
+/// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate). It fires after the
+/// kernel has unbound a socket going to CLOSE, so only that transition needs `inet_sport`.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    let Some(ports) = mail_ports(sk) else {
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    let ports = if new_state as u8 == tcp_state::CLOSE {
+        ports_of_closing(sk)
+    } else {
+        mail_ports(sk)
+    };
+    let Some(ports) = ports else {
         return 0;
     };
     if !is_tcp(sk) {
@@ -121,8 +128,6 @@ pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let Some(socket) = socket_id(&ctx) else {
         return 0;
     };
-    let old_state: i32 = ctx.arg(1);
-    let new_state: i32 = ctx.arg(2);
     facts::state_change(
         &ctx,
         socket,

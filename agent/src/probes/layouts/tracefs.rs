@@ -27,6 +27,19 @@ pub fn locate_or_mount() -> anyhow::Result<PathBuf> {
         return Ok(path);
     }
     let target = Path::new("/sys/kernel/tracing");
+    // Mounted, but this user may not look inside (tracefs is root's, mode 0700, by default).
+    if let Err(err) = std::fs::read_dir(target)
+        && err.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        bail!(
+            "tracefs at {} is not readable by this user ({err}): classic tracepoints read their \
+             record layouts there. Run the agent as root, grant read access to \
+             {}/events/{{sock,tcp}}/*/format, or use --hooks auto on a kernel with BTF \
+             (/sys/kernel/btf/vmlinux), whose BTF tracepoints need no tracefs",
+            target.display(),
+            target.display()
+        );
+    }
     let source = c"tracefs";
     let fstype = c"tracefs";
     let target_c = c"/sys/kernel/tracing";
