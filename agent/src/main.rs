@@ -38,8 +38,9 @@ use crate::{
 };
 
 /// Finds the network paths that cut long-lived mail connections (IMAP IDLE, Submission...),
-/// after how long, and how. Serves Prometheus metrics over HTTP. Needs root (or CAP_BPF,
-/// CAP_PERFMON, CAP_SYS_RESOURCE) and Linux 5.8 or later.
+/// after how long, and how. Serves Prometheus metrics over HTTP. Needs Linux 5.8 or later and
+/// root, or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN and CAP_SYS_PTRACE (and CAP_SYS_RESOURCE before
+/// Linux 5.11); keeps only CAP_SYS_ADMIN and CAP_SYS_PTRACE once its programs are attached.
 #[derive(Debug, Parser)]
 #[command(name = "idlecut", version, allow_negative_numbers = true)]
 struct Cli {
