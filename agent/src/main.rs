@@ -142,7 +142,15 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-    let filter = EnvFilter::try_from_env("IDLECUT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // A filter that does not parse would silence every line, warnings included: say so, and
+    // log at `info` instead.
+    let (filter, bad_filter) = match std::env::var("IDLECUT_LOG") {
+        Err(_) => (EnvFilter::new("info"), None),
+        Ok(text) => match log_filter(&text) {
+            Ok(filter) => (filter, None),
+            Err(err) => (EnvFilter::new("info"), Some((text, err))),
+        },
+    };
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry
@@ -156,6 +164,47 @@ fn init_logging(format: LogFormat) {
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .init(),
     }
+    if let Some((text, err)) = bad_filter {
+        tracing::warn!(
+            IDLECUT_LOG = text,
+            error = err,
+            "IDLECUT_LOG is not a valid log filter (such as info, debug or idlecut=debug): logging at info"
+        );
+    }
+}
+
+/// Parses a log filter, stricter than `EnvFilter` itself: a word it does not know is taken as
+/// the name of a module to trace (`garbage!!!` would then silence every other line), so each
+/// directive's target must look like a module path and its level must be a level.
+fn log_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    use tracing_subscriber::filter::LevelFilter;
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.contains('[') || target.ends_with(']') => {
+                (target, Some(level))
+            }
+            _ => (directive, None),
+        };
+        let target = target.split('[').next().unwrap_or_default();
+        let is_level = target.parse::<LevelFilter>().is_ok();
+        let is_path = !target.is_empty()
+            && target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-');
+        if !is_level && !is_path {
+            return Err(format!(
+                "`{directive}` is neither a level nor a module path"
+            ));
+        }
+        if let Some(level) = level
+            && level.parse::<LevelFilter>().is_err()
+        {
+            return Err(format!(
+                "`{level}` is not a level (trace, debug, info, warn, error, off)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text).map_err(|err| err.to_string())
 }
 
 async fn run(config: Config, probes: probes::Probes) -> anyhow::Result<()> {
