@@ -17,6 +17,7 @@ mod pipeline;
 mod privileges;
 mod probes;
 mod view;
+mod vocabulary;
 
 use std::{
     process::ExitCode,
@@ -66,7 +67,7 @@ struct ConnectionsArgs {
     #[arg(long)]
     service: Option<String>,
     /// Only this role: server or client
-    #[arg(long, value_parser = ["server", "client"])]
+    #[arg(long, value_parser = vocabulary::Role::ALL.map(vocabulary::Role::as_str))]
     role: Option<String>,
     /// Only this path (a prefix such as 192.0.2.0/24, or other)
     #[arg(long)]

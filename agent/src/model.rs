@@ -15,12 +15,12 @@ use std::{
 };
 
 use idlecut_ebpf::tcp_state;
-use serde::Serialize;
 
 use crate::{
     config::PortMap,
     discovery::{KeepaliveObservation, Owner, Scan},
     events::{Endpoints, Event, Nanos, Seed, Side},
+    vocabulary::{Direction, End, KeepaliveSetting, Role, Signature, StallOutcome},
 };
 
 /// How long a closed connection, or a gap the peer ended, waits for late facts (RST sent,
@@ -31,159 +31,9 @@ pub const CLOSE_GRACE_NS: Nanos = 100_000_000;
 /// Closed connections stay in the per-connection view this long, and at most this many.
 pub const RECENTLY_CLOSED_NS: Nanos = 300_000_000_000;
 pub const RECENTLY_CLOSED_MAX: usize = 1024;
-/// RFC 1122 4.2.3.6 and RFC 5383 4.2: keepalive should not probe more often than every two
-/// hours. The interval is estimated from the keepalive timer (see `discovery`), so a minute of
-/// slack keeps a 2 h setting on the right side.
-const KEEPALIVE_TWO_HOURS_MS: u64 = 7_200_000 - 60_000;
-
 const ETIMEDOUT: u16 = 110;
 const ENETUNREACH: u16 = 101;
 const EHOSTUNREACH: u16 = 113;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The local port is the service port: this host serves mail.
-    Server,
-    /// The remote port is the service port: this host is a mail client (or proxy).
-    Client,
-}
-
-impl Role {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Server => "server",
-            Self::Client => "client",
-        }
-    }
-}
-
-/// How a connection ended. The label values are part of the metrics contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum End {
-    /// Both sides closed with FIN.
-    Fin,
-    /// The peer (or a middlebox on the path) sent a RST.
-    ResetReceived,
-    /// This host sent a RST (application abort, SO_LINGER 0, unread data, keepalive failure).
-    ResetSent,
-    /// The kernel gave up: retransmissions or keepalive probes unanswered (ETIMEDOUT).
-    Timeout,
-    /// The kernel reported another error (EHOSTUNREACH after ICMP errors, ...).
-    Error,
-    /// None of the above could be established.
-    Unknown,
-}
-
-impl End {
-    pub const ALL: [Self; 6] = [
-        Self::Fin,
-        Self::ResetReceived,
-        Self::ResetSent,
-        Self::Timeout,
-        Self::Error,
-        Self::Unknown,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Fin => "fin",
-            Self::ResetReceived => "reset_received",
-            Self::ResetSent => "reset_sent",
-            Self::Timeout => "timeout",
-            Self::Error => "error",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-/// How a path cut a connection after an idle gap. Label values of the metrics contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Signature {
-    /// A RST answered the first segments after the gap.
-    Reset,
-    /// Segments after the gap were retransmitted and never answered.
-    Blackhole,
-    /// ICMP unreachable errors arrived for the segments after the gap.
-    Icmp,
-}
-
-impl Signature {
-    pub const ALL: [Self; 3] = [Self::Reset, Self::Blackhole, Self::Icmp];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Reset => "reset",
-            Self::Blackhole => "blackhole",
-            Self::Icmp => "icmp",
-        }
-    }
-}
-
-/// How a stall (retransmissions without hearing from the peer) ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StallOutcome {
-    /// The peer was heard from again: the connection survived the loss.
-    Recovered,
-    /// The connection died in it.
-    Fatal,
-}
-
-impl StallOutcome {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Recovered => "recovered",
-            Self::Fatal => "fatal",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Direction {
-    Received,
-    Sent,
-}
-
-impl Direction {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Received => "received",
-            Self::Sent => "sent",
-        }
-    }
-}
-
-/// A connection's TCP keepalive, as the metrics group it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum KeepaliveSetting {
-    #[serde(rename = "off")]
-    Off,
-    /// Probes more often than every two hours: defeats radio dormancy on mobile devices.
-    #[serde(rename = "below_2h")]
-    Below2h,
-    #[serde(rename = "2h_or_more")]
-    TwoHoursOrMore,
-}
-
-impl KeepaliveSetting {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Off => "off",
-            Self::Below2h => "below_2h",
-            Self::TwoHoursOrMore => "2h_or_more",
-        }
-    }
-
-    pub const fn from_interval_ms(interval_ms: u64) -> Self {
-        if interval_ms < KEEPALIVE_TWO_HOURS_MS {
-            Self::Below2h
-        } else {
-            Self::TwoHoursOrMore
-        }
-    }
-}
 
 /// What the aggregation layer needs to know about a connection: which path it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -1846,22 +1696,6 @@ mod tests {
         );
         assert!(seeds.is_empty());
         assert_eq!(model.open_count(), 0);
-    }
-
-    #[test]
-    fn keepalive_settings_split_at_two_hours() {
-        assert_eq!(
-            KeepaliveSetting::from_interval_ms(60_000),
-            KeepaliveSetting::Below2h
-        );
-        assert_eq!(
-            KeepaliveSetting::from_interval_ms(7_199_500),
-            KeepaliveSetting::TwoHoursOrMore
-        );
-        assert_eq!(
-            KeepaliveSetting::from_interval_ms(7_000_000),
-            KeepaliveSetting::Below2h
-        );
     }
 
     #[test]

@@ -8,12 +8,15 @@ use std::{
     sync::Arc,
 };
 
-use crate::model::{Identity, Role};
+use prometheus_client::encoding::EncodeLabelSet;
+
+use crate::{model::Identity, vocabulary::Role};
 
 /// The label of paths beyond the cap.
 pub const OTHER: &str = "other";
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A path, and the labels of its series in the metrics (`service`, `role`, `path`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PathKey {
     pub service: Arc<str>,
     pub role: Role,
