@@ -16,13 +16,11 @@ mod paths;
 mod pipeline;
 mod privileges;
 mod probes;
+mod snapshot;
 mod view;
 mod vocabulary;
 
-use std::{
-    process::ExitCode,
-    sync::{Arc, Mutex},
-};
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -244,21 +242,20 @@ async fn run(config: Config, probes: probes::Probes) -> anyhow::Result<()> {
         state,
         attached: _,
     } = probes;
-    let inference = Arc::new(Mutex::new(Inference::new(Settings {
-        req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
-        min_cuts: config.min_cuts,
-    })));
-    let (views, view_requests) = tokio::sync::mpsc::channel(16);
+    let (publisher, snapshots) = snapshot::channel(pipeline::monotonic_now);
     let pipeline = Pipeline {
         model: ConnectionModel::new(config.ports.clone()),
         paths: PathTable::new(config.ipv4_prefix, config.ipv6_prefix, config.max_paths),
-        inference: inference.clone(),
+        inference: Inference::new(Settings {
+            req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
+            min_cuts: config.min_cuts,
+        }),
         metrics: metrics.clone(),
         counters,
         kernel: state,
         ports: config.ports.clone(),
         scan_interval: config.scan_interval,
-        views: view_requests,
+        snapshots: publisher,
     };
     let (stop, stopped) = watch::channel(false);
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
@@ -266,11 +263,7 @@ async fn run(config: Config, probes: probes::Probes) -> anyhow::Result<()> {
         logger.map(|logger| tokio::spawn(probes::forward_kernel_logs(logger, stopped.clone())));
     let server = tokio::spawn(http::serve(
         listener,
-        http::AppState {
-            metrics,
-            inference,
-            views,
-        },
+        http::AppState { metrics, snapshots },
         stopped,
     ));
     info!(

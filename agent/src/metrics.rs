@@ -606,13 +606,13 @@ mod tests {
         let metrics = Metrics::new([Arc::from("imap")]);
         let mut paths = PathTable::new(24, 48, 1);
         let mut record = |update: &Update| {
-            let before = paths.len();
-            let key = update.identity().map(|identity| paths.key(identity));
-            if paths.len() > before
-                && let Some(key) = &key
-            {
-                metrics.init_path(key);
-            }
+            let key = update.identity().map(|identity| {
+                let (key, new) = paths.key(identity);
+                if new {
+                    metrics.init_path(&key);
+                }
+                key
+            });
             metrics.record(key.as_ref(), update);
         };
         for update in [

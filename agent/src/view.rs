@@ -115,15 +115,15 @@ impl Filter {
     }
 }
 
-/// Builds the view at kernel time `now`, reading each open connection's idle clocks from the
-/// kernel (its state, or its seed while not adopted), else from the last scan.
-pub fn build(
+/// Every row of the view at kernel time `now`, in display order: each open connection with
+/// its idle clocks read from the kernel (its state, or its seed while not adopted), else from
+/// the last scan, then the connections that ended recently.
+pub fn rows(
     model: &ConnectionModel,
-    paths: &mut PathTable,
+    paths: &PathTable,
     kernel: &KernelState,
     now: Nanos,
-    filter: &Filter,
-) -> ConnectionsResponse {
+) -> Vec<ConnectionRow> {
     let seconds = |ns: Nanos| Duration::from_nanos(ns).as_secs_f64();
     let mut rows: Vec<ConnectionRow> = Vec::new();
     for info in model.connections() {
@@ -146,7 +146,6 @@ pub fn build(
             .map(|at| seconds(closed.closed_at.saturating_sub(at)));
         rows.push(row);
     }
-    rows.retain(|row| filter.matches(row));
     // By their text: closed rows first, as the table has always shown them.
     let order = |row: &ConnectionRow| {
         (
@@ -158,18 +157,29 @@ pub fn build(
         )
     };
     rows.sort_by_cached_key(order);
-    let total = rows.len();
-    rows.truncate(filter.limit);
+    rows
+}
+
+/// The rows `filter` asks for, at most its limit of them.
+pub fn select(rows: &[ConnectionRow], filter: &Filter) -> ConnectionsResponse {
+    let mut total = 0;
+    let mut connections = Vec::new();
+    for row in rows.iter().filter(|row| filter.matches(row)) {
+        total += 1;
+        if connections.len() < filter.limit {
+            connections.push(row.clone());
+        }
+    }
     ConnectionsResponse {
         total,
         limit: filter.limit,
         truncated: total > filter.limit,
-        connections: rows,
+        connections,
     }
 }
 
-fn row_of(info: &ConnectionInfo, paths: &mut PathTable, state: ConnectionState) -> ConnectionRow {
-    let key = paths.key(&info.identity);
+fn row_of(info: &ConnectionInfo, paths: &PathTable, state: ConnectionState) -> ConnectionRow {
+    let key = paths.path_of(&info.identity);
     ConnectionRow {
         local: info.endpoints.local.to_string(),
         remote: info.endpoints.remote.to_string(),
@@ -341,6 +351,25 @@ mod tests {
         assert!(!filter.matches(&row(ConnectionState::Open, Some(59.0))));
         assert!(!filter.matches(&row(ConnectionState::Open, None)));
         assert!(!filter.matches(&row(ConnectionState::Closed, Some(100.0))));
+    }
+
+    #[test]
+    fn a_selection_counts_every_match_and_keeps_at_most_the_limit() {
+        let rows = [
+            row(ConnectionState::Closed, None),
+            row(ConnectionState::Open, Some(30.0)),
+            row(ConnectionState::Open, Some(90.0)),
+            row(ConnectionState::Open, Some(120.0)),
+        ];
+        let filter = Filter {
+            min_idle: Some(Duration::from_secs(60)),
+            limit: 1,
+            ..Filter::default()
+        };
+        let response = select(&rows, &filter);
+        assert_eq!((response.total, response.limit), (2, 1));
+        assert!(response.truncated);
+        assert_eq!(response.connections, vec![rows[2].clone()]);
     }
 
     #[test]
