@@ -2,12 +2,7 @@
 //! object per path with its cut-off and verdict), `/api/v1/connections` (JSON, one object per
 //! connection; see `view`) and `/healthz`.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{
@@ -17,9 +12,13 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
-use crate::{inference::Inference, metrics::Metrics, pipeline::ViewRequest, view::Filter};
+use crate::{
+    metrics::Metrics,
+    snapshot::{Snapshots, Unavailable},
+    view::{self, Filter},
+};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -27,8 +26,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
-    pub inference: Arc<Mutex<Inference>>,
-    pub views: mpsc::Sender<ViewRequest>,
+    pub snapshots: Snapshots,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -40,13 +38,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn serve_paths(State(state): State<AppState>) -> impl IntoResponse {
-    let reports = state
-        .inference
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .reports();
-    axum::Json(reports)
+/// How long a reader waits for the pipeline's snapshot.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
+
+async fn serve_paths(State(state): State<AppState>) -> axum::response::Response {
+    match state.snapshots.fresh(SNAPSHOT_PATIENCE).await {
+        Ok(snapshot) => axum::Json(&snapshot.paths).into_response(),
+        Err(unavailable) => unavailable_response(unavailable),
+    }
 }
 
 async fn serve_connections(
@@ -57,27 +56,18 @@ async fn serve_connections(
         Ok(filter) => filter,
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
     };
-    let (reply, response) = oneshot::channel();
-    if state
-        .views
-        .send(ViewRequest { filter, reply })
-        .await
-        .is_err()
-    {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is shutting down\n",
-        )
-            .into_response();
+    match state.snapshots.fresh(SNAPSHOT_PATIENCE).await {
+        Ok(snapshot) => axum::Json(view::select(&snapshot.connections, &filter)).into_response(),
+        Err(unavailable) => unavailable_response(unavailable),
     }
-    match tokio::time::timeout(Duration::from_secs(10), response).await {
-        Ok(Ok(view)) => axum::Json(view).into_response(),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent did not answer in time\n",
-        )
-            .into_response(),
-    }
+}
+
+fn unavailable_response(unavailable: Unavailable) -> axum::response::Response {
+    let message = match unavailable {
+        Unavailable::Stopped => "the agent is shutting down\n",
+        Unavailable::TooSlow => "the agent did not answer in time\n",
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
 }
 
 async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -16,12 +16,11 @@ mod paths;
 mod pipeline;
 mod privileges;
 mod probes;
+mod snapshot;
 mod view;
+mod vocabulary;
 
-use std::{
-    process::ExitCode,
-    sync::{Arc, Mutex},
-};
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -66,7 +65,7 @@ struct ConnectionsArgs {
     #[arg(long)]
     service: Option<String>,
     /// Only this role: server or client
-    #[arg(long, value_parser = ["server", "client"])]
+    #[arg(long, value_parser = vocabulary::Role::ALL.map(vocabulary::Role::as_str))]
     role: Option<String>,
     /// Only this path (a prefix such as 192.0.2.0/24, or other)
     #[arg(long)]
@@ -243,21 +242,20 @@ async fn run(config: Config, probes: probes::Probes) -> anyhow::Result<()> {
         state,
         attached: _,
     } = probes;
-    let inference = Arc::new(Mutex::new(Inference::new(Settings {
-        req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
-        min_cuts: config.min_cuts,
-    })));
-    let (views, view_requests) = tokio::sync::mpsc::channel(16);
+    let (publisher, snapshots) = snapshot::channel(pipeline::monotonic_now);
     let pipeline = Pipeline {
         model: ConnectionModel::new(config.ports.clone()),
         paths: PathTable::new(config.ipv4_prefix, config.ipv6_prefix, config.max_paths),
-        inference: inference.clone(),
+        inference: Inference::new(Settings {
+            req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
+            min_cuts: config.min_cuts,
+        }),
         metrics: metrics.clone(),
         counters,
         kernel: state,
         ports: config.ports.clone(),
         scan_interval: config.scan_interval,
-        views: view_requests,
+        snapshots: publisher,
     };
     let (stop, stopped) = watch::channel(false);
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
@@ -265,11 +263,7 @@ async fn run(config: Config, probes: probes::Probes) -> anyhow::Result<()> {
         logger.map(|logger| tokio::spawn(probes::forward_kernel_logs(logger, stopped.clone())));
     let server = tokio::spawn(http::serve(
         listener,
-        http::AppState {
-            metrics,
-            inference,
-            views,
-        },
+        http::AppState { metrics, snapshots },
         stopped,
     ));
     info!(
