@@ -141,7 +141,7 @@ fn read_file(path: &Path) -> Result<Flags, ConfigError> {
 
 /// The settings in a file's text (`path` only names it in errors).
 fn parse_file(path: &Path, text: &str) -> Result<Flags, ConfigError> {
-    let table: toml::Table = toml::from_str(&text).map_err(|err| {
+    let table: toml::Table = toml::from_str(text).map_err(|err| {
         let at = err
             .span()
             .map(|span| format!(" (line {})", line_of(text, span.start)))
