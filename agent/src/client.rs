@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::{
     ConnectionsArgs,
@@ -68,17 +69,15 @@ fn get(agent: std::net::SocketAddr, target: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-/// Percent-encodes a query value (service names and prefixes contain `/` and `:`).
+/// Percent-encodes a query value (service names and prefixes contain `/` and `:`): everything
+/// but RFC 3986's unreserved characters.
 fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(value, RESERVED).to_string()
 }
 
 #[cfg(test)]
