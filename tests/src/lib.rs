@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod mail;
+
 /// Kernel tests need root. Under CI they fail without it; elsewhere they say loudly that they
 /// did not run. Returns false when the test should stop.
 pub fn require_root() -> bool {

@@ -175,6 +175,9 @@ fn classify(err: &DialogError, stream: &TcpStream) -> Outcome {
 /// cut is known, the points divide (lower, upper) evenly, no more of them than `precision`
 /// needs.
 pub fn plan(lower: f64, upper: Option<f64>, cap: f64, precision: f64, max: usize) -> Vec<f64> {
+    if max == 0 {
+        return Vec::new();
+    }
     let needed = |width: f64| {
         #[expect(
             clippy::cast_possible_truncation,
@@ -271,10 +274,9 @@ pub async fn search(
                 "at most as long as the longest"
             }
         ));
-        let before = probes.len();
-        run_round(addr, &settings, &times, &mut probes).await;
+        let results = run_round(addr, &settings, &times).await;
         let mut inconclusive = 0;
-        for probe in &probes[before..] {
+        for probe in &results {
             let gap = seconds_to_nanos(probe.idle_seconds);
             match &probe.outcome {
                 Outcome::Survived => {
@@ -305,11 +307,14 @@ pub async fn search(
                 describe(&probe.outcome)
             ));
         }
-        if inconclusive == probes.len() - before {
-            // Nothing learned: another round would fail the same way.
+        let learned_nothing = inconclusive == results.len();
+        probes.extend(results);
+        if learned_nothing {
+            // Another round would fail the same way.
             break;
         }
     }
+    probes.sort_by(|a, b| a.idle_seconds.total_cmp(&b.idle_seconds));
     let report = inference.report(&key);
     let (lower, upper) = bounds(&inference, &key);
     let cuts = report.as_ref().map(|r| r.cuts.clone()).unwrap_or_default();
@@ -352,12 +357,8 @@ fn bounds(inference: &Inference, key: &PathKey) -> (f64, Option<f64>) {
 
 /// Runs one probe per silence in parallel. The first cut ends the round: probes meant to stay
 /// silent longer would only be cut too, so they are dropped (their connections closed).
-async fn run_round(
-    addr: SocketAddr,
-    settings: &Arc<IdleSettings>,
-    times: &[f64],
-    probes: &mut Vec<Probe>,
-) {
+async fn run_round(addr: SocketAddr, settings: &Arc<IdleSettings>, times: &[f64]) -> Vec<Probe> {
+    let mut probes = Vec::new();
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
     for &seconds in times {
@@ -379,6 +380,7 @@ async fn run_round(
         probes.push(probe);
     }
     probes.sort_by(|a, b| a.idle_seconds.total_cmp(&b.idle_seconds));
+    probes
 }
 
 fn describe(outcome: &Outcome) -> String {

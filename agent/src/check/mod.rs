@@ -147,16 +147,15 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
 }
 
 async fn check(args: Arc<CheckArgs>) -> anyhow::Result<Report> {
-    let mut ports: Vec<u16> = args
-        .target
-        .port
-        .into_iter()
-        .chain(args.ports.iter().copied())
-        .collect();
-    if ports.is_empty() {
-        ports.extend(DEFAULT_PORTS);
+    let mut ports: Vec<u16> = match args.target.port {
+        Some(port) => vec![port],
+        None => DEFAULT_PORTS.to_vec(),
+    };
+    for &port in &args.ports {
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
     }
-    ports.dedup();
     let host = args.target.host.as_str();
     let address = tokio::net::lookup_host((host, 0))
         .await
