@@ -53,8 +53,11 @@ impl Site {
     /// `idlecut check SERVER ARGS` from the client, with the short timeouts and the pinned
     /// certificate.
     fn check(&self, args: &[&str]) -> CheckRun {
-        let server = self.net.server_v4();
-        let mut all = vec![server.as_str(), "--expect-cert", &self.cert.sha256];
+        self.check_target(&self.net.server_v4(), args)
+    }
+
+    fn check_target(&self, target: &str, args: &[&str]) -> CheckRun {
+        let mut all = vec![target, "--expect-cert", &self.cert.sha256];
         all.extend(FAST);
         all.extend(args);
         let run = mail::run_check(&self.net.client, &all);
@@ -157,9 +160,9 @@ fn a_compliant_path_passes_every_check() {
     drop(site.certs);
 }
 
-/// Runs the cutting scenario `rule` (what the router does with a segment of a flow it forgot)
-/// on both ports and checks that the interval holds the router's timeout and the signature.
-fn cutting_scenario(rule: &'static str, signature: &'static str) -> String {
+/// A site whose router forgets idle flows after `CUT_AFTER_S` and does `rule` with the
+/// segments of a flow it forgot.
+fn cutting_site(rule: &str) -> Site {
     let site = Site::new();
     #[expect(
         clippy::cast_possible_truncation,
@@ -168,6 +171,13 @@ fn cutting_scenario(rule: &'static str, signature: &'static str) -> String {
     )]
     site.net.router_conntrack(CUT_AFTER_S as u32, false);
     site.net.router_rules(rule);
+    site
+}
+
+/// The cutting scenario `rule` on both ports, in JSON: the interval holds the router's
+/// timeout, the signature is `signature`, the verdict and the keepalive advice hold.
+fn cutting_scenario(rule: &str, signature: &str) {
+    let site = cutting_site(rule);
     let run = site.check(&["--max-idle", "20s", "--precision", "1s", "--json"]);
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     let report = run.json();
@@ -191,9 +201,9 @@ fn cutting_scenario(rule: &'static str, signature: &'static str) -> String {
         assert_eq!(idle["signature"], signature, "{idle:#}");
         assert_eq!(idle["verdict"], "violates_req5");
         assert!(
-            idle["explanation"]
-                .as_str()
-                .is_some_and(|e| e.contains("below the 2h4m (7440 s) that RFC 5382 REQ-5 requires")),
+            idle["explanation"].as_str().is_some_and(
+                |e| e.contains("below the 2h4m (7440 s) that RFC 5382 REQ-5 requires")
+            ),
             "{idle:#}"
         );
         assert!(idle["connections"].as_u64() <= Some(32));
@@ -206,54 +216,21 @@ fn cutting_scenario(rule: &'static str, signature: &'static str) -> String {
             detail(&report, port, "keepalive")
         );
     }
-    run.stdout
 }
 
-#[test]
-fn idle_cutoffs_are_found_with_their_signature() {
-    if !require_root() {
-        return;
-    }
-    // Three middleboxes at once: the search takes as long as its longest silence, not CPU.
-    let scenarios = [
-        ("ct state invalid drop", "blackhole"),
-        ("ct state invalid reject with tcp reset", "reset"),
-        (
-            "ct state invalid reject with icmpx type host-unreachable",
-            "icmp",
-        ),
-    ];
-    let runs: Vec<_> = scenarios
-        .into_iter()
-        .map(|(rule, signature)| thread::spawn(move || cutting_scenario(rule, signature)))
-        .collect();
-    for run in runs {
-        if let Err(panic) = run.join() {
-            std::panic::resume_unwind(panic);
-        }
-    }
-}
-
-#[test]
-fn the_table_names_the_cut_off_and_its_signature() {
-    if !require_root() {
-        return;
-    }
-    let site = Site::new();
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "a whole, small number of seconds"
-    )]
-    site.net.router_conntrack(CUT_AFTER_S as u32, false);
-    site.net.router_rules("ct state invalid drop");
-    let run = site.check(&["--port", "143", "--max-idle", "20s", "--precision", "1s"]);
+/// The same for a person: the table names the cut-off, its signature and the verdict, and
+/// progress goes to stderr while the search runs.
+fn cutting_table() {
+    let site = cutting_site("ct state invalid drop");
+    let target = format!("{}:143", site.net.server_v4());
+    let run = site.check_target(&target, &["--max-idle", "20s", "--precision", "1s"]);
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     for expected in [
         "idle cut-off  FAIL",
         "(blackhole)",
         "violates_req5",
         "keepalive     pass",
+        "4 passed, 1 failed, 0 could not tell",
     ] {
         assert!(
             run.stdout.contains(expected),
@@ -266,6 +243,31 @@ fn the_table_names_the_cut_off_and_its_signature() {
         "progress: {}",
         run.stderr
     );
+}
+
+#[test]
+fn idle_cutoffs_are_found_with_their_signature() {
+    if !require_root() {
+        return;
+    }
+    // Four middleboxes at once: the search takes as long as its longest silence, not CPU.
+    let scenarios: [fn(); 4] = [
+        || cutting_scenario("ct state invalid drop", "blackhole"),
+        || cutting_scenario("ct state invalid reject with tcp reset", "reset"),
+        || {
+            cutting_scenario(
+                "ct state invalid reject with icmpx type host-unreachable",
+                "icmp",
+            );
+        },
+        cutting_table,
+    ];
+    let runs: Vec<_> = scenarios.into_iter().map(thread::spawn).collect();
+    for run in runs {
+        if let Err(panic) = run.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 #[test]
