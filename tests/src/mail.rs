@@ -185,7 +185,14 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let group = i32::try_from(self.child.id()).ok();
         stop(&mut self.child, Duration::from_secs(5));
+        // Workers that outlive their master (Dovecot's login processes keep their clients'
+        // connections) would linger after the namespace is gone: end the whole group.
+        if let Some(group) = group {
+            // SAFETY: signalling the process group this server was started in.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
     }
 }
 
@@ -220,9 +227,15 @@ pub fn dovecot(ns: &Netns, address: &str, cert: &Certificate) -> Server {
 }
 
 /// Postfix serving Submission on `address`:587 as `hostname` (its greeting names it),
-/// STARTTLS with `cert`. Its master runs in the foreground from a private configuration and
-/// queue directory, so several instances can run at once.
-pub fn postfix(ns: &Netns, address: &str, hostname: &str, cert: &Certificate) -> Server {
+/// STARTTLS with `cert`, and `extra` lines of main.cf. Its master runs in the foreground from
+/// a private configuration and queue directory, so several instances can run at once.
+pub fn postfix(
+    ns: &Netns,
+    address: &str,
+    hostname: &str,
+    cert: &Certificate,
+    extra: &str,
+) -> Server {
     let dir = TempDir::new("postfix");
     let etc = dir.join("etc");
     let data = dir.join("data");
@@ -242,7 +255,7 @@ pub fn postfix(ns: &Netns, address: &str, hostname: &str, cert: &Certificate) ->
              maillog_file_prefixes = {root}\nmaillog_file = {log}\n\
              smtpd_tls_cert_file = {cert}\nsmtpd_tls_key_file = {key}\n\
              smtpd_tls_security_level = may\n\
-             smtpd_peername_lookup = no\n",
+             smtpd_peername_lookup = no\n{extra}\n",
             spool = path_str(&dir.join("spool")),
             data = path_str(&data),
             root = path_str(&dir.path),

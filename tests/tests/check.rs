@@ -35,12 +35,17 @@ struct Site {
 
 impl Site {
     fn new() -> Self {
+        Self::with_postfix("")
+    }
+
+    /// With `postfix_extra` lines in Postfix's main.cf.
+    fn with_postfix(postfix_extra: &str) -> Self {
         let net = Topology::new();
         let certs = TempDir::new("certs");
         let cert = Certificate::generate(&certs, "mail.test");
         let server = net.server_v4();
         let imap = mail::dovecot(&net.server, &server, &cert);
-        let submission = mail::postfix(&net.server, &server, "mail.test", &cert);
+        let submission = mail::postfix(&net.server, &server, "mail.test", &cert, postfix_extra);
         Self {
             net,
             certs,
@@ -309,7 +314,7 @@ fn a_router_that_redirects_submission_to_another_server_is_interception() {
         &["addr", "add", &format!("{other}/24"), "dev", "eth0"],
     );
     let other_cert = Certificate::generate(&site.certs, "mail.test");
-    let _other = mail::postfix(&site.net.server, &other, "smtp.hotel.test", &other_cert);
+    let _other = mail::postfix(&site.net.server, &other, "smtp.hotel.test", &other_cert, "");
     site.net.router.nft(&format!(
         "table ip nat {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {} tcp dport 587 dnat to {other}\n }}\n}}\n",
         site.net.server_v4()
@@ -372,4 +377,33 @@ fn a_relay_that_strips_starttls_is_caught() {
             "{port}: {detail}"
         );
     }
+}
+
+#[test]
+fn a_server_that_ends_silent_sessions_itself_is_not_blamed_on_the_path() {
+    if !require_root() {
+        return;
+    }
+    // Postfix hangs up on a client silent for 3 s (421 ... timeout exceeded): that silence is
+    // the longest this server lets anyone test, and the path is not at fault.
+    let site = Site::with_postfix("smtpd_timeout = 3s");
+    let target = format!("{}:587", site.net.server_v4());
+    let run = site.check_target(
+        &target,
+        &["--max-idle", "8s", "--precision", "1s", "--json"],
+    );
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(report["result"], "could_not_tell");
+    assert_eq!(status(&report, 587, "idle_cutoff"), "could_not_tell");
+    let why = detail(&report, 587, "idle_cutoff");
+    assert!(
+        why.contains("the server itself ends sessions silent for about"),
+        "{why}"
+    );
+    let idle = &port_report(&report, 587)["idle"];
+    let limit = idle["server_idle_limit_seconds"].as_f64().expect("limit");
+    assert!((2.5..4.0).contains(&limit), "{idle:#}");
+    assert!(idle["cutoff_upper_seconds"].is_null(), "{idle:#}");
+    assert_eq!(status(&report, 587, "keepalive"), "could_not_tell");
 }

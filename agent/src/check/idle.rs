@@ -356,7 +356,8 @@ fn bounds(inference: &Inference, key: &PathKey) -> (f64, Option<f64>) {
 }
 
 /// Runs one probe per silence in parallel. The first cut ends the round: probes meant to stay
-/// silent longer would only be cut too, so they are dropped (their connections closed).
+/// silent longer would only be cut too, so they are dropped (their connections closed). So
+/// does the server ending a silence itself.
 async fn run_round(addr: SocketAddr, settings: &Arc<IdleSettings>, times: &[f64]) -> Vec<Probe> {
     let mut probes = Vec::new();
     let mut tasks = JoinSet::new();
@@ -370,7 +371,11 @@ async fn run_round(addr: SocketAddr, settings: &Arc<IdleSettings>, times: &[f64]
     }
     while let Some(joined) = tasks.join_next().await {
         let Ok(probe) = joined else { continue };
-        if matches!(probe.outcome, Outcome::Cut { .. }) {
+        // A cut, or the server hanging up on its own idle timeout, ends every longer silence.
+        if matches!(
+            probe.outcome,
+            Outcome::Cut { .. } | Outcome::ServerSpoke { .. }
+        ) {
             for (seconds, handle) in &handles {
                 if *seconds > probe.idle_seconds {
                     handle.abort();
@@ -393,33 +398,23 @@ fn describe(outcome: &Outcome) -> String {
 }
 
 fn idle_row(idle: &IdleReport, max_idle: f64, precision: f64) -> Row {
-    let server_note = idle.server_idle_limit_seconds.map(|limit| {
-        format!(
-            " The server itself ends sessions silent for about {}, so longer silences could not \
-             be tried.",
-            with_seconds(limit)
-        )
-    });
+    let verdict = format!(
+        "verdict {}: {}",
+        verdict_word(idle.verdict),
+        idle.explanation
+    );
     match (idle.cutoff_upper_seconds, idle.signature) {
         (Some(upper), Some(signature)) => {
             let lower = idle.cutoff_lower_seconds.unwrap_or(0.0);
             let coarse = if upper - lower > precision {
-                " (the connection budget ran out before the precision asked)"
+                "; the connection budget ran out before --precision was reached"
             } else {
                 ""
             };
             Row::new(
                 Check::IdleCutoff,
                 Status::Fail,
-                format!(
-                    "cuts idle connections after {} to {} of silence{coarse}, by {}; \
-                     verdict {}: {}",
-                    with_seconds(lower),
-                    with_seconds(upper),
-                    signature_words(signature),
-                    verdict_word(idle.verdict),
-                    idle.explanation
-                ),
+                format!("cut {}{coarse}; {verdict}", signature_words(signature)),
             )
         }
         _ if idle
@@ -430,37 +425,47 @@ fn idle_row(idle: &IdleReport, max_idle: f64, precision: f64) -> Row {
                 Check::IdleCutoff,
                 Status::Pass,
                 format!(
-                    "connections silent for {} still answered; verdict {}: {}",
-                    with_seconds(max_idle),
-                    verdict_word(idle.verdict),
-                    idle.explanation
+                    "connections silent for {} still answered; {verdict}",
+                    with_seconds(max_idle)
                 ),
             )
         }
-        _ => Row::new(
-            Check::IdleCutoff,
-            Status::CouldNotTell,
-            format!(
-                "{}{}",
-                idle.cutoff_lower_seconds.map_or_else(
-                    || "no idle connection gave an answer either way".to_owned(),
-                    |lower| format!(
-                        "no cut, but the longest silence tried was {}, short of --max-idle {}.",
+        _ => {
+            let tried = idle.cutoff_lower_seconds.map_or_else(
+                || "no idle connection gave an answer either way".to_owned(),
+                |lower| {
+                    format!(
+                        "no cut, but the longest silence that could be tried was {}, short of \
+                         --max-idle {}",
                         with_seconds(lower),
                         with_seconds(max_idle)
                     )
-                ),
-                server_note.unwrap_or_default()
-            ),
-        ),
+                },
+            );
+            let server = idle
+                .server_idle_limit_seconds
+                .map_or_else(String::new, |limit| {
+                    format!(
+                        ": the server itself ends sessions silent for about {} (a server with \
+                     longer timeouts can test longer silences)",
+                        with_seconds(limit)
+                    )
+                });
+            Row::new(
+                Check::IdleCutoff,
+                Status::CouldNotTell,
+                format!("{tried}{server}."),
+            )
+        }
     }
 }
 
+/// How a path cuts, as the end of "cut ...".
 fn signature_words(signature: Signature) -> &'static str {
     match signature {
-        Signature::Reset => "RST (reset)",
-        Signature::Blackhole => "silence: later segments go unanswered (blackhole)",
-        Signature::Icmp => "ICMP unreachable errors (icmp)",
+        Signature::Reset => "with a RST (reset)",
+        Signature::Blackhole => "silently: later segments go unanswered (blackhole)",
+        Signature::Icmp => "with ICMP unreachable errors (icmp)",
     }
 }
 
@@ -484,15 +489,24 @@ async fn keepalive_row(
         idle.recommended_keepalive_seconds,
         idle.cutoff_upper_seconds,
     ) else {
-        let detail = if idle.cutoff_upper_seconds.is_none() {
-            "no cut-off found: no keepalive needed for silences up to --max-idle"
+        let (status, detail) = if idle.cutoff_upper_seconds.is_some() {
+            (
+                Status::CouldNotTell,
+                "no keepalive interval to try: the path cuts even the shortest silence tried",
+            )
+        } else if idle
+            .cutoff_lower_seconds
+            .is_some_and(|lower| lower >= settings.max_idle.as_secs_f64() * 0.999)
+        {
+            (
+                Status::Pass,
+                "no keepalive needed: no cut within --max-idle",
+            )
         } else {
-            "no keepalive interval to try: the path cuts even the shortest silence tried"
-        };
-        let status = if idle.cutoff_upper_seconds.is_none() {
-            Status::Pass
-        } else {
-            Status::CouldNotTell
+            (
+                Status::CouldNotTell,
+                "no cut-off found to recommend a keepalive for",
+            )
         };
         return Row::new(Check::Keepalive, status, detail);
     };
@@ -525,24 +539,24 @@ async fn keepalive_row(
     )
     .await;
     let what = format!(
-        "with TCP keepalive every {} (recommended: {} of the cut-off's lower bound), a \
-         connection silent for {}",
+        "recommended: TCP keepalive or NOOP every {} ({KEEPALIVE_SHARE} of the cut-off's lower \
+         bound); with TCP keepalive at that interval, a connection silent for {} (past the \
+         cut-off)",
         with_seconds(interval),
-        KEEPALIVE_SHARE,
         with_seconds(silence)
     );
     match result.outcome {
         Outcome::Survived => Row::new(
             Check::Keepalive,
             Status::Pass,
-            format!("{what} still answered NOOP: keepalives at that interval keep it open"),
+            format!("{what} still answered NOOP."),
         ),
         Outcome::Cut { signature } => Row::new(
             Check::Keepalive,
             Status::Fail,
             format!(
-                "{what} was cut anyway after {} (by {}): the path ignores keepalive probes; use \
-                 NOOP every {} instead",
+                "{what} was cut anyway after {}, {}: the path ignores TCP keepalive probes, \
+                 so use NOOP every {} instead",
                 with_seconds(result.idle_seconds),
                 signature_words(signature),
                 with_seconds(interval)

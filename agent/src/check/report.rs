@@ -173,7 +173,7 @@ impl Report {
         let indent = " ".repeat(PORT + CHECK + RESULT);
         for port in &self.ports {
             for row in &port.rows {
-                let mut lines = wrap(&row.detail, 90).into_iter();
+                let mut lines = wrap(&row.detail, 76).into_iter();
                 let _ = writeln!(
                     out,
                     "{:<PORT$}{:<CHECK$}{:<RESULT$}{}",
