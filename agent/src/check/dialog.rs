@@ -4,6 +4,8 @@
 
 use std::{io, time::Duration};
 
+use tokio::time::Instant;
+
 use serde::Serialize;
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader,
@@ -66,8 +68,11 @@ pub enum DialogError {
 pub struct Dialog<S> {
     reader: BufReader<S>,
     pub protocol: Protocol,
-    /// How long to wait for each answer.
+    /// How long to wait for each answer, all its lines together: a server that trickles
+    /// bytes cannot hold a check longer than that.
     pub timeout: Duration,
+    /// When the answer being read is due.
+    due: Instant,
     next_tag: u32,
 }
 
@@ -89,6 +94,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
     /// Reads the greeting and tells the protocol from it.
     pub async fn greet(stream: S, timeout: Duration) -> Result<(Self, String), DialogError> {
         let mut reader = BufReader::new(stream);
+        let due = Instant::now() + timeout;
         let first = read_line(&mut reader, timeout).await?;
         let protocol = Protocol::of_greeting(&first).ok_or_else(|| {
             DialogError::Protocol(format!(
@@ -100,12 +106,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
             reader,
             protocol,
             timeout,
+            due,
             next_tag: 1,
         };
         let mut greeting = first;
         // A multi-line SMTP greeting (220-...): the rest of it.
+        let mut lines = 1;
         while protocol == Protocol::Smtp && greeting.as_bytes().get(3) == Some(&b'-') {
             greeting = dialog.line().await?;
+            lines += 1;
+            if lines > MAX_LINES {
+                return Err(DialogError::Protocol("an endless greeting".to_owned()));
+            }
         }
         if greeting.starts_with("* BYE")
             || (protocol == Protocol::Smtp && !greeting.starts_with("220"))
@@ -124,12 +136,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
             reader: BufReader::new(stream),
             protocol,
             timeout,
+            due: Instant::now() + timeout,
             next_tag,
         }
     }
 
+    /// The next line of the answer being read, if it comes before the answer is due.
     async fn line(&mut self) -> Result<String, DialogError> {
-        read_line(&mut self.reader, self.timeout).await
+        let left = self.due.saturating_duration_since(Instant::now());
+        read_line(&mut self.reader, left)
+            .await
+            .map_err(|err| match err {
+                DialogError::Timeout(_) => DialogError::Timeout(self.timeout),
+                other => other,
+            })
     }
 
     /// Sends one command and reads its whole answer. IMAP commands get a tag here.
@@ -142,6 +162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
         };
         self.reader.get_mut().write_all(wire.as_bytes()).await?;
         self.reader.get_mut().flush().await?;
+        self.due = Instant::now() + self.timeout;
         let mut lines = Vec::new();
         loop {
             let line = self.line().await?;
