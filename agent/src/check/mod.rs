@@ -10,6 +10,7 @@
 mod dialog;
 mod idle;
 mod negotiate;
+mod probe;
 mod reach;
 mod report;
 mod tls;
@@ -266,4 +267,44 @@ async fn check_port(addr: SocketAddr, args: &CheckArgs, idle: &IdleSettings) -> 
         report.rows.push(keepalive_row);
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(text: &str) -> (String, Option<u16>) {
+        let target = parse_target(text).unwrap();
+        (target.host, target.port)
+    }
+
+    #[test]
+    fn targets_with_and_without_ports() {
+        assert_eq!(
+            target("mail.example.net"),
+            ("mail.example.net".into(), None)
+        );
+        assert_eq!(
+            target("mail.example.net:587"),
+            ("mail.example.net".into(), Some(587))
+        );
+        assert_eq!(target("192.0.2.7:143"), ("192.0.2.7".into(), Some(143)));
+        assert_eq!(target("2001:db8::7"), ("2001:db8::7".into(), None));
+        assert_eq!(
+            target("[2001:db8::7]:143"),
+            ("2001:db8::7".into(), Some(143))
+        );
+        assert_eq!(target("[2001:db8::7]"), ("2001:db8::7".into(), None));
+        for bad in [
+            "host:0",
+            "host:imap",
+            "[2001:db8::7",
+            "[::1]143",
+            "",
+            ":143",
+            "a b",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
 }
