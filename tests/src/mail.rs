@@ -196,8 +196,9 @@ impl Drop for Server {
     }
 }
 
-/// Dovecot serving IMAP on `address`:143, STARTTLS with `cert`, nothing else.
-pub fn dovecot(ns: &Netns, address: &str, cert: &Certificate) -> Server {
+/// Dovecot serving IMAP on port 143 of `addresses` (IPv4 or IPv6), STARTTLS with `cert`,
+/// nothing else.
+pub fn dovecot(ns: &Netns, addresses: &[&str], cert: &Certificate) -> Server {
     let dir = TempDir::new("dovecot");
     for sub in ["run", "state", "home"] {
         std::fs::create_dir_all(dir.join(sub)).expect("dovecot dirs");
@@ -207,12 +208,13 @@ pub fn dovecot(ns: &Netns, address: &str, cert: &Certificate) -> Server {
         "dovecot.conf",
         &format!(
             "base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
-             protocols = imap\nlisten = {address}\n\
+             protocols = imap\nlisten = {listen}\n\
              ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n\
              disable_plaintext_auth = yes\n\
              passdb {{\n  driver = static\n  args = password=unused\n}}\n\
              userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={home}\n}}\n\
              service imap-login {{\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n",
+            listen = addresses.join(", "),
             run = path_str(&dir.join("run")),
             state = path_str(&dir.join("state")),
             home = path_str(&dir.join("home")),
@@ -223,15 +225,15 @@ pub fn dovecot(ns: &Netns, address: &str, cert: &Certificate) -> Server {
     );
     let config = path_str(&config).to_owned();
     Server::spawn(ns, "dovecot", "dovecot", &["-F", "-c", &config], dir, log)
-        .wait_ready(ns, &format!("{address}:143"))
+        .wait_ready(ns, &socket_address(addresses, 143))
 }
 
-/// Postfix serving Submission on `address`:587 as `hostname` (its greeting names it),
+/// Postfix serving Submission on port 587 of `addresses` as `hostname` (its greeting names it),
 /// STARTTLS with `cert`, and `extra` lines of main.cf. Its master runs in the foreground from
 /// a private configuration and queue directory, so several instances can run at once.
 pub fn postfix(
     ns: &Netns,
-    address: &str,
+    addresses: &[&str],
     hostname: &str,
     cert: &Certificate,
     extra: &str,
@@ -251,11 +253,12 @@ pub fn postfix(
             // would wait for its timeout.
             "compatibility_level = 3.6\nqueue_directory = {spool}\ndata_directory = {data}\n\
              mail_owner = postfix\nsetgid_group = postdrop\nmyhostname = {hostname}\n\
-             mydestination =\ninet_interfaces = {address}\ninet_protocols = ipv4\n\
+             mydestination =\ninet_interfaces = {interfaces}\ninet_protocols = all\n\
              maillog_file_prefixes = {root}\nmaillog_file = {log}\n\
              smtpd_tls_cert_file = {cert}\nsmtpd_tls_key_file = {key}\n\
              smtpd_tls_security_level = may\n\
              smtpd_peername_lookup = no\n{extra}\n",
+            interfaces = addresses.join(", "),
             spool = path_str(&dir.join("spool")),
             data = path_str(&data),
             root = path_str(&dir.path),
@@ -288,7 +291,17 @@ pub fn postfix(
     let daemons = sh("postconf", &["-dh", "daemon_directory"]);
     let master = format!("{}/master", daemons.trim());
     Server::spawn(ns, "postfix", &master, &["-c", &etc, "-d"], dir, log)
-        .wait_ready(ns, &format!("{address}:587"))
+        .wait_ready(ns, &socket_address(addresses, 587))
+}
+
+/// `port` on the first of `addresses`, as a socket address.
+fn socket_address(addresses: &[&str], port: u16) -> String {
+    let address = addresses.first().expect("at least one address");
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 /// A transparent relay, as a meddling firewall runs one: connections to `listen` (in `ns`) are

@@ -43,9 +43,10 @@ impl Site {
         let net = Topology::new();
         let certs = TempDir::new("certs");
         let cert = Certificate::generate(&certs, "mail.test");
-        let server = net.server_v4();
-        let imap = mail::dovecot(&net.server, &server, &cert);
-        let submission = mail::postfix(&net.server, &server, "mail.test", &cert, postfix_extra);
+        let (v4, v6) = (net.server_v4(), net.server_v6());
+        let addresses = [v4.as_str(), v6.as_str()];
+        let imap = mail::dovecot(&net.server, &addresses, &cert);
+        let submission = mail::postfix(&net.server, &addresses, "mail.test", &cert, postfix_extra);
         Self {
             net,
             certs,
@@ -162,6 +163,16 @@ fn a_compliant_path_passes_every_check() {
     }
     assert_eq!(port_report(&report, 143)["protocol"], "imap");
     assert_eq!(port_report(&report, 587)["protocol"], "smtp");
+    // The same over IPv6 (the SMTP session greets with an IPv6 address literal).
+    let target = format!("[{}]", site.net.server_v6());
+    let run = site.check_target(&target, &["--max-idle", "0s", "--json"]);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    for port in [143, 587] {
+        for check in ["reachability", "identity", "extensions"] {
+            assert_eq!(status(&report, port, check), "pass", "{check} on [{port}]");
+        }
+    }
     drop(site.certs);
 }
 
@@ -314,7 +325,13 @@ fn a_router_that_redirects_submission_to_another_server_is_interception() {
         &["addr", "add", &format!("{other}/24"), "dev", "eth0"],
     );
     let other_cert = Certificate::generate(&site.certs, "mail.test");
-    let _other = mail::postfix(&site.net.server, &other, "smtp.hotel.test", &other_cert, "");
+    let _other = mail::postfix(
+        &site.net.server,
+        &[&other],
+        "smtp.hotel.test",
+        &other_cert,
+        "",
+    );
     site.net.router.nft(&format!(
         "table ip nat {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {} tcp dport 587 dnat to {other}\n }}\n}}\n",
         site.net.server_v4()
