@@ -324,7 +324,8 @@ fn a_router_that_redirects_submission_to_another_server_is_interception() {
         "ip",
         &["addr", "add", &format!("{other}/24"), "dev", "eth0"],
     );
-    let other_cert = Certificate::generate(&site.certs, "mail.test");
+    let other_certs = TempDir::new("certs");
+    let other_cert = Certificate::generate(&other_certs, "mail.test");
     let _other = mail::postfix(
         &site.net.server,
         &[&other],
@@ -332,6 +333,27 @@ fn a_router_that_redirects_submission_to_another_server_is_interception() {
         &other_cert,
         "",
     );
+    // A first run, before the redirect, records the real server's certificates.
+    let known = site.certs.join("known-certs.json");
+    let known = known.to_str().expect("UTF-8 path");
+    let server = site.net.server_v4();
+    let tofu = [
+        server.as_str(),
+        "--known-certs",
+        known,
+        "--max-idle",
+        "0s",
+        "--json",
+    ];
+    let run = mail::run_check(&site.net.client, &tofu);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    for port in [143, 587] {
+        let why = detail(&report, port, "identity");
+        assert!(why.contains("recorded in"), "{why}");
+    }
+    let recorded = std::fs::read_to_string(known).expect("the record");
+    assert!(recorded.contains(&site.cert.sha256), "{recorded}");
     site.net.router.nft(&format!(
         "table ip nat {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {} tcp dport 587 dnat to {other}\n }}\n}}\n",
         site.net.server_v4()
@@ -344,6 +366,16 @@ fn a_router_that_redirects_submission_to_another_server_is_interception() {
     let why = detail(&report, 587, "identity");
     assert!(why.contains("interception"), "{why}");
     assert!(why.contains(&other_cert.sha256), "{why}");
+    // The record of the first run catches it too, without --expect-cert.
+    let run = mail::run_check(&site.net.client, &tofu);
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(status(&report, 143, "identity"), "pass");
+    let why = detail(&report, 587, "identity");
+    assert!(
+        why.contains("not the one recorded on an earlier run") && why.contains("interception"),
+        "{why}"
+    );
     // Without a pinned certificate, the greeting can give it away too.
     let run = mail::run_check(
         &site.net.client,

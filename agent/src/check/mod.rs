@@ -9,6 +9,7 @@
 
 mod dialog;
 mod idle;
+mod known;
 mod negotiate;
 mod probe;
 mod reach;
@@ -22,6 +23,7 @@ use anyhow::Context as _;
 use self::{
     dialog::{Dialog, truncate},
     idle::IdleSettings,
+    known::KnownCerts,
     report::{Check, PortReport, Report, Status},
     tls::Fingerprint,
 };
@@ -53,6 +55,10 @@ pub struct CheckArgs {
     /// The SHA-256 fingerprint of the server's certificate: any other one is interception
     #[arg(long, value_name = "SHA256", value_parser = Fingerprint::parse)]
     expect_cert: Option<Fingerprint>,
+    /// A file of the certificates earlier runs saw (JSON): a new target's is recorded, a
+    /// different one later is interception (trust on first use)
+    #[arg(long, value_name = "FILE")]
+    known_certs: Option<std::path::PathBuf>,
     /// Text the greeting must contain (such as the server's name): any other is interception
     #[arg(long, value_name = "TEXT")]
     expect_greeting: Option<String>,
@@ -135,7 +141,22 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let report = runtime.block_on(check(Arc::new(args.clone())))?;
+    let known = match args
+        .known_certs
+        .as_deref()
+        .map(KnownCerts::load)
+        .transpose()
+    {
+        Ok(known) => known,
+        Err(err) => {
+            eprintln!("idlecut: error: {err:#}");
+            return Ok(2);
+        }
+    };
+    let (report, known) = runtime.block_on(check(Arc::new(args.clone()), known))?;
+    if let Some(known) = known {
+        known.save()?;
+    }
     if args.json {
         println!(
             "{}",
@@ -147,7 +168,12 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
     Ok(report.exit_code())
 }
 
-async fn check(args: Arc<CheckArgs>) -> anyhow::Result<Report> {
+/// Checks every port at once. Returns the report, and the record of known certificates with
+/// what this run learned when it learned something.
+async fn check(
+    args: Arc<CheckArgs>,
+    mut known: Option<KnownCerts>,
+) -> anyhow::Result<(Report, Option<KnownCerts>)> {
     let mut ports: Vec<u16> = match args.target.port {
         Some(port) => vec![port],
         None => DEFAULT_PORTS.to_vec(),
@@ -179,8 +205,10 @@ async fn check(args: Arc<CheckArgs>) -> anyhow::Result<Report> {
     let mut tasks = tokio::task::JoinSet::new();
     for (index, &port) in ports.iter().enumerate() {
         let (args, idle) = (args.clone(), idle.clone());
+        let recorded = known.as_ref().and_then(|known| known.get(host, port));
         tasks.spawn(async move {
-            let report = check_port(SocketAddr::new(address, port), &args, &idle).await;
+            let addr = SocketAddr::new(address, port);
+            let report = check_port(addr, &args, &idle, recorded).await;
             (index, report)
         });
     }
@@ -189,8 +217,16 @@ async fn check(args: Arc<CheckArgs>) -> anyhow::Result<Report> {
         reports.push(joined.context("a port's check stopped")?);
     }
     reports.sort_by_key(|(index, _)| *index);
-    let reports = reports.into_iter().map(|(_, report)| report).collect();
-    Ok(Report::new(
+    let reports: Vec<PortReport> = reports.into_iter().map(|(_, report)| report).collect();
+    let mut learned = false;
+    if let Some(known) = &mut known {
+        for report in &reports {
+            if let Some(certificate) = &report.certificate {
+                learned |= known.learn(host, report.port, certificate.sha256);
+            }
+        }
+    }
+    let report = Report::new(
         if host == address.to_string() {
             host.to_owned()
         } else {
@@ -199,10 +235,16 @@ async fn check(args: Arc<CheckArgs>) -> anyhow::Result<Report> {
         args.max_idle.as_secs_f64(),
         precision.as_secs_f64(),
         reports,
-    ))
+    );
+    Ok((report, known.filter(|_| learned)))
 }
 
-async fn check_port(addr: SocketAddr, args: &CheckArgs, idle: &IdleSettings) -> PortReport {
+async fn check_port(
+    addr: SocketAddr,
+    args: &CheckArgs,
+    idle: &IdleSettings,
+    recorded: Option<Fingerprint>,
+) -> PortReport {
     let mut report = PortReport::new(addr);
     let progress = Progress {
         prefix: format!("idlecut check: {}: ", addr.port()),
@@ -255,7 +297,7 @@ async fn check_port(addr: SocketAddr, args: &CheckArgs, idle: &IdleSettings) -> 
     report.capabilities = session.capabilities.clone();
     report.capabilities_tls = session.capabilities_tls.clone();
     report.certificate = session.certificate.clone();
-    let (status, detail) = negotiate::identity(&session, &greeting, args);
+    let (status, detail) = negotiate::identity(&session, &greeting, args, recorded);
     report.row(Check::Identity, status, detail);
     let (status, detail) = negotiate::extensions(&session, protocol, &args.capabilities);
     report.row(Check::Extensions, status, detail);

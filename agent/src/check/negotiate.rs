@@ -15,7 +15,7 @@ use super::{
     CheckArgs,
     dialog::{Dialog, Protocol, truncate},
     report::Status,
-    tls::{self, Certificate},
+    tls::{self, Certificate, Fingerprint},
 };
 
 /// What the negotiation showed.
@@ -90,7 +90,12 @@ async fn quit<S: AsyncRead + AsyncWrite + Unpin>(mut dialog: Dialog<S>) {
 }
 
 /// Whether the server answering is the expected one.
-pub fn identity(session: &Session, greeting: &str, args: &CheckArgs) -> (Status, String) {
+pub fn identity(
+    session: &Session,
+    greeting: &str,
+    args: &CheckArgs,
+    recorded: Option<Fingerprint>,
+) -> (Status, String) {
     let mut facts = vec![format!("greeting \"{}\"", truncate(greeting))];
     let mut problems = Vec::new();
     let mut unsure = Vec::new();
@@ -108,33 +113,52 @@ pub fn identity(session: &Session, greeting: &str, args: &CheckArgs) -> (Status,
         Some(Err(why)) => why.clone(),
         _ => "no TLS session".to_owned(),
     };
-    match (&args.expect_cert, &session.certificate) {
-        (Some(expected), Some(certificate)) if certificate.sha256 == *expected => {
-            facts.push(format!(
-                "certificate sha256 {} is the expected one",
-                certificate.sha256
-            ));
+    // A pin given now wins over one recorded by an earlier run.
+    let pinned = args
+        .expect_cert
+        .map(|pin| (pin, "the expected one", "--expect-cert".to_owned()))
+        .or_else(|| {
+            recorded.map(|pin| {
+                (
+                    pin,
+                    "the one recorded on an earlier run",
+                    known_certs_file(args),
+                )
+            })
+        });
+    match (pinned, &session.certificate) {
+        (Some((pin, what, _)), Some(certificate)) if certificate.sha256 == pin => {
+            facts.push(format!("certificate sha256 {pin} is {what}"));
         }
-        (Some(expected), Some(certificate)) => problems.push(format!(
-            "the certificate presented has sha256 {}, not the expected {expected}: something \
-             on the path answers in the server's place (interception)",
+        (Some((pin, what, source)), Some(certificate)) => problems.push(format!(
+            "the certificate presented has sha256 {}, not {what} ({pin}, from {source}): \
+             something on the path answers in the server's place (interception), unless the \
+             server changed its certificate",
             certificate.sha256
         )),
-        (Some(_), None) => unsure.push(format!(
-            "no certificate to compare with --expect-cert: {}",
+        (Some((_, _, source)), None) => unsure.push(format!(
+            "no certificate to compare with {source}: {}",
             no_tls()
         )),
-        (None, Some(certificate)) => match &certificate.chain_problem {
-            None => facts.push(format!(
-                "certificate valid for {} (sha256 {})",
-                args.target.host, certificate.sha256
-            )),
-            Some(why) => unsure.push(format!(
-                "certificate sha256 {} does not verify against this host's CAs ({why}); pin it \
-                 with --expect-cert to check the server's identity",
-                certificate.sha256
-            )),
-        },
+        (None, Some(certificate)) => {
+            match &certificate.chain_problem {
+                None => facts.push(format!(
+                    "certificate valid for {} (sha256 {})",
+                    args.target.host, certificate.sha256
+                )),
+                Some(why) => unsure.push(format!(
+                    "certificate sha256 {} does not verify against this host's CAs ({why}); \
+                     pin it with --expect-cert or --known-certs to check the server's identity",
+                    certificate.sha256
+                )),
+            }
+            if args.known_certs.is_some() {
+                facts.push(format!(
+                    "certificate recorded in {} for later runs",
+                    known_certs_file(args)
+                ));
+            }
+        }
         (None, None) => unsure.push(format!(
             "no certificate ({}), and a greeting alone proves nothing",
             no_tls()
@@ -150,6 +174,12 @@ pub fn identity(session: &Session, greeting: &str, args: &CheckArgs) -> (Status,
     facts.extend(problems);
     facts.extend(unsure);
     (status, sentences(&facts))
+}
+
+fn known_certs_file(args: &CheckArgs) -> String {
+    args.known_certs
+        .as_ref()
+        .map_or_else(String::new, |path| path.display().to_string())
 }
 
 /// Whether extension negotiation came through intact.
