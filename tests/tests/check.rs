@@ -62,6 +62,13 @@ impl Site {
         self.check_target(&self.net.server_v4(), args)
     }
 
+    /// A credentials file for `idlecut check --credentials`: user `checker`, `password`.
+    fn credentials(&self, password: &str) -> String {
+        let path = self.certs.join(&format!("credentials-{password}"));
+        std::fs::write(&path, format!("checker\n{password}\n")).expect("credentials file");
+        path.to_str().expect("UTF-8 path").to_owned()
+    }
+
     fn check_target(&self, target: &str, args: &[&str]) -> CheckRun {
         let mut all = vec![target, "--expect-cert", &self.cert.sha256];
         all.extend(FAST);
@@ -163,6 +170,18 @@ fn a_compliant_path_passes_every_check() {
     }
     assert_eq!(port_report(&report, 143)["protocol"], "imap");
     assert_eq!(port_report(&report, 587)["protocol"], "smtp");
+    // A wrong password: the idle sessions cannot log in, and the row says so.
+    let credentials = site.credentials("wrong");
+    let target = format!("{}:143", site.net.server_v4());
+    let run = site.check_target(
+        &target,
+        &["--credentials", &credentials, "--max-idle", "2s", "--json"],
+    );
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(status(&report, 143, "idle_cutoff"), "could_not_tell");
+    let why = detail(&report, 143, "idle_cutoff");
+    assert!(why.contains("LOGIN as checker failed"), "{why}");
     // The same over IPv6 (the SMTP session greets with an IPv6 address literal).
     let target = format!("[{}]", site.net.server_v6());
     let run = site.check_target(&target, &["--max-idle", "0s", "--json"]);
@@ -261,13 +280,45 @@ fn cutting_table() {
     );
 }
 
+/// IMAP sessions that log in first (a server allows them longer silences) find the same
+/// cut-off, over TLS.
+fn cutting_logged_in() {
+    let site = cutting_site("ct state invalid reject with tcp reset");
+    let credentials = site.credentials(mail::IMAP_PASSWORD);
+    let target = format!("{}:143", site.net.server_v4());
+    let run = site.check_target(
+        &target,
+        &[
+            "--credentials",
+            &credentials,
+            "--max-idle",
+            "20s",
+            "--precision",
+            "1s",
+            "--json",
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    let idle = &port_report(&report, 143)["idle"];
+    assert_eq!(idle["session"], "logged_in", "{idle:#}");
+    assert_eq!(idle["signature"], "reset", "{idle:#}");
+    let lower = idle["cutoff_lower_seconds"].as_f64().expect("lower bound");
+    let upper = idle["cutoff_upper_seconds"].as_f64().expect("upper bound");
+    assert!(
+        lower - SLACK_S < CUT_AFTER_S && CUT_AFTER_S <= upper + SLACK_S,
+        "({lower}, {upper}] does not hold {CUT_AFTER_S} s"
+    );
+    assert!(run.stderr.contains("log in as checker"), "{}", run.stderr);
+}
+
 #[test]
 fn idle_cutoffs_are_found_with_their_signature() {
     if !require_root() {
         return;
     }
-    // Four middleboxes at once: the search takes as long as its longest silence, not CPU.
-    let scenarios: [fn(); 4] = [
+    // Five middleboxes at once: the search takes as long as its longest silence, not CPU.
+    let scenarios: [fn(); 5] = [
         || cutting_scenario("ct state invalid drop", "blackhole"),
         || cutting_scenario("ct state invalid reject with tcp reset", "reset"),
         || {
@@ -277,6 +328,7 @@ fn idle_cutoffs_are_found_with_their_signature() {
             );
         },
         cutting_table,
+        cutting_logged_in,
     ];
     let runs: Vec<_> = scenarios.into_iter().map(thread::spawn).collect();
     for run in runs {

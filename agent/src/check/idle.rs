@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use super::{
     Progress,
     dialog::Protocol,
+    login::Credentials,
     probe::{Outcome, Probe, describe, probe},
     report::{Check, Row, Status},
 };
@@ -42,6 +43,10 @@ pub struct IdleSettings {
     /// How long an answer (or the acknowledgement of sent data) may take.
     pub answer_timeout: Duration,
     pub req5_threshold: Duration,
+    /// IMAP sessions log in with these, to be allowed longer silences.
+    pub credentials: Option<Arc<Credentials>>,
+    /// The name the TLS handshake asks for (the target).
+    pub server_name: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -56,8 +61,17 @@ pub struct IdleReport {
     pub recommended_keepalive_seconds: Option<f64>,
     /// The longest silence the server itself allows, when it ended one.
     pub server_idle_limit_seconds: Option<f64>,
+    /// Whether the idle sessions were only greeted, or logged in.
+    pub session: Session,
     pub connections: usize,
     pub probes: Vec<Probe>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Session {
+    Greeted,
+    LoggedIn,
 }
 
 /// The silences to try next, in seconds. With the cut-off's upper bound unknown, the whole
@@ -130,6 +144,16 @@ pub async fn search(
     });
     let max_idle = settings.max_idle.as_secs_f64();
     let precision = settings.precision.as_secs_f64();
+    let session = match &settings.credentials {
+        Some(credentials) if protocol == Protocol::Imap => {
+            progress.note(&format!(
+                "idle connections log in as {} first",
+                credentials.user
+            ));
+            Session::LoggedIn
+        }
+        _ => Session::Greeted,
+    };
     let mut cap = max_idle;
     let mut server_limit: Option<f64> = None;
     let mut probes: Vec<Probe> = Vec::new();
@@ -227,6 +251,7 @@ pub async fn search(
         explanation: report.map(|r| r.explanation).unwrap_or_default(),
         recommended_keepalive_seconds: recommended,
         server_idle_limit_seconds: server_limit,
+        session,
         connections: probes.len(),
         probes,
     };
@@ -313,7 +338,16 @@ fn idle_row(idle: &IdleReport, max_idle: f64, precision: f64) -> Row {
         }
         _ => {
             let tried = idle.cutoff_lower_seconds.map_or_else(
-                || "no idle connection gave an answer either way".to_owned(),
+                || {
+                    let first = idle.probes.iter().find_map(|probe| match &probe.outcome {
+                        Outcome::Inconclusive { reason } => Some(reason.as_str()),
+                        _ => None,
+                    });
+                    format!(
+                        "no idle connection gave an answer either way{}",
+                        first.map_or_else(String::new, |reason| format!(" ({reason})"))
+                    )
+                },
                 |lower| {
                     format!(
                         "no cut, but the longest silence that could be tried was {}, short of \

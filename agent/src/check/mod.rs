@@ -10,6 +10,7 @@
 mod dialog;
 mod idle;
 mod known;
+mod login;
 mod negotiate;
 mod probe;
 mod reach;
@@ -24,6 +25,7 @@ use self::{
     dialog::{Dialog, truncate},
     idle::IdleSettings,
     known::KnownCerts,
+    login::Credentials,
     report::{Check, PortReport, Report, Status},
     tls::Fingerprint,
 };
@@ -55,6 +57,11 @@ pub struct CheckArgs {
     /// The SHA-256 fingerprint of the server's certificate: any other one is interception
     #[arg(long, value_name = "SHA256", value_parser = Fingerprint::parse)]
     expect_cert: Option<Fingerprint>,
+    /// A file with an IMAP user name (first line) and password (second), so that idle IMAP
+    /// sessions log in and may stay silent longer; or set IDLECUT_CHECK_USER and
+    /// IDLECUT_CHECK_PASSWORD
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<std::path::PathBuf>,
     /// A file of the certificates earlier runs saw (JSON): a new target's is recorded, a
     /// different one later is interception (trust on first use)
     #[arg(long, value_name = "FILE")]
@@ -141,19 +148,21 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let known = match args
+    let loaded = args
         .known_certs
         .as_deref()
         .map(KnownCerts::load)
         .transpose()
-    {
-        Ok(known) => known,
+        .and_then(|known| Ok((known, Credentials::load(args.credentials.as_deref())?)));
+    let (known, credentials) = match loaded {
+        Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("idlecut: error: {err:#}");
             return Ok(2);
         }
     };
-    let (report, known) = runtime.block_on(check(Arc::new(args.clone()), known))?;
+    let shared = Arc::new(args.clone());
+    let (report, known) = runtime.block_on(check(shared, known, credentials.map(Arc::new)))?;
     if let Some(known) = known {
         known.save()?;
     }
@@ -173,6 +182,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
 async fn check(
     args: Arc<CheckArgs>,
     mut known: Option<KnownCerts>,
+    credentials: Option<Arc<Credentials>>,
 ) -> anyhow::Result<(Report, Option<KnownCerts>)> {
     let mut ports: Vec<u16> = match args.target.port {
         Some(port) => vec![port],
@@ -201,6 +211,8 @@ async fn check(
         connect_timeout: args.connect_timeout,
         answer_timeout: args.answer_timeout,
         req5_threshold: args.req5_threshold,
+        credentials,
+        server_name: host.to_owned(),
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (index, &port) in ports.iter().enumerate() {

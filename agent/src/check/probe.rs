@@ -7,12 +7,16 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_rustls::client::TlsStream;
 
 use super::{
-    dialog::{Dialog, DialogError},
+    dialog::{Dialog, DialogError, Protocol},
     idle::IdleSettings,
-    reach,
+    login, reach,
 };
 use crate::model::Signature;
 
@@ -40,8 +44,8 @@ pub struct Probe {
     pub outcome: Outcome,
 }
 
-/// Opens a connection, reads the greeting, stays silent for `idle` (with TCP keepalive every
-/// `keepalive` if given), then sends NOOP.
+/// Opens a connection, reads the greeting (and logs in, for IMAP with credentials), stays
+/// silent for `idle` (with TCP keepalive every `keepalive` if given), then sends NOOP.
 pub async fn probe(
     addr: SocketAddr,
     settings: &IdleSettings,
@@ -62,10 +66,45 @@ pub async fn probe(
     {
         return inconclusive(format!("cannot turn TCP keepalive on: {err}"));
     }
-    let mut dialog = match Dialog::greet(stream, settings.answer_timeout).await {
+    let dialog = match Dialog::greet(stream, settings.answer_timeout).await {
         Ok((dialog, _)) => dialog,
         Err(err) => return inconclusive(format!("no greeting: {err}")),
     };
+    match &settings.credentials {
+        Some(credentials) if dialog.protocol == Protocol::Imap => {
+            match login::log_in(dialog, credentials, &settings.server_name).await {
+                Ok(dialog) => silence_then_noop(dialog, settings, idle).await,
+                Err(reason) => inconclusive(reason),
+            }
+        }
+        _ => silence_then_noop(dialog, settings, idle).await,
+    }
+}
+
+/// The socket under a session, plain or TLS: its kernel state tells a black hole.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Stays silent for `idle`, unless the server or the path ends the silence first, then sends
+/// NOOP.
+async fn silence_then_noop<S: Socket>(
+    mut dialog: Dialog<S>,
+    settings: &IdleSettings,
+    idle: Duration,
+) -> Probe {
     let silent_since = Instant::now();
     let since = || silent_since.elapsed().as_secs_f64();
     if let Some(ended) = dialog.wait_silent(idle).await {
@@ -75,7 +114,7 @@ pub async fn probe(
             Err(DialogError::Closed) => Outcome::ServerSpoke {
                 line: "(closed the connection)".to_owned(),
             },
-            Err(err) => classify(&err, dialog.get_ref()),
+            Err(err) => classify(&err, dialog.get_ref().tcp()),
         };
         return Probe {
             idle_seconds,
@@ -89,7 +128,7 @@ pub async fn probe(
     let outcome = match dialog.noop().await {
         Ok(_) => Outcome::Survived,
         Err(DialogError::Protocol(line)) => Outcome::ServerSpoke { line },
-        Err(err) => classify(&err, dialog.get_ref()),
+        Err(err) => classify(&err, dialog.get_ref().tcp()),
     };
     Probe {
         idle_seconds,
