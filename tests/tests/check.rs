@@ -345,16 +345,33 @@ fn refused_dropped_and_unreachable_ports_are_told_apart() {
     }
     let site = Site::new();
     site.net.router_rules(
-        "tcp dport 587 ct state new drop\n  tcp dport 143 reject with icmpx type admin-prohibited",
+        "tcp dport 587 ct state new drop\n  \
+         tcp dport 143 reject with icmpx type admin-prohibited\n  \
+         tcp dport 110 reject with icmpx type port-unreachable",
     );
     // Nothing listens on 25: the server's own RST refuses it.
-    let run = site.check(&["--port", "25", "--max-idle", "0s", "--json"]);
+    let run = site.check(&[
+        "--port",
+        "25",
+        "--port",
+        "110",
+        "--max-idle",
+        "0s",
+        "--json",
+    ]);
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     let report = run.json();
     for (port, words) in [
-        (143, "an ICMP error answered the SYN"),
+        (
+            143,
+            "an ICMP error answered the SYN: ICMP type 3 code 13 (communication administratively prohibited)",
+        ),
         (587, "no answer to the SYN within 2 s"),
-        (25, "refused"),
+        (25, "refused: a RST answered the SYN"),
+        (
+            110,
+            "an ICMP error answered the SYN: ICMP type 3 code 3 (port unreachable)",
+        ),
     ] {
         assert_eq!(status(&report, port, "reachability"), "fail");
         let detail = detail(&report, port, "reachability");
