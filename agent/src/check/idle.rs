@@ -63,7 +63,9 @@ pub struct IdleReport {
     pub server_idle_limit_seconds: Option<f64>,
     /// Whether the idle sessions were only greeted, or logged in.
     pub session: Session,
+    /// Connections the search opened (the keepalive confirmation's not included).
     pub connections: usize,
+    /// The probes that finished (not those dropped at a round's first cut), shortest first.
     pub probes: Vec<Probe>,
 }
 
@@ -157,10 +159,12 @@ pub async fn search(
     let mut cap = max_idle;
     let mut server_limit: Option<f64> = None;
     let mut probes: Vec<Probe> = Vec::new();
+    // Connections opened, those of probes dropped at a round's first cut included.
+    let mut opened = 0;
     let mut round = 0;
     loop {
         let (lower, upper) = bounds(&inference, &key);
-        let remaining = settings.budget.saturating_sub(probes.len());
+        let remaining = settings.budget.saturating_sub(opened);
         let times = plan(
             lower,
             upper,
@@ -172,6 +176,7 @@ pub async fn search(
             break;
         }
         round += 1;
+        opened += times.len();
         progress.note(&format!(
             "idle round {round}: {} connection{} silent for {} (longest {}); this takes {}",
             times.len(),
@@ -252,7 +257,7 @@ pub async fn search(
         recommended_keepalive_seconds: recommended,
         server_idle_limit_seconds: server_limit,
         session,
-        connections: probes.len(),
+        connections: opened,
         probes,
     };
     let idle_row = idle_row(&idle, max_idle, precision);

@@ -52,7 +52,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "DURATION", default_value = "2h5m", value_parser = config::parse_duration)]
     max_idle: Duration,
     /// How narrow the reported cut-off interval should be [default: --max-idle / 60, at least 1s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_precision)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_at_least_100ms)]
     precision: Option<Duration>,
     /// The SHA-256 fingerprint of the server's certificate: any other one is interception
     #[arg(long, value_name = "SHA256", value_parser = Fingerprint::parse)]
@@ -73,10 +73,10 @@ pub struct CheckArgs {
     #[arg(long = "capability", value_name = "NAME")]
     capabilities: Vec<String>,
     /// How long to wait for a connection to be accepted
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_precision)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_at_least_100ms)]
     connect_timeout: Duration,
     /// How long to wait for an answer (and for the path to acknowledge what was sent)
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_precision)]
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_at_least_100ms)]
     answer_timeout: Duration,
     /// The idle time RFC 5382 REQ-5 requires
     #[arg(long, value_name = "DURATION", default_value = "2h4m", value_parser = config::parse_req5_threshold)]
@@ -123,7 +123,7 @@ fn parse_target(text: &str) -> Result<Target, String> {
     })
 }
 
-fn parse_precision(text: &str) -> Result<Duration, String> {
+fn parse_at_least_100ms(text: &str) -> Result<Duration, String> {
     let duration = config::parse_duration(text)?;
     if duration < Duration::from_millis(100) {
         return Err(format!("`{text}` is too short (at least 100ms)"));
