@@ -23,8 +23,9 @@ use super::{
 use crate::{
     duration_text::with_seconds,
     inference::{Inference, Settings, Verdict},
-    model::{Identity, Role, Signature, Update},
+    model::{Identity, Update},
     paths::PathKey,
+    vocabulary::{Role, Signature},
 };
 
 /// Share of the cut-off's lower bound recommended as keepalive interval: room for a middlebox

@@ -18,7 +18,7 @@ use super::{
     idle::IdleSettings,
     login, reach,
 };
-use crate::model::Signature;
+use crate::vocabulary::Signature;
 
 /// How one idle connection ended.
 #[derive(Clone, Debug, PartialEq, Serialize)]

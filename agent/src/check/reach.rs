@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::model::Signature;
+use crate::vocabulary::Signature;
 
 /// Why a connect failed, as far as the errno tells.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
