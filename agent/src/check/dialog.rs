@@ -6,7 +6,6 @@ use std::{io, time::Duration};
 
 use tokio::time::Instant;
 
-use serde::Serialize;
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader,
 };
@@ -17,14 +16,9 @@ const MAX_LINE: u64 = 8192;
 /// Lines accepted in one answer, for the same reason.
 const MAX_LINES: usize = 200;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    Imap,
-    Smtp,
-}
+use crate::vocabulary::MailProtocol;
 
-impl Protocol {
+impl MailProtocol {
     /// The protocol a greeting speaks: IMAP greets with `* OK`, SMTP with `220`.
     pub fn of_greeting(line: &str) -> Option<Self> {
         if line.starts_with("* ") {
@@ -61,13 +55,13 @@ pub enum DialogError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("{0}")]
-    Protocol(String),
+    MailProtocol(String),
 }
 
 /// One line-oriented conversation with a mail server, over plain TCP or TLS.
 pub struct Dialog<S> {
     reader: BufReader<S>,
-    pub protocol: Protocol,
+    pub protocol: MailProtocol,
     /// How long to wait for each answer, all its lines together: a server that trickles
     /// bytes cannot hold a check longer than that.
     pub timeout: Duration,
@@ -96,8 +90,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
         let mut reader = BufReader::new(stream);
         let due = Instant::now() + timeout;
         let first = read_line(&mut reader, timeout).await?;
-        let protocol = Protocol::of_greeting(&first).ok_or_else(|| {
-            DialogError::Protocol(format!(
+        let protocol = MailProtocol::of_greeting(&first).ok_or_else(|| {
+            DialogError::MailProtocol(format!(
                 "the greeting is neither IMAP nor SMTP: {:?}",
                 truncate(&first)
             ))
@@ -112,17 +106,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
         let mut greeting = first;
         // A multi-line SMTP greeting (220-...): the rest of it.
         let mut lines = 1;
-        while protocol == Protocol::Smtp && greeting.as_bytes().get(3) == Some(&b'-') {
+        while protocol == MailProtocol::Smtp && greeting.as_bytes().get(3) == Some(&b'-') {
             greeting = dialog.line().await?;
             lines += 1;
             if lines > MAX_LINES {
-                return Err(DialogError::Protocol("an endless greeting".to_owned()));
+                return Err(DialogError::MailProtocol("an endless greeting".to_owned()));
             }
         }
         if greeting.starts_with("* BYE")
-            || (protocol == Protocol::Smtp && !greeting.starts_with("220"))
+            || (protocol == MailProtocol::Smtp && !greeting.starts_with("220"))
         {
-            return Err(DialogError::Protocol(format!(
+            return Err(DialogError::MailProtocol(format!(
                 "the server refuses the session: {}",
                 truncate(&greeting)
             )));
@@ -131,7 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
     }
 
     /// Continues a dialog over a new stream (after STARTTLS).
-    pub fn resume(stream: S, protocol: Protocol, timeout: Duration, next_tag: u32) -> Self {
+    pub fn resume(stream: S, protocol: MailProtocol, timeout: Duration, next_tag: u32) -> Self {
         Self {
             reader: BufReader::new(stream),
             protocol,
@@ -157,8 +151,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
         let tag = format!("a{}", self.next_tag);
         self.next_tag += 1;
         let wire = match self.protocol {
-            Protocol::Imap => format!("{tag} {command}\r\n"),
-            Protocol::Smtp => format!("{command}\r\n"),
+            MailProtocol::Imap => format!("{tag} {command}\r\n"),
+            MailProtocol::Smtp => format!("{command}\r\n"),
         };
         self.reader.get_mut().write_all(wire.as_bytes()).await?;
         self.reader.get_mut().flush().await?;
@@ -167,21 +161,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
         loop {
             let line = self.line().await?;
             let done = match self.protocol {
-                Protocol::Imap => line.starts_with(&format!("{tag} ")),
-                Protocol::Smtp => line.as_bytes().get(3) != Some(&b'-'),
+                MailProtocol::Imap => line.starts_with(&format!("{tag} ")),
+                MailProtocol::Smtp => line.as_bytes().get(3) != Some(&b'-'),
             };
-            let bye = self.protocol == Protocol::Imap && line.starts_with("* BYE");
+            let bye = self.protocol == MailProtocol::Imap && line.starts_with("* BYE");
             lines.push(line);
             if done {
                 let last = lines.last().map_or("", String::as_str);
                 let ok = match self.protocol {
-                    Protocol::Imap => last[tag.len()..].trim_start().starts_with("OK"),
-                    Protocol::Smtp => last.starts_with('2'),
+                    MailProtocol::Imap => last[tag.len()..].trim_start().starts_with("OK"),
+                    MailProtocol::Smtp => last.starts_with('2'),
                 };
                 return Ok(Answer { lines, ok });
             }
             if bye || lines.len() >= MAX_LINES {
-                return Err(DialogError::Protocol(format!(
+                return Err(DialogError::MailProtocol(format!(
                     "unexpected answer to {command}: {}",
                     truncate(lines.last().map_or("", String::as_str))
                 )));
@@ -193,17 +187,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
     /// parameters (`AUTH PLAIN LOGIN`), upper-cased.
     pub async fn capabilities(&mut self, ehlo_name: &str) -> Result<Vec<String>, DialogError> {
         let (command, answer) = match self.protocol {
-            Protocol::Imap => ("CAPABILITY", self.command("CAPABILITY").await?),
-            Protocol::Smtp => ("EHLO", self.command(&format!("EHLO {ehlo_name}")).await?),
+            MailProtocol::Imap => ("CAPABILITY", self.command("CAPABILITY").await?),
+            MailProtocol::Smtp => ("EHLO", self.command(&format!("EHLO {ehlo_name}")).await?),
         };
         if !answer.ok {
-            return Err(DialogError::Protocol(format!(
+            return Err(DialogError::MailProtocol(format!(
                 "{command} failed: {}",
                 truncate(answer.last())
             )));
         }
         Ok(match self.protocol {
-            Protocol::Imap => answer
+            MailProtocol::Imap => answer
                 .lines
                 .iter()
                 .filter_map(|line| line.strip_prefix("* CAPABILITY "))
@@ -211,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
                 .map(str::to_ascii_uppercase)
                 .collect(),
             // The first line names the server; each further one is a keyword and parameters.
-            Protocol::Smtp => answer
+            MailProtocol::Smtp => answer
                 .lines
                 .iter()
                 .skip(1)
@@ -239,7 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
             Err(err) => return Err((self, err)),
         };
         if !answer.ok {
-            let refused = DialogError::Protocol(format!(
+            let refused = DialogError::MailProtocol(format!(
                 "the server refused STARTTLS: {}",
                 truncate(answer.last())
             ));
@@ -248,7 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dialog<S> {
         // Bytes after the go-ahead and before the handshake would be a plaintext injection
         // (CVE-2011-0411 and its kin): never carry them into the TLS session.
         if !self.reader.buffer().is_empty() {
-            let injected = DialogError::Protocol(
+            let injected = DialogError::MailProtocol(
                 "data followed the STARTTLS go-ahead before the TLS handshake (a plaintext \
                  injection)"
                     .to_owned(),
@@ -293,7 +287,7 @@ async fn read_line_unbounded<R: AsyncRead + Unpin>(
         return Err(DialogError::Closed);
     }
     if line.last() != Some(&b'\n') {
-        return Err(DialogError::Protocol(
+        return Err(DialogError::MailProtocol(
             if u64::try_from(n).unwrap_or(u64::MAX) >= MAX_LINE {
                 format!("a line longer than {MAX_LINE} bytes")
             } else {
@@ -338,7 +332,7 @@ mod tests {
             b"* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\n* CAPABILITY IMAP4rev1 IDLE STARTTLS LOGINDISABLED\r\na1 OK Pre-login capabilities listed, post-login capabilities have more.\r\n",
         )
         .await;
-        assert_eq!(dialog.protocol, Protocol::Imap);
+        assert_eq!(dialog.protocol, MailProtocol::Imap);
         assert_eq!(
             dialog.capabilities("x").await.unwrap(),
             ["IMAP4REV1", "IDLE", "STARTTLS", "LOGINDISABLED"]
@@ -351,7 +345,7 @@ mod tests {
             b"220-mail.example.net ESMTP\r\n220 more greeting\r\n250-mail.example.net\r\n250-PIPELINING\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS\r\n",
         )
         .await;
-        assert_eq!(dialog.protocol, Protocol::Smtp);
+        assert_eq!(dialog.protocol, MailProtocol::Smtp);
         assert_eq!(
             dialog.capabilities("[127.0.0.1]").await.unwrap(),
             ["PIPELINING", "AUTH PLAIN LOGIN", "STARTTLS"]
@@ -370,7 +364,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             Dialog::greet(client, Duration::from_secs(1)).await,
-            Err(DialogError::Protocol(_))
+            Err(DialogError::MailProtocol(_))
         ));
     }
 }

@@ -15,17 +15,16 @@ use tokio::task::JoinSet;
 
 use super::{
     Progress,
-    dialog::Protocol,
     login::Credentials,
     probe::{Outcome, Probe, describe, probe},
-    report::{Check, Row, Status},
+    report::Row,
 };
 use crate::{
     duration_text::with_seconds,
     inference::{Inference, Settings, Verdict},
     model::{Identity, Update},
     paths::PathKey,
-    vocabulary::{Role, Signature},
+    vocabulary::{CheckName, CheckStatus, IdleSession, MailProtocol, Role, Signature},
 };
 
 /// Share of the cut-off's lower bound recommended as keepalive interval: room for a middlebox
@@ -63,18 +62,11 @@ pub struct IdleReport {
     /// The longest silence the server itself allows, when it ended one.
     pub server_idle_limit_seconds: Option<f64>,
     /// Whether the idle sessions were only greeted, or logged in.
-    pub session: Session,
+    pub session: IdleSession,
     /// Connections the search opened (the keepalive confirmation's not included).
     pub connections: usize,
     /// The probes that finished (not those dropped at a round's first cut), shortest first.
     pub probes: Vec<Probe>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Session {
-    Greeted,
-    LoggedIn,
 }
 
 /// The silences to try next, in seconds. With the cut-off's upper bound unknown, the whole
@@ -120,7 +112,7 @@ pub fn plan(lower: f64, upper: Option<f64>, cap: f64, precision: f64, max: usize
 /// its two rows.
 pub async fn search(
     addr: SocketAddr,
-    protocol: Protocol,
+    protocol: MailProtocol,
     settings: &IdleSettings,
     progress: &Progress,
 ) -> (IdleReport, Row, Row) {
@@ -148,14 +140,14 @@ pub async fn search(
     let max_idle = settings.max_idle.as_secs_f64();
     let precision = settings.precision.as_secs_f64();
     let session = match &settings.credentials {
-        Some(credentials) if protocol == Protocol::Imap => {
+        Some(credentials) if protocol == MailProtocol::Imap => {
             progress.note(&format!(
                 "idle connections log in as {} first",
                 credentials.user
             ));
-            Session::LoggedIn
+            IdleSession::LoggedIn
         }
-        _ => Session::Greeted,
+        _ => IdleSession::Greeted,
     };
     let mut cap = max_idle;
     let mut server_limit: Option<f64> = None;
@@ -324,8 +316,8 @@ fn idle_row(idle: &IdleReport, max_idle: f64, precision: f64) -> Row {
                 ""
             };
             Row::new(
-                Check::IdleCutoff,
-                Status::Fail,
+                CheckName::IdleCutoff,
+                CheckStatus::Fail,
                 format!("cut {}{coarse}; {verdict}", signature_words(signature)),
             )
         }
@@ -334,8 +326,8 @@ fn idle_row(idle: &IdleReport, max_idle: f64, precision: f64) -> Row {
             .is_some_and(|lower| lower >= max_idle * 0.999) =>
         {
             Row::new(
-                Check::IdleCutoff,
-                Status::Pass,
+                CheckName::IdleCutoff,
+                CheckStatus::Pass,
                 format!(
                     "connections silent for {} still answered; {verdict}",
                     with_seconds(max_idle)
@@ -373,8 +365,8 @@ fn idle_row(idle: &IdleReport, max_idle: f64, precision: f64) -> Row {
                     )
                 });
             Row::new(
-                Check::IdleCutoff,
-                Status::CouldNotTell,
+                CheckName::IdleCutoff,
+                CheckStatus::CouldNotTell,
                 format!("{tried}{server}."),
             )
         }
@@ -412,7 +404,7 @@ async fn keepalive_row(
     ) else {
         let (status, detail) = if idle.cutoff_upper_seconds.is_some() {
             (
-                Status::CouldNotTell,
+                CheckStatus::CouldNotTell,
                 "no keepalive interval to try: the path cuts even the shortest silence tried",
             )
         } else if idle
@@ -420,16 +412,16 @@ async fn keepalive_row(
             .is_some_and(|lower| lower >= settings.max_idle.as_secs_f64() * 0.999)
         {
             (
-                Status::Pass,
+                CheckStatus::Pass,
                 "no keepalive needed: no cut within --max-idle",
             )
         } else {
             (
-                Status::CouldNotTell,
+                CheckStatus::CouldNotTell,
                 "no cut-off found to recommend a keepalive for",
             )
         };
-        return Row::new(Check::Keepalive, status, detail);
+        return Row::new(CheckName::Keepalive, status, detail);
     };
     let silence = upper + (upper * 0.5).max(settings.precision.as_secs_f64());
     if idle
@@ -437,8 +429,8 @@ async fn keepalive_row(
         .is_some_and(|limit| limit <= silence)
     {
         return Row::new(
-            Check::Keepalive,
-            Status::CouldNotTell,
+            CheckName::Keepalive,
+            CheckStatus::CouldNotTell,
             format!(
                 "recommended: TCP keepalive or NOOP every {}; not confirmed, since the server \
                  ends silences shorter than the {} it would take",
@@ -468,13 +460,13 @@ async fn keepalive_row(
     );
     match result.outcome {
         Outcome::Survived => Row::new(
-            Check::Keepalive,
-            Status::Pass,
+            CheckName::Keepalive,
+            CheckStatus::Pass,
             format!("{what} still answered NOOP."),
         ),
         Outcome::Cut { signature } => Row::new(
-            Check::Keepalive,
-            Status::Fail,
+            CheckName::Keepalive,
+            CheckStatus::Fail,
             format!(
                 "{what} was cut anyway after {}, {}: the path ignores TCP keepalive probes, \
                  so use NOOP every {} instead",
@@ -484,8 +476,8 @@ async fn keepalive_row(
             ),
         ),
         other => Row::new(
-            Check::Keepalive,
-            Status::CouldNotTell,
+            CheckName::Keepalive,
+            CheckStatus::CouldNotTell,
             format!("{what}: {}", describe(&other)),
         ),
     }

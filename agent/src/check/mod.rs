@@ -26,10 +26,13 @@ use self::{
     idle::IdleSettings,
     known::KnownCerts,
     login::Credentials,
-    report::{Check, PortReport, Report, Status},
+    report::{PortReport, Report},
     tls::Fingerprint,
 };
-use crate::config;
+use crate::{
+    config,
+    vocabulary::{CheckName, CheckStatus},
+};
 
 /// The ports RFC 5383 §3 says MUST be reachable: IMAP and Message Submission.
 const DEFAULT_PORTS: [u16; 2] = [143, 587];
@@ -266,16 +269,16 @@ async fn check_port(
         Ok(stream) => stream,
         Err(failure) => {
             report.row(
-                Check::Reachability,
-                Status::Fail,
+                CheckName::Reachability,
+                CheckStatus::Fail,
                 format!("{addr}: {}", failure.describe(args.connect_timeout)),
             );
             return report;
         }
     };
     report.row(
-        Check::Reachability,
-        Status::Pass,
+        CheckName::Reachability,
+        CheckStatus::Pass,
         format!(
             "{addr} accepted the connection in {:.1} ms",
             started.elapsed().as_secs_f64() * 1000.0
@@ -290,8 +293,8 @@ async fn check_port(
         Ok(greeted) => greeted,
         Err(err) => {
             report.row(
-                Check::Identity,
-                Status::Fail,
+                CheckName::Identity,
+                CheckStatus::Fail,
                 format!("connected, but no mail server greets: {err}"),
             );
             return report;
@@ -310,9 +313,9 @@ async fn check_port(
     report.capabilities_tls = session.capabilities_tls.clone();
     report.certificate = session.certificate.clone();
     let (status, detail) = negotiate::identity(&session, &greeting, args, recorded);
-    report.row(Check::Identity, status, detail);
+    report.row(CheckName::Identity, status, detail);
     let (status, detail) = negotiate::extensions(&session, protocol, &args.capabilities);
-    report.row(Check::Extensions, status, detail);
+    report.row(CheckName::Extensions, status, detail);
     if !idle.max_idle.is_zero() {
         let (idle_report, idle_row, keepalive_row) =
             idle::search(addr, protocol, idle, &progress).await;

@@ -13,10 +13,10 @@ use tokio::{
 
 use super::{
     CheckArgs,
-    dialog::{Dialog, Protocol, truncate},
-    report::Status,
+    dialog::{Dialog, truncate},
     tls::{self, Certificate, Fingerprint},
 };
+use crate::vocabulary::{CheckStatus, MailProtocol};
 
 /// What the negotiation showed.
 #[derive(Debug, Default)]
@@ -83,8 +83,8 @@ pub async fn run(mut dialog: Dialog<TcpStream>, host: &str, ehlo_name: &str) -> 
 /// Ends the session politely; the answer does not matter.
 async fn quit<S: AsyncRead + AsyncWrite + Unpin>(mut dialog: Dialog<S>) {
     let command = match dialog.protocol {
-        Protocol::Imap => "LOGOUT",
-        Protocol::Smtp => "QUIT",
+        MailProtocol::Imap => "LOGOUT",
+        MailProtocol::Smtp => "QUIT",
     };
     let _ = dialog.command(command).await;
 }
@@ -95,7 +95,7 @@ pub fn identity(
     greeting: &str,
     args: &CheckArgs,
     recorded: Option<Fingerprint>,
-) -> (Status, String) {
+) -> (CheckStatus, String) {
     let mut facts = vec![format!("greeting \"{}\"", truncate(greeting))];
     let mut problems = Vec::new();
     let mut unsure = Vec::new();
@@ -165,11 +165,11 @@ pub fn identity(
         )),
     }
     let status = if !problems.is_empty() {
-        Status::Fail
+        CheckStatus::Fail
     } else if !unsure.is_empty() {
-        Status::CouldNotTell
+        CheckStatus::CouldNotTell
     } else {
-        Status::Pass
+        CheckStatus::Pass
     };
     facts.extend(problems);
     facts.extend(unsure);
@@ -183,13 +183,17 @@ fn known_certs_file(args: &CheckArgs) -> String {
 }
 
 /// Whether extension negotiation came through intact.
-pub fn extensions(session: &Session, protocol: Protocol, wanted: &[String]) -> (Status, String) {
+pub fn extensions(
+    session: &Session,
+    protocol: MailProtocol,
+    wanted: &[String],
+) -> (CheckStatus, String) {
     let list = match protocol {
-        Protocol::Imap => "CAPABILITY",
-        Protocol::Smtp => "EHLO",
+        MailProtocol::Imap => "CAPABILITY",
+        MailProtocol::Smtp => "EHLO",
     };
     if let Some(err) = &session.capability_error {
-        return (Status::Fail, format!("{list} failed: {err}"));
+        return (CheckStatus::Fail, format!("{list} failed: {err}"));
     }
     let mut facts = Vec::new();
     let mut problems = Vec::new();
@@ -251,18 +255,18 @@ pub fn extensions(session: &Session, protocol: Protocol, wanted: &[String]) -> (
         }
     }
     let status = if problems.is_empty() {
-        Status::Pass
+        CheckStatus::Pass
     } else {
-        Status::Fail
+        CheckStatus::Fail
     };
     facts.extend(problems);
     (status, sentences(&facts))
 }
 
-const fn protocol_scope(protocol: Protocol) -> &'static str {
+const fn protocol_scope(protocol: MailProtocol) -> &'static str {
     match protocol {
-        Protocol::Imap => "imap",
-        Protocol::Smtp => "smtp",
+        MailProtocol::Imap => "imap",
+        MailProtocol::Smtp => "smtp",
     }
 }
 
@@ -291,23 +295,23 @@ mod tests {
             &["IMAP4REV1", "IDLE", "STARTTLS", "LOGINDISABLED"],
             &["IMAP4REV1", "IDLE", "AUTH=PLAIN"],
         );
-        let (status, detail) = extensions(&dovecot, Protocol::Imap, &["imap:idle".into()]);
-        assert_eq!(status, Status::Pass, "{detail}");
+        let (status, detail) = extensions(&dovecot, MailProtocol::Imap, &["imap:idle".into()]);
+        assert_eq!(status, CheckStatus::Pass, "{detail}");
         assert!(detail.contains("IDLE offered"), "{detail}");
         // A capability named for the other protocol does not apply.
-        let (status, _) = extensions(&dovecot, Protocol::Imap, &["smtp:CHUNKING".into()]);
-        assert_eq!(status, Status::Pass);
+        let (status, _) = extensions(&dovecot, MailProtocol::Imap, &["smtp:CHUNKING".into()]);
+        assert_eq!(status, CheckStatus::Pass);
     }
 
     #[test]
     fn stripped_starttls_and_hidden_capabilities_fail() {
         let stripped = session(&["PIPELINING", "SIZE 1000"], &["PIPELINING", "SIZE 1000"]);
-        let (status, detail) = extensions(&stripped, Protocol::Smtp, &[]);
-        assert_eq!(status, Status::Fail);
+        let (status, detail) = extensions(&stripped, MailProtocol::Smtp, &[]);
+        assert_eq!(status, CheckStatus::Fail);
         assert!(detail.contains("strips it"), "{detail}");
         let hidden = session(&["STARTTLS"], &["CHUNKING", "AUTH PLAIN"]);
-        let (status, detail) = extensions(&hidden, Protocol::Smtp, &["CHUNKING".into()]);
-        assert_eq!(status, Status::Fail);
+        let (status, detail) = extensions(&hidden, MailProtocol::Smtp, &["CHUNKING".into()]);
+        assert_eq!(status, CheckStatus::Fail);
         assert!(detail.contains("missing before it: CHUNKING"), "{detail}");
     }
 }

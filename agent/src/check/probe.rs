@@ -14,11 +14,11 @@ use tokio::{
 use tokio_rustls::client::TlsStream;
 
 use super::{
-    dialog::{Dialog, DialogError, Protocol},
+    dialog::{Dialog, DialogError},
     idle::IdleSettings,
     login, reach,
 };
-use crate::vocabulary::Signature;
+use crate::vocabulary::{MailProtocol, Signature};
 
 /// How one idle connection ended.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -71,7 +71,7 @@ pub async fn probe(
         Err(err) => return inconclusive(format!("no greeting: {err}")),
     };
     match &settings.credentials {
-        Some(credentials) if dialog.protocol == Protocol::Imap => {
+        Some(credentials) if dialog.protocol == MailProtocol::Imap => {
             match login::log_in(dialog, credentials, &settings.server_name).await {
                 Ok(dialog) => silence_then_noop(dialog, settings, idle).await,
                 Err(reason) => inconclusive(reason),
@@ -127,7 +127,7 @@ async fn silence_then_noop<S: Socket>(
     dialog.timeout = settings.answer_timeout + Duration::from_secs(2);
     let outcome = match dialog.noop().await {
         Ok(_) => Outcome::Survived,
-        Err(DialogError::Protocol(line)) => Outcome::ServerSpoke { line },
+        Err(DialogError::MailProtocol(line)) => Outcome::ServerSpoke { line },
         Err(err) => classify(&err, dialog.get_ref().tcp()),
     };
     Probe {
@@ -155,7 +155,7 @@ fn classify(err: &DialogError, stream: &TcpStream) -> Outcome {
         DialogError::Closed => Outcome::Inconclusive {
             reason: "the connection was closed without an answer to NOOP".to_owned(),
         },
-        DialogError::Protocol(what) => Outcome::Inconclusive {
+        DialogError::MailProtocol(what) => Outcome::Inconclusive {
             reason: what.clone(),
         },
     }

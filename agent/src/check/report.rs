@@ -5,18 +5,14 @@ use std::{fmt::Write as _, net::SocketAddr};
 
 use serde::Serialize;
 
-use super::{dialog::Protocol, idle::IdleReport, tls::Certificate};
-use crate::duration_text::with_seconds;
+use super::{idle::IdleReport, tls::Certificate};
+use crate::{
+    duration_text::with_seconds,
+    vocabulary::{CheckName, CheckStatus, MailProtocol},
+};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pass,
-    Fail,
-    CouldNotTell,
-}
-
-impl Status {
+impl CheckStatus {
+    /// The word in the table: a failure stands out.
     pub const fn word(self) -> &'static str {
         match self {
             Self::Pass => "pass",
@@ -26,18 +22,8 @@ impl Status {
     }
 }
 
-/// The checks, in the order they run and are printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Check {
-    Reachability,
-    Identity,
-    Extensions,
-    IdleCutoff,
-    Keepalive,
-}
-
-impl Check {
+impl CheckName {
+    /// The name in the table.
     pub const fn name(self) -> &'static str {
         match self {
             Self::Reachability => "reachability",
@@ -51,14 +37,14 @@ impl Check {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
-    pub check: Check,
-    pub status: Status,
+    pub check: CheckName,
+    pub status: CheckStatus,
     /// Why, for a person: one or more sentences.
     pub detail: String,
 }
 
 impl Row {
-    pub fn new(check: Check, status: Status, detail: impl Into<String>) -> Self {
+    pub fn new(check: CheckName, status: CheckStatus, detail: impl Into<String>) -> Self {
         Self {
             check,
             status,
@@ -72,7 +58,7 @@ impl Row {
 pub struct PortReport {
     pub port: u16,
     pub address: SocketAddr,
-    pub protocol: Option<Protocol>,
+    pub protocol: Option<MailProtocol>,
     pub greeting: Option<String>,
     pub certificate: Option<Certificate>,
     /// The capability list before TLS (IMAP CAPABILITY, SMTP EHLO keywords).
@@ -98,7 +84,7 @@ impl PortReport {
         }
     }
 
-    pub fn row(&mut self, check: Check, status: Status, detail: impl Into<String>) {
+    pub fn row(&mut self, check: CheckName, status: CheckStatus, detail: impl Into<String>) {
         self.rows.push(Row::new(check, status, detail));
     }
 }
@@ -110,7 +96,7 @@ pub struct Report {
     pub precision_seconds: f64,
     pub ports: Vec<PortReport>,
     /// Fail if any row failed, else could-not-tell if any row could not tell, else pass.
-    pub result: Status,
+    pub result: CheckStatus,
 }
 
 impl Report {
@@ -126,12 +112,12 @@ impl Report {
                 .flat_map(|port| &port.rows)
                 .map(|row| row.status)
         };
-        let result = if statuses().any(|s| s == Status::Fail) {
-            Status::Fail
-        } else if statuses().any(|s| s == Status::CouldNotTell) {
-            Status::CouldNotTell
+        let result = if statuses().any(|s| s == CheckStatus::Fail) {
+            CheckStatus::Fail
+        } else if statuses().any(|s| s == CheckStatus::CouldNotTell) {
+            CheckStatus::CouldNotTell
         } else {
-            Status::Pass
+            CheckStatus::Pass
         };
         Self {
             target,
@@ -145,7 +131,7 @@ impl Report {
     /// 0 when nothing failed, 1 when something did. A check that could not tell is not a
     /// failure of the path (the table says why it could not).
     pub fn exit_code(&self) -> u8 {
-        u8::from(self.result == Status::Fail)
+        u8::from(self.result == CheckStatus::Fail)
     }
 
     /// The table: one row per check and port; long details continue on indented lines.
@@ -198,9 +184,9 @@ impl Report {
         let _ = writeln!(
             out,
             "{} passed, {} failed, {} could not tell",
-            count(Status::Pass),
-            count(Status::Fail),
-            count(Status::CouldNotTell)
+            count(CheckStatus::Pass),
+            count(CheckStatus::Fail),
+            count(CheckStatus::CouldNotTell)
         );
         out
     }
@@ -229,28 +215,31 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn report(statuses: &[Status]) -> Report {
+    fn report(statuses: &[CheckStatus]) -> Report {
         let mut port = PortReport::new("192.0.2.1:143".parse().unwrap());
         for &status in statuses {
-            port.row(Check::Reachability, status, "why");
+            port.row(CheckName::Reachability, status, "why");
         }
         Report::new("mail.example.net".into(), 7500.0, 125.0, vec![port])
     }
 
     #[test]
     fn one_failure_fails_the_check_and_could_not_tell_does_not() {
-        assert_eq!(report(&[Status::Pass, Status::Fail]).exit_code(), 1);
-        let unsure = report(&[Status::Pass, Status::CouldNotTell]);
-        assert_eq!(unsure.result, Status::CouldNotTell);
+        assert_eq!(
+            report(&[CheckStatus::Pass, CheckStatus::Fail]).exit_code(),
+            1
+        );
+        let unsure = report(&[CheckStatus::Pass, CheckStatus::CouldNotTell]);
+        assert_eq!(unsure.result, CheckStatus::CouldNotTell);
         assert_eq!(unsure.exit_code(), 0);
-        assert_eq!(report(&[Status::Pass]).exit_code(), 0);
+        assert_eq!(report(&[CheckStatus::Pass]).exit_code(), 0);
     }
 
     #[test]
     fn long_details_wrap_under_their_column() {
         assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
         assert_eq!(wrap("", 5), [""]);
-        let table = report(&[Status::Fail]).render();
+        let table = report(&[CheckStatus::Fail]).render();
         assert!(
             table.contains("143   reachability  FAIL            why"),
             "{table}"
