@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: probes (kernel) -> events -> connection model -> paths -> metrics/HTTP.
 
+mod check;
 mod client;
 mod config;
 mod discovery;
@@ -54,6 +55,7 @@ enum Command {
     /// Print the connections a running agent follows (and those that ended in the last few
     /// minutes) as a table, the way `ss` would
     Connections(ConnectionsArgs),
+    Check(check::CheckArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +85,15 @@ struct ConnectionsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Check(args)) = &cli.command {
+        return match check::run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                eprintln!("idlecut: error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Connections(args)) = cli.command {
         return match client::connections(&args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -173,6 +173,42 @@ words! {
     }
 }
 
+words! {
+    /// The result of one row of `idlecut check`.
+    pub enum CheckStatus {
+        Pass = "pass",
+        Fail = "fail",
+        CouldNotTell = "could_not_tell",
+    }
+}
+
+words! {
+    /// The checks `idlecut check` runs, in their order.
+    pub enum CheckName {
+        Reachability = "reachability",
+        Identity = "identity",
+        Extensions = "extensions",
+        IdleCutoff = "idle_cutoff",
+        Keepalive = "keepalive",
+    }
+}
+
+words! {
+    /// The mail protocol a server greets in (`idlecut check`).
+    pub enum MailProtocol {
+        Imap = "imap",
+        Smtp = "smtp",
+    }
+}
+
+words! {
+    /// What `idlecut check`'s idle sessions did before their silence.
+    pub enum IdleSession {
+        Greeted = "greeted",
+        LoggedIn = "logged_in",
+    }
+}
+
 /// RFC 1122 4.2.3.6 and RFC 5383 4.2: keepalive should not probe more often than every two
 /// hours. The interval is estimated from the keepalive timer (see `discovery`), so a minute of
 /// slack keeps a 2 h setting on the right side.

@@ -7,6 +7,7 @@
 
 mod agent;
 mod http;
+pub mod mail;
 mod prometheus;
 mod sockets;
 mod system;
