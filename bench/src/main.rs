@@ -155,7 +155,7 @@ fn plan(smoke: bool) -> Plan {
                 trigger_iterations: 50_000,
             },
             churn: churn::Settings {
-                rates: vec![1000, churn::TARGET_RATE],
+                rates: vec![churn::TARGET_RATE],
                 step: Duration::from_millis(300),
                 max_rounds: 1,
                 namespaces: 2,
