@@ -56,9 +56,14 @@ pub struct Step {
     pub insert_failures: f64,
     pub untracked_closes: f64,
     pub evictions: f64,
+    /// Records the agent read from the ring buffer and could not decode (dropped).
+    pub events_malformed: f64,
     /// Opens and closes the agent counted (both ends of each connection: 2 per connection).
     pub opens_counted: f64,
     pub closes_counted: f64,
+    /// IMAP opens counted on other paths than the rig's over the step, by path (other
+    /// namespaces' connections; or the rig's, if the agent got their remote address wrong).
+    pub other_paths_opens: BTreeMap<String, f64>,
     /// No event lost: no ring buffer overflow, no program run skipped, every open and close
     /// counted.
     pub no_event_lost: bool,
@@ -259,11 +264,14 @@ fn connect_loop(
 /// What the agent has counted so far.
 struct Counts {
     opens: f64,
+    /// By path, every path but the rig's.
+    other_opens: BTreeMap<String, f64>,
     closes: f64,
     lost: f64,
     insert_failures: f64,
     untracked_closes: f64,
     evictions: f64,
+    malformed: f64,
     recursion_misses: f64,
     cpu: f64,
 }
@@ -276,13 +284,25 @@ fn counts(agent: &Agent) -> anyhow::Result<Counts> {
     let scrape: Scrape = agent.scrape()?;
     let imap = [("service", "imap")];
     let rig = [RIG_PATH.to_owned()];
+    let mut other_opens = BTreeMap::new();
+    for labels in scrape.series("idlecut_connections_opened_total") {
+        if let Some(path) = labels.get("path").filter(|p| p.as_str() != RIG_PATH)
+            && labels.get("service").is_some_and(|s| s == "imap")
+        {
+            let paths = [path.clone()];
+            let n = scrape.sum_in("idlecut_connections_opened_total", &imap, &paths);
+            other_opens.insert(path.clone(), n);
+        }
+    }
     Ok(Counts {
+        other_opens,
         opens: scrape.sum_in("idlecut_connections_opened_total", &imap, &rig),
         closes: scrape.sum_in("idlecut_connections_closed_total", &imap, &rig),
         lost: scrape.value("idlecut_events_lost_total", &[]),
         insert_failures: scrape.value("idlecut_kernel_state_insert_failures_total", &[]),
         untracked_closes: scrape.value("idlecut_untracked_closes_total", &[]),
         evictions: scrape.value("idlecut_kernel_state_evictions_total", &[]),
+        malformed: scrape.value("idlecut_events_malformed_total", &[]),
         recursion_misses: agent.recursion_misses()? as f64,
         cpu: agent.cpu_seconds()?,
     })
@@ -336,7 +356,19 @@ fn step_with_agent(
         insert_failures: after.insert_failures - before.insert_failures,
         untracked_closes: after.untracked_closes - before.untracked_closes,
         evictions: after.evictions - before.evictions,
+        events_malformed: after.malformed - before.malformed,
         opens_counted: opens,
+        other_paths_opens: after
+            .other_opens
+            .iter()
+            .map(|(path, n)| {
+                (
+                    path.clone(),
+                    n - before.other_opens.get(path).unwrap_or(&0.0),
+                )
+            })
+            .filter(|(_, n)| *n != 0.0)
+            .collect(),
         closes_counted: closes,
         no_event_lost: lost == 0.0
             && after.recursion_misses == before.recursion_misses
@@ -366,7 +398,9 @@ fn step_without_agent(rig: &Rig, duration: Duration) -> anyhow::Result<Step> {
         insert_failures: f64::NAN,
         untracked_closes: f64::NAN,
         evictions: f64::NAN,
+        events_malformed: f64::NAN,
         opens_counted: f64::NAN,
+        other_paths_opens: BTreeMap::new(),
         closes_counted: f64::NAN,
         no_event_lost: true,
         lossless: true,

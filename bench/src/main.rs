@@ -224,6 +224,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // Before anything runs: the trees as they were when the binaries started.
+    let machine = machine();
     let plan = plan(cli.smoke);
     let wanted = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
     let results = Results {
@@ -249,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         mode,
         started_unix,
         seconds: started.elapsed().as_secs_f64(),
-        machine: machine(),
+        machine,
         summary: &rows,
         results: &results,
     };
