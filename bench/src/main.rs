@@ -152,7 +152,7 @@ fn plan(smoke: bool) -> Plan {
                 rounds: 1,
                 blocks: 2,
                 window: Duration::from_millis(100),
-                trigger_iterations: 50_000,
+                trigger_iterations: 20_000,
             },
             churn: churn::Settings {
                 rates: vec![churn::TARGET_RATE],
