@@ -68,7 +68,7 @@ impl HookKind {
     }
 
     /// The do-nothing programs of this kind, one per tracepoint of idlecut's.
-    pub fn nops(self) -> &'static [Program; 7] {
+    pub fn nops(self) -> &'static [Program; 8] {
         match self {
             Self::TpBtf => &BTF_NOPS,
             Self::Classic => &NOPS,
@@ -107,9 +107,10 @@ const RECEIVE_RESET: Tracepoint = tp("tcp", "tcp_receive_reset");
 const SEND_RESET: Tracepoint = tp("tcp", "tcp_send_reset");
 const RETRANSMIT: Tracepoint = tp("tcp", "tcp_retransmit_skb");
 const ERROR_REPORT: Tracepoint = tp("sock", "inet_sk_error_report");
+const DESTROY_SOCK: Tracepoint = tp("tcp", "tcp_destroy_sock");
 
 /// idlecut's tracepoints, each with a do-nothing classic program attached next to idlecut's.
-pub const NOPS: [Program; 7] = [
+pub const NOPS: [Program; 8] = [
     classic("nop_set_state", SET_STATE),
     classic("nop_tcp_probe", TCP_PROBE),
     classic("nop_send_len", SEND_LENGTH),
@@ -117,10 +118,11 @@ pub const NOPS: [Program; 7] = [
     classic("nop_send_reset", SEND_RESET),
     classic("nop_retransmit", RETRANSMIT),
     classic("nop_err_report", ERROR_REPORT),
+    classic("nop_destroy_sock", DESTROY_SOCK),
 ];
 
 /// The same tracepoints, do-nothing BTF tracepoint programs.
-pub const BTF_NOPS: [Program; 7] = [
+pub const BTF_NOPS: [Program; 8] = [
     btf("btf_nop_set_state", SET_STATE),
     btf("btf_nop_tcp_probe", TCP_PROBE),
     btf("btf_nop_send_len", SEND_LENGTH),
@@ -128,6 +130,7 @@ pub const BTF_NOPS: [Program; 7] = [
     btf("btf_nop_send_reset", SEND_RESET),
     btf("btf_nop_retransmit", RETRANSMIT),
     btf("btf_nop_err_report", ERROR_REPORT),
+    btf("btf_nop_destroy_sock", DESTROY_SOCK),
 ];
 
 /// A program on sock:sock_send_length that increments a hash map entry: ebpf_exporter's
@@ -430,6 +433,14 @@ mod tests {
             Some((SEND_LENGTH, HookKind::TpBtf))
         );
         assert_eq!(tracepoint_of_agent_program("tcp_v4_err"), None);
+        assert_eq!(
+            tracepoint_of_agent_program("btf_tcp_destroy"),
+            Some((DESTROY_SOCK, HookKind::TpBtf))
+        );
+        assert_eq!(
+            tracepoint_of_agent_program("tcp_destroy_soc"),
+            Some((DESTROY_SOCK, HookKind::Classic))
+        );
         assert_eq!(tracepoint_of_agent_program(""), None);
         assert_eq!(tracepoint_of_agent_program("btf_"), None);
     }

@@ -174,15 +174,15 @@ fn block(
     let mut attached = Vec::new();
     let agent_programs = kernel::run_stats(&agent.program_ids()?)?;
     for nop in NOPS {
-        let (agent_id, kind) = agent_programs
-            .iter()
-            .find_map(
-                |(id, (prog, _))| match kernel::tracepoint_of_agent_program(prog) {
-                    Some((at, kind)) if at == nop.at => Some((*id, kind)),
-                    _ => None,
-                },
-            )
-            .with_context(|| format!("the agent has no program on {}", nop.at.label()))?;
+        let Some((agent_id, kind)) = agent_programs.iter().find_map(|(id, (prog, _))| {
+            match kernel::tracepoint_of_agent_program(prog) {
+                Some((at, kind)) if at == nop.at => Some((*id, kind)),
+                _ => None,
+            }
+        }) else {
+            // An agent older than this tracepoint's probe: nothing to compare there.
+            continue;
+        };
         let same_kind = kind
             .nops()
             .iter()

@@ -46,6 +46,11 @@ pub fn nop_err_report(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn nop_destroy_sock(_ctx: TracePointContext) -> u32 {
+    0
+}
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn btf_nop_set_state(_ctx: BtfTracePointContext) -> u32 {
     0
@@ -78,6 +83,11 @@ pub fn btf_nop_retransmit(_ctx: BtfTracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn btf_nop_err_report(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn btf_nop_destroy_sock(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
