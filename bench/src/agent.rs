@@ -67,7 +67,10 @@ impl Agent {
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)
-            .env("IDLECUT_LOG", "info")
+            .env(
+                "IDLECUT_LOG",
+                log_filter().unwrap_or_else(|| "info".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -242,10 +245,19 @@ impl Agent {
     }
 }
 
+/// `IDLECUT_BENCH_AGENT_LOG`: the agent's log filter (`IDLECUT_LOG`) for diagnosis, e.g.
+/// `debug,idlecut::pipeline=trace` for every event; its logs are then kept.
+fn log_filter() -> Option<String> {
+    std::env::var("IDLECUT_BENCH_AGENT_LOG").ok()
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         // SIGTERM first so that the agent detaches cleanly; SIGKILL if it hangs.
-        if idlecut_integration_tests::stop(&mut self.child, Duration::from_secs(10)) {
+        let stopped = idlecut_integration_tests::stop(&mut self.child, Duration::from_secs(10));
+        if log_filter().is_some() {
+            eprintln!("idlecut-bench: agent log kept in {}", self.log.display());
+        } else if stopped {
             let _ = std::fs::remove_file(&self.log);
         }
     }

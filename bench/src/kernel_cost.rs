@@ -1,11 +1,12 @@
 //! Kernel cost per event (measurement 1): the kernel's own accounting of each program's run time
 //! (`run_time_ns / run_cnt` with BPF statistics on) for idlecut's programs and for do-nothing
-//! programs attached to the same tracepoints at the same time, so that both see exactly the same
-//! events. Phases of non-mail traffic and of mail traffic alternate; each phase gives one ratio per
-//! tracepoint.
+//! programs of the same hook kind attached to the same tracepoints at the same time, so that both
+//! see exactly the same events. Each round runs the agent once per hook kind (`--hooks auto`: BTF
+//! tracepoints; `--hooks classic`), their order swapped every round; under each, phases of
+//! non-mail traffic and of mail traffic alternate; each phase gives one ratio per tracepoint.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
     time::{Duration, Instant},
 };
@@ -15,7 +16,7 @@ use serde::Serialize;
 
 use crate::{
     agent::Agent,
-    kernel::{self, Baselines, NOPS, RunStats, Tracepoint},
+    kernel::{self, Baselines, HookKind, NOPS, RunStats, Tracepoint},
     net::{self, join, spawn_in},
     stats::{Spread, ratio},
     workload::{self, Pair},
@@ -39,6 +40,11 @@ pub enum Class {
 #[derive(Debug, Serialize)]
 pub struct Sample {
     pub round: usize,
+    /// The hook kind the agent was asked for (`--hooks auto` is `tp_btf`).
+    pub hooks: HookKind,
+    /// The kind of the agent's program on this tracepoint (and of the do-nothing program
+    /// measured beside it): with `--hooks auto` a probe may fall back to a classic tracepoint.
+    pub kind: HookKind,
     pub class: Class,
     pub tracepoint: String,
     pub idlecut_runs: u64,
@@ -50,6 +56,7 @@ pub struct Sample {
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    pub hooks: HookKind,
     pub class: Class,
     /// A tracepoint, or `all` for the run-weighted mean over all of them.
     pub tracepoint: String,
@@ -62,8 +69,8 @@ pub struct Summary {
 #[derive(Debug, Serialize)]
 pub struct KernelCost {
     /// Runs of idlecut's programs the kernel skipped during the phases (another BPF program
-    /// was running on the CPU).
-    pub recursion_misses: u64,
+    /// was running on the CPU), per hook kind the agent was asked for.
+    pub recursion_misses: BTreeMap<&'static str, u64>,
     pub rounds: usize,
     pub phase_seconds: f64,
     pub chatter_connections: usize,
@@ -74,8 +81,11 @@ pub struct KernelCost {
 
 struct Workload {
     ns: String,
+    /// Open while an agent runs (opened after it started, so that it sees them open).
     nonmail_chatter: Vec<Pair>,
     mail_chatter: Vec<Pair>,
+    nonmail_listener: TcpListener,
+    mail_listener: TcpListener,
     bulk: TcpListener,
     nonmail_churn: TcpListener,
     mail_churn: TcpListener,
@@ -93,34 +103,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
     let ns = net::netns("kcost");
     // Churned connections skip TIME_WAIT, so that ports never run out.
     ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
-    let agent = Agent::start(&[])?;
     let mut baselines = Baselines::load()?;
-    for nop in NOPS {
-        baselines.attach(nop)?;
-    }
-    // Pairs (idlecut's program, the do-nothing program) per tracepoint.
-    let mut pairs: Vec<(Tracepoint, u32, u32)> = Vec::new();
-    let agent_ids = agent.program_ids()?;
-    let names = kernel::run_stats(&agent_ids)?;
-    for (name, at) in NOPS {
-        let agent_id = names
-            .iter()
-            .find(|(_, (prog, _))| kernel::tracepoint_of_agent_program(prog) == Some(at))
-            .map(|(id, _)| *id)
-            .with_context(|| format!("the agent has no program on {}", at.label()))?;
-        pairs.push((at, agent_id, baselines.id(name)?));
-    }
-    let ids: Vec<u32> = pairs.iter().flat_map(|&(_, a, b)| [a, b]).collect();
-
     let name = ns.name.clone();
-    let connections = settings.chatter_connections;
     let mut workload = net::join(spawn_in(&ns.name, move || {
         let listen = |port| net::listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), 4096);
-        let nonmail = listen(NONMAIL_CHATTER_PORT)?;
-        let mail = listen(MAIL_CHATTER_PORT)?;
         Ok(Workload {
-            nonmail_chatter: workload::open_pairs(&nonmail, connections)?,
-            mail_chatter: workload::open_pairs(&mail, connections)?,
+            nonmail_chatter: Vec::new(),
+            mail_chatter: Vec::new(),
+            nonmail_listener: listen(NONMAIL_CHATTER_PORT)?,
+            mail_listener: listen(MAIL_CHATTER_PORT)?,
             bulk: listen(BULK_PORT)?,
             nonmail_churn: listen(NONMAIL_CHURN_PORT)?,
             mail_churn: listen(MAIL_CHURN_PORT)?,
@@ -129,10 +120,84 @@ pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
     }))?;
 
     let _stats = kernel::enable_run_stats()?;
-    let misses_before = agent.recursion_misses()?;
+    let mut recursion_misses: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut samples = Vec::new();
     for round in 0..settings.rounds {
-        let order = if round % 2 == 0 {
+        let kinds = if round.is_multiple_of(2) {
+            HookKind::ALL
+        } else {
+            [HookKind::ALL[1], HookKind::ALL[0]]
+        };
+        for hooks in kinds {
+            let (w, misses) = block(
+                &mut baselines,
+                workload,
+                settings,
+                round,
+                hooks,
+                &mut samples,
+            )?;
+            workload = w;
+            *recursion_misses.entry(hooks.label()).or_default() += misses;
+        }
+    }
+    Ok(KernelCost {
+        recursion_misses,
+        rounds: settings.rounds,
+        phase_seconds: settings.phase.as_secs_f64(),
+        chatter_connections: settings.chatter_connections,
+        method: "BPF_ENABLE_STATS on; per round, the agent once with --hooks auto (BTF \
+                 tracepoints) and once with --hooks classic, in alternating order; per phase, \
+                 the change in run_time_ns / run_cnt of each idlecut program and of a \
+                 do-nothing program of the same hook kind attached to the same tracepoint \
+                 after it (both run on every event); phases of non-mail and mail traffic \
+                 alternate, their order swapped every round",
+        summary: summarize(&samples),
+        samples,
+    })
+}
+
+/// One agent run with `hooks`: both classes of traffic, a phase each. Returns the workload and
+/// the runs the kernel skipped of the agent's programs.
+fn block(
+    baselines: &mut Baselines,
+    mut workload: Workload,
+    settings: &Settings,
+    round: usize,
+    hooks: HookKind,
+    samples: &mut Vec<Sample>,
+) -> anyhow::Result<(Workload, u64)> {
+    let agent = Agent::start(&hooks.agent_args())?;
+    agent.settle(Duration::from_secs(5));
+    // (tracepoint, kind, idlecut's program, the do-nothing program of the same kind).
+    let mut pairs: Vec<(Tracepoint, HookKind, u32, u32)> = Vec::new();
+    let mut attached = Vec::new();
+    let agent_programs = kernel::run_stats(&agent.program_ids()?)?;
+    for nop in NOPS {
+        let Some((agent_id, kind)) = agent_programs.iter().find_map(|(id, (prog, _))| {
+            match kernel::tracepoint_of_agent_program(prog) {
+                Some((at, kind)) if at == nop.at => Some((*id, kind)),
+                _ => None,
+            }
+        }) else {
+            // An agent older than this tracepoint's probe: nothing to compare there.
+            continue;
+        };
+        let same_kind = kind
+            .nops()
+            .iter()
+            .find(|p| p.at == nop.at)
+            .copied()
+            .context("a do-nothing program for every tracepoint")?;
+        baselines.attach(same_kind)?;
+        attached.push(same_kind);
+        pairs.push((nop.at, kind, agent_id, baselines.id(same_kind.name)?));
+    }
+    let ids: Vec<u32> = pairs.iter().flat_map(|&(_, _, a, b)| [a, b]).collect();
+    let measured = (|| -> anyhow::Result<(Workload, u64)> {
+        workload = open_chatter(workload, settings.chatter_connections)?;
+        let misses_before = agent.recursion_misses()?;
+        let order = if round.is_multiple_of(2) {
             [Class::NonMail, Class::Mail]
         } else {
             [Class::Mail, Class::NonMail]
@@ -147,32 +212,54 @@ pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
                     _ => RunStats::default(),
                 }
             };
-            for &(at, agent_id, baseline_id) in &pairs {
+            for &(at, kind, agent_id, baseline_id) in &pairs {
                 let (a, b) = (delta(agent_id), delta(baseline_id));
-                samples.push(sample(round, class, at.label(), a, b));
+                samples.push(sample(round, hooks, kind, class, at.label(), a, b));
             }
         }
-    }
-    let recursion_misses = agent.recursion_misses()? - misses_before;
+        let misses = agent.recursion_misses()? - misses_before;
+        // Closed while the agent still watches.
+        workload.nonmail_chatter.clear();
+        workload.mail_chatter.clear();
+        Ok((workload, misses))
+    })();
+    baselines.detach_all(&attached)?;
     drop(agent);
-    Ok(KernelCost {
-        recursion_misses,
-        rounds: settings.rounds,
-        phase_seconds: settings.phase.as_secs_f64(),
-        chatter_connections: settings.chatter_connections,
-        method: "BPF_ENABLE_STATS on; per phase, the change in run_time_ns / run_cnt of each \
-                 idlecut program and of a do-nothing program attached to the same tracepoint \
-                 after it (both run on every event); phases of non-mail and mail traffic \
-                 alternate, their order swapped every round",
-        summary: summarize(&samples),
-        samples,
-    })
+    measured
 }
 
-fn sample(round: usize, class: Class, tracepoint: String, a: RunStats, b: RunStats) -> Sample {
+/// Opens the chatter connections (inside the namespace).
+fn open_chatter(mut w: Workload, n: usize) -> anyhow::Result<Workload> {
+    let ns = w.ns.clone();
+    let (nonmail, mail) = (
+        w.nonmail_listener.try_clone()?,
+        w.mail_listener.try_clone()?,
+    );
+    let (nonmail_pairs, mail_pairs) = net::join(spawn_in(&ns, move || {
+        Ok((
+            workload::open_pairs(&nonmail, n)?,
+            workload::open_pairs(&mail, n)?,
+        ))
+    }))?;
+    w.nonmail_chatter = nonmail_pairs;
+    w.mail_chatter = mail_pairs;
+    Ok(w)
+}
+
+fn sample(
+    round: usize,
+    hooks: HookKind,
+    kind: HookKind,
+    class: Class,
+    tracepoint: String,
+    a: RunStats,
+    b: RunStats,
+) -> Sample {
     let per_run = |s: RunStats| ratio(s.time_ns as f64, s.count as f64);
     Sample {
         round,
+        hooks,
+        kind,
         class,
         tracepoint,
         idlecut_runs: a.count,
@@ -183,56 +270,72 @@ fn sample(round: usize, class: Class, tracepoint: String, a: RunStats, b: RunSta
     }
 }
 
-/// Per class and tracepoint, and per class over all tracepoints (total time over total runs:
-/// the mean cost of an event of that class, whatever tracepoint it fires).
+/// Per hook kind, class and tracepoint, and per hook kind and class over all tracepoints (total
+/// time over total runs: the mean cost of an event of that class, whatever tracepoint it fires).
 fn summarize(samples: &[Sample]) -> Vec<Summary> {
     let mut summary = Vec::new();
-    for class in [Class::NonMail, Class::Mail] {
-        let of_class: Vec<&Sample> = samples.iter().filter(|s| s.class == class).collect();
-        let mut rounds: HashMap<usize, (f64, f64, f64, f64)> = HashMap::new();
-        for s in &of_class {
-            if s.idlecut_runs == 0 || s.baseline_runs == 0 {
-                continue;
+    for hooks in HookKind::ALL {
+        for class in [Class::NonMail, Class::Mail] {
+            let of_class: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.class == class && s.hooks == hooks)
+                .collect();
+            summary.push(overall(hooks, class, &of_class));
+            for nop in NOPS {
+                let label = nop.at.label();
+                let of_tp: Vec<&Sample> = of_class
+                    .iter()
+                    .copied()
+                    .filter(|s| s.tracepoint == label)
+                    .collect();
+                let pick = |f: fn(&Sample) -> f64| -> Spread {
+                    Spread::of(&of_tp.iter().map(|s| f(s)).collect::<Vec<_>>())
+                };
+                summary.push(Summary {
+                    hooks,
+                    class,
+                    tracepoint: label,
+                    idlecut_ns_per_run: pick(|s| s.idlecut_ns_per_run),
+                    baseline_ns_per_run: pick(|s| s.baseline_ns_per_run),
+                    ratio: pick(|s| s.ratio),
+                    runs_per_phase: pick(|s| s.idlecut_runs as f64),
+                });
             }
-            let entry = rounds.entry(s.round).or_default();
-            entry.0 += s.idlecut_ns_per_run * s.idlecut_runs as f64;
-            entry.1 += s.idlecut_runs as f64;
-            entry.2 += s.baseline_ns_per_run * s.baseline_runs as f64;
-            entry.3 += s.baseline_runs as f64;
-        }
-        let (mut a, mut b, mut r, mut n) = (vec![], vec![], vec![], vec![]);
-        for (time_a, runs_a, time_b, runs_b) in rounds.values() {
-            let (per_a, per_b) = (ratio(*time_a, *runs_a), ratio(*time_b, *runs_b));
-            a.push(per_a);
-            b.push(per_b);
-            r.push(ratio(per_a, per_b));
-            n.push(*runs_a);
-        }
-        summary.push(Summary {
-            class,
-            tracepoint: "all".to_owned(),
-            idlecut_ns_per_run: Spread::of(&a),
-            baseline_ns_per_run: Spread::of(&b),
-            ratio: Spread::of(&r),
-            runs_per_phase: Spread::of(&n),
-        });
-        for (_, at) in NOPS {
-            let label = at.label();
-            let of_tp: Vec<&&Sample> = of_class.iter().filter(|s| s.tracepoint == label).collect();
-            let pick = |f: fn(&Sample) -> f64| -> Spread {
-                Spread::of(&of_tp.iter().map(|s| f(s)).collect::<Vec<_>>())
-            };
-            summary.push(Summary {
-                class,
-                tracepoint: label,
-                idlecut_ns_per_run: pick(|s| s.idlecut_ns_per_run),
-                baseline_ns_per_run: pick(|s| s.baseline_ns_per_run),
-                ratio: pick(|s| s.ratio),
-                runs_per_phase: pick(|s| s.idlecut_runs as f64),
-            });
         }
     }
     summary
+}
+
+/// The run-weighted mean over all tracepoints, per round.
+fn overall(hooks: HookKind, class: Class, samples: &[&Sample]) -> Summary {
+    let mut rounds: HashMap<usize, (f64, f64, f64, f64)> = HashMap::new();
+    for s in samples {
+        if s.idlecut_runs == 0 || s.baseline_runs == 0 {
+            continue;
+        }
+        let entry = rounds.entry(s.round).or_default();
+        entry.0 += s.idlecut_ns_per_run * s.idlecut_runs as f64;
+        entry.1 += s.idlecut_runs as f64;
+        entry.2 += s.baseline_ns_per_run * s.baseline_runs as f64;
+        entry.3 += s.baseline_runs as f64;
+    }
+    let (mut a, mut b, mut r, mut n) = (vec![], vec![], vec![], vec![]);
+    for (time_a, runs_a, time_b, runs_b) in rounds.values() {
+        let (per_a, per_b) = (ratio(*time_a, *runs_a), ratio(*time_b, *runs_b));
+        a.push(per_a);
+        b.push(per_b);
+        r.push(ratio(per_a, per_b));
+        n.push(*runs_a);
+    }
+    Summary {
+        hooks,
+        class,
+        tracepoint: "all".to_owned(),
+        idlecut_ns_per_run: Spread::of(&a),
+        baseline_ns_per_run: Spread::of(&b),
+        ratio: Spread::of(&r),
+        runs_per_phase: Spread::of(&n),
+    }
 }
 
 /// Runs one phase of traffic of a class for `duration`; returns the workload's connections.

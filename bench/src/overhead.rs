@@ -1,8 +1,9 @@
 //! Overhead on unrelated traffic (measurement 2): loopback TCP bulk throughput and ping-pong rate
-//! on ports idlecut does not watch, with the agent running and without, alternating (off/on, then
-//! on/off) so that drift cancels; and with do-nothing programs on the same tracepoints, which
-//! separates the cost of attaching anything there from the cost of idlecut's programs. The same
-//! rounds run the added-latency measurements of `trigger`.
+//! on ports idlecut does not watch, without the agent, with it under each hook kind (`--hooks
+//! auto`: BTF tracepoints, `--hooks classic`), and with do-nothing programs of each kind on the
+//! same tracepoints (what attaching anything there costs, apart from idlecut's programs). The
+//! order of the conditions rotates every round so that drift cancels. The same rounds run the
+//! added-latency measurements of `trigger`.
 
 use std::{
     collections::BTreeMap,
@@ -16,10 +17,11 @@ use serde::Serialize;
 
 use crate::{
     agent::Agent,
-    kernel::{Baselines, NOPS},
+    kernel::{Baselines, HookKind},
     net::{self, join, spawn_in},
     stats::{Spread, ratio},
-    trigger, workload,
+    trigger::{self, Timings, Trigger},
+    workload,
 };
 
 pub struct Settings {
@@ -30,21 +32,48 @@ pub struct Settings {
     pub trigger_iterations: u32,
 }
 
+/// The traffic conditions: nothing attached, the agent with each hook kind, do-nothing
+/// programs of each kind (no agent).
+pub const OFF: &str = "off";
+pub const TRAFFIC_CONDITIONS: [&str; 4] = [
+    "idlecut_tp_btf",
+    "idlecut_classic",
+    "nop_tp_btf",
+    "nop_classic",
+];
+
+/// The traffic condition of the agent, or of do-nothing programs, of a hook kind.
+pub fn traffic_condition(hooks: HookKind, agent: bool) -> &'static str {
+    match (hooks, agent) {
+        (HookKind::TpBtf, true) => TRAFFIC_CONDITIONS[0],
+        (HookKind::Classic, true) => TRAFFIC_CONDITIONS[1],
+        (HookKind::TpBtf, false) => TRAFFIC_CONDITIONS[2],
+        (HookKind::Classic, false) => TRAFFIC_CONDITIONS[3],
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Round {
     pub round: usize,
-    pub agent_first: bool,
-    /// The best of a few blocks of `window_seconds`, agent not running / running.
-    pub bulk_gbit_s_off: f64,
-    pub bulk_gbit_s_on: f64,
-    /// Do-nothing programs on idlecut's seven tracepoints, agent not running.
-    pub bulk_gbit_s_nop: f64,
-    pub ping_pong_per_s_off: f64,
-    pub ping_pong_per_s_on: f64,
-    pub ping_pong_per_s_nop: f64,
-    /// ns per refused send() with nothing attached to sock:sock_send_length (`none`), with
-    /// each experiment program, and with idlecut's (`idlecut`).
-    pub trigger_ns: BTreeMap<&'static str, f64>,
+    /// The order the agent runs and the run without it took this round.
+    pub order: Vec<&'static str>,
+    /// The best of a few blocks of `window_seconds`, by condition (`off` and
+    /// `TRAFFIC_CONDITIONS`).
+    pub bulk_gbit_s: BTreeMap<&'static str, f64>,
+    pub ping_pong_per_s: BTreeMap<&'static str, f64>,
+    /// ns per event of each trigger loop with nothing attached (`none`), with each experiment
+    /// program, and with idlecut's (`idlecut_tp_btf`, `idlecut_classic`).
+    pub trigger_ns: Timings,
+}
+
+/// One traffic condition over the rounds, against no program attached.
+#[derive(Debug, Serialize)]
+pub struct Traffic {
+    pub bulk_gbit_s: Spread,
+    /// Against `off`, per round.
+    pub bulk_ratio: Spread,
+    pub ping_pong_per_s: Spread,
+    pub ping_pong_ratio: Spread,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,27 +82,28 @@ pub struct Overhead {
     pub window_seconds: f64,
     pub trigger_iterations: u32,
     pub bulk_gbit_s_off: Spread,
-    pub bulk_gbit_s_on: Spread,
-    /// on / off, per round.
-    pub bulk_ratio: Spread,
-    pub bulk_gbit_s_nop: Spread,
-    /// do-nothing programs / off, per round: what attaching anything to these tracepoints costs.
-    pub bulk_nop_ratio: Spread,
     pub ping_pong_per_s_off: Spread,
-    pub ping_pong_per_s_on: Spread,
-    pub ping_pong_ratio: Spread,
-    pub ping_pong_per_s_nop: Spread,
-    pub ping_pong_nop_ratio: Spread,
-    pub trigger_ns_none: Spread,
-    /// Added ns per refused send() over no program, per round: idlecut's and each
-    /// experiment's (see `trigger::CONDITIONS`).
-    pub added_ns: BTreeMap<&'static str, Spread>,
+    /// By condition (`TRAFFIC_CONDITIONS`).
+    pub traffic: BTreeMap<&'static str, Traffic>,
+    /// ns per event with nothing attached, per trigger.
+    pub trigger_ns_none: BTreeMap<&'static str, Spread>,
+    /// Added ns per event over no program, per round, by trigger, then condition: idlecut's
+    /// and each experiment's (see `trigger::CONDITIONS`).
+    pub added_ns: BTreeMap<&'static str, BTreeMap<&'static str, Spread>>,
     /// Experiment programs this kernel would not run, and why.
     pub unavailable: BTreeMap<String, String>,
 }
 
 const BULK_PORT: u16 = 5201;
 const PING_PORT: u16 = 5202;
+
+/// What runs in a round, in an order that rotates.
+#[derive(Clone, Copy)]
+enum Unit {
+    Agent(HookKind),
+    /// Nothing, then do-nothing programs of each kind, then the trigger experiments.
+    NoAgent,
+}
 
 pub fn run(settings: &Settings) -> anyhow::Result<Overhead> {
     let ns = net::netns("ovh");
@@ -84,68 +114,111 @@ pub fn run(settings: &Settings) -> anyhow::Result<Overhead> {
     }))?;
     let mut baselines = Baselines::load()?;
     let mut rounds = Vec::new();
+    let units = [
+        Unit::NoAgent,
+        Unit::Agent(HookKind::TpBtf),
+        Unit::Agent(HookKind::Classic),
+    ];
     for round in 0..settings.rounds {
-        let agent_first = round % 2 == 1;
         let mut r = Round {
             round,
-            agent_first,
             ..Round::default()
         };
-        for agent_on in [agent_first, !agent_first] {
-            if agent_on {
-                let agent = Agent::start(&[])?;
-                agent.settle(Duration::from_secs(5));
-                (r.bulk_gbit_s_on, r.ping_pong_per_s_on) =
-                    best_traffic(&name, &bulk, &ping, settings)?;
-                r.trigger_ns
-                    .insert("idlecut", trigger::with_agent(settings.trigger_iterations)?);
-                drop(agent);
-            } else {
-                (r.bulk_gbit_s_off, r.ping_pong_per_s_off) =
-                    best_traffic(&name, &bulk, &ping, settings)?;
-                // Any program on idlecut's tracepoints, doing nothing: what attaching costs.
-                for nop in NOPS {
-                    baselines.attach(nop)?;
+        let mut order = units;
+        order.rotate_left(round % units.len());
+        for unit in order {
+            match unit {
+                Unit::Agent(hooks) => {
+                    r.order.push(traffic_condition(hooks, true));
+                    let agent = Agent::start(&hooks.agent_args())?;
+                    agent.settle(Duration::from_secs(5));
+                    let traffic = best_traffic(&name, &bulk, &ping, settings)?;
+                    r.bulk_gbit_s
+                        .insert(traffic_condition(hooks, true), traffic.0);
+                    r.ping_pong_per_s
+                        .insert(traffic_condition(hooks, true), traffic.1);
+                    trigger::with_agent(hooks, settings.trigger_iterations, &mut r.trigger_ns)?;
+                    drop(agent);
                 }
-                let nop_traffic = best_traffic(&name, &bulk, &ping, settings);
-                for (nop, _) in NOPS {
-                    baselines.detach(nop)?;
+                Unit::NoAgent => {
+                    r.order.push(OFF);
+                    let traffic = best_traffic(&name, &bulk, &ping, settings)?;
+                    r.bulk_gbit_s.insert(OFF, traffic.0);
+                    r.ping_pong_per_s.insert(OFF, traffic.1);
+                    // Any program on idlecut's tracepoints, doing nothing: what attaching costs.
+                    for hooks in HookKind::ALL {
+                        baselines.attach_all(hooks.nops())?;
+                        let nop_traffic = best_traffic(&name, &bulk, &ping, settings);
+                        baselines.detach_all(hooks.nops())?;
+                        let nop_traffic = nop_traffic?;
+                        r.bulk_gbit_s
+                            .insert(traffic_condition(hooks, false), nop_traffic.0);
+                        r.ping_pong_per_s
+                            .insert(traffic_condition(hooks, false), nop_traffic.1);
+                    }
+                    trigger::without_agent(
+                        &mut baselines,
+                        settings.trigger_iterations,
+                        &mut r.trigger_ns,
+                    )?;
                 }
-                (r.bulk_gbit_s_nop, r.ping_pong_per_s_nop) = nop_traffic?;
-                r.trigger_ns.extend(trigger::without_agent(
-                    &mut baselines,
-                    settings.trigger_iterations,
-                )?);
             }
         }
         rounds.push(r);
     }
-    let of = |f: fn(&Round) -> f64| Spread::of(&rounds.iter().map(f).collect::<Vec<_>>());
+    let of = |f: &dyn Fn(&Round) -> f64| Spread::of(&rounds.iter().map(f).collect::<Vec<_>>());
+    let get = |map: &BTreeMap<&'static str, f64>, key: &str| -> f64 {
+        map.get(key).copied().unwrap_or(f64::NAN)
+    };
+    let traffic = TRAFFIC_CONDITIONS
+        .iter()
+        .map(|&condition| {
+            (
+                condition,
+                Traffic {
+                    bulk_gbit_s: of(&|r| get(&r.bulk_gbit_s, condition)),
+                    bulk_ratio: of(&|r| {
+                        ratio(get(&r.bulk_gbit_s, condition), get(&r.bulk_gbit_s, OFF))
+                    }),
+                    ping_pong_per_s: of(&|r| get(&r.ping_pong_per_s, condition)),
+                    ping_pong_ratio: of(&|r| {
+                        ratio(
+                            get(&r.ping_pong_per_s, condition),
+                            get(&r.ping_pong_per_s, OFF),
+                        )
+                    }),
+                },
+            )
+        })
+        .collect();
+    let trigger_ns = |r: &Round, trigger: Trigger, condition: &str| -> f64 {
+        r.trigger_ns
+            .get(trigger.label())
+            .map_or(f64::NAN, |t| get(t, condition))
+    };
     Ok(Overhead {
         window_seconds: settings.window.as_secs_f64(),
         trigger_iterations: settings.trigger_iterations,
-        bulk_gbit_s_off: of(|r| r.bulk_gbit_s_off),
-        bulk_gbit_s_on: of(|r| r.bulk_gbit_s_on),
-        bulk_ratio: of(|r| ratio(r.bulk_gbit_s_on, r.bulk_gbit_s_off)),
-        bulk_gbit_s_nop: of(|r| r.bulk_gbit_s_nop),
-        bulk_nop_ratio: of(|r| ratio(r.bulk_gbit_s_nop, r.bulk_gbit_s_off)),
-        ping_pong_per_s_nop: of(|r| r.ping_pong_per_s_nop),
-        ping_pong_nop_ratio: of(|r| ratio(r.ping_pong_per_s_nop, r.ping_pong_per_s_off)),
-        ping_pong_per_s_off: of(|r| r.ping_pong_per_s_off),
-        ping_pong_per_s_on: of(|r| r.ping_pong_per_s_on),
-        ping_pong_ratio: of(|r| ratio(r.ping_pong_per_s_on, r.ping_pong_per_s_off)),
-        trigger_ns_none: of(|r| r.trigger_ns.get("none").copied().unwrap_or(f64::NAN)),
-        added_ns: trigger::CONDITIONS
+        bulk_gbit_s_off: of(&|r| get(&r.bulk_gbit_s, OFF)),
+        ping_pong_per_s_off: of(&|r| get(&r.ping_pong_per_s, OFF)),
+        traffic,
+        trigger_ns_none: Trigger::ALL
             .iter()
-            .map(|&name| {
-                let added: Vec<f64> = rounds
+            .map(|&t| (t.label(), of(&|r| trigger_ns(r, t, "none"))))
+            .collect(),
+        added_ns: Trigger::ALL
+            .iter()
+            .map(|&t| {
+                let by_condition = trigger::CONDITIONS
                     .iter()
-                    .map(|r| {
-                        let ns = |key| r.trigger_ns.get(key).copied().unwrap_or(f64::NAN);
-                        ns(name) - ns("none")
+                    .map(|&condition| {
+                        (
+                            condition,
+                            of(&|r| trigger_ns(r, t, condition) - trigger_ns(r, t, "none")),
+                        )
                     })
                     .collect();
-                (name, Spread::of(&added))
+                (t.label(), by_condition)
             })
             .collect(),
         unavailable: baselines

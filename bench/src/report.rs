@@ -6,7 +6,12 @@ use serde::Serialize;
 
 use crate::{
     Results,
+    churn::{Churn, OfKind},
+    kernel::HookKind,
+    kernel_cost::{Class, KernelCost},
+    overhead::{Overhead, traffic_condition},
     stats::{Spread, ratio},
+    trigger::Trigger,
 };
 
 /// Cloudflare ebpf_exporter's benchmark (benchmark/README.md): getpid() on a MacBook Air M1,
@@ -77,23 +82,50 @@ impl Row {
 pub fn rows(results: &Results) -> Vec<Row> {
     let mut rows = Vec::new();
     if let Some(Ok(k)) = &results.kernel_cost {
+        kernel_rows(k, &mut rows);
+    }
+    if let Some(Ok(o)) = &results.overhead {
+        latency_added_rows(o, &mut rows);
+        traffic_rows(o, &mut rows);
+    }
+    if let Some(Ok(c)) = &results.churn {
+        for hooks in HookKind::ALL {
+            if let Some(of_kind) = c.by_hooks.get(hooks.label()) {
+                churn_rows(c, hooks, of_kind, &mut rows);
+            }
+        }
+    }
+    scale_and_latency_rows(results, &mut rows);
+    rows
+}
+
+/// ` (tp_btf)`: which hook kind a row is about.
+fn kind_suffix(hooks: HookKind) -> String {
+    format!(" ({})", hooks.label())
+}
+
+fn kernel_rows(k: &KernelCost, rows: &mut Vec<Row>) {
+    for hooks in HookKind::ALL {
         for (class, name, limit) in [
-            (crate::kernel_cost::Class::NonMail, "non-mail traffic", 1.3),
-            (crate::kernel_cost::Class::Mail, "mail traffic", 3.0),
+            (Class::NonMail, "non-mail traffic", 1.3),
+            (Class::Mail, "mail traffic", 3.0),
         ] {
             if let Some(s) = k
                 .summary
                 .iter()
-                .find(|s| s.class == class && s.tracepoint == "all")
+                .find(|s| s.hooks == hooks && s.class == class && s.tracepoint == "all")
             {
                 let r = row(
                     "kernel",
-                    format!("kernel ns per event, {name} (all tracepoints)"),
+                    format!(
+                        "kernel ns per event, {name} (all tracepoints){}",
+                        kind_suffix(hooks)
+                    ),
                     "ns",
                     s.idlecut_ns_per_run.median,
                     (
                         s.baseline_ns_per_run.median,
-                        "do-nothing program, same events",
+                        &format!("do-nothing {} program, same events", hooks.label()),
                     ),
                     Some(s.ratio),
                 );
@@ -102,206 +134,292 @@ pub fn rows(results: &Results) -> Vec<Row> {
             }
         }
     }
-    if let Some(Ok(o)) = &results.overhead {
-        let added = |name: &str| o.added_ns.get(name).copied();
-        let nop = added("nop").map_or(f64::NAN, |s| s.median);
-        for (name, measure, note) in [
-            (
-                "idlecut",
-                "added latency per event: idlecut (sock_send_length, non-TCP socket)",
-                format!("anchor: ebpf_exporter {ANCHOR_EMPTY_NS} ns empty (tp_btf)"),
-            ),
-            (
-                "map_update",
-                "added latency per event: one-map-update program",
-                format!("anchor: ebpf_exporter {ANCHOR_MAP_UPDATE_NS} ns (tp_btf)"),
-            ),
-            (
-                "helper_read",
-                "added latency: one field read, bpf_probe_read_kernel",
-                "experiment".to_owned(),
-            ),
-            (
-                "const_read",
-                "added latency: one field read, direct load (constant offset)",
-                "experiment".to_owned(),
-            ),
-            (
-                "lru_insert_delete",
-                "added latency: state insert + delete, LRU hash map",
-                "experiment".to_owned(),
-            ),
-            (
-                "hash_insert_delete",
-                "added latency: state insert + delete, plain hash map",
-                "experiment".to_owned(),
-            ),
-            (
-                "ringbuf_wakeup",
-                "added latency: 88-byte event, ring buffer, reader woken",
-                "experiment".to_owned(),
-            ),
-            (
-                "ringbuf_no_wakeup",
-                "added latency: 88-byte event, ring buffer, no wakeup",
-                "experiment".to_owned(),
-            ),
-        ] {
-            // The anchors' rows always (the smoke check wants their numbers); experiments
-            // only where this kernel runs them.
-            let anchor = matches!(name, "idlecut" | "map_update");
-            let spread = added(name).filter(|s| anchor || s.is_measured());
-            if let Some(spread) = spread {
-                rows.push(
+}
+
+fn latency_added_rows(o: &Overhead, rows: &mut Vec<Row>) {
+    let added = |trigger: Trigger, name: &str| {
+        o.added_ns
+            .get(trigger.label())
+            .and_then(|by| by.get(name))
+            .copied()
+    };
+    let median = |trigger, name| added(trigger, name).map_or(f64::NAN, |s| s.median);
+    // A successful non-mail send: the target compares idlecut on BTF tracepoints with an empty
+    // classic tracepoint program.
+    let unix = Trigger::UnixSend;
+    let nop_classic = median(unix, "nop");
+    let nop_btf = median(unix, "btf_nop");
+    for (name, measure, baseline, target) in [
+        (
+            "idlecut_tp_btf",
+            "added latency per non-mail send: idlecut (tp_btf)",
+            (nop_classic, "do-nothing classic tracepoint program"),
+            Some(("< the do-nothing classic program", nop_classic)),
+        ),
+        (
+            "idlecut_classic",
+            "added latency per non-mail send: idlecut (tracepoint)",
+            (nop_classic, "do-nothing classic tracepoint program"),
+            None,
+        ),
+        (
+            "btf_nop",
+            "added latency per non-mail send: do-nothing tp_btf program",
+            (nop_classic, "do-nothing classic tracepoint program"),
+            None,
+        ),
+        (
+            "btf_map_update",
+            "added latency per send: one-map-update program (tp_btf)",
+            (nop_btf, "do-nothing tp_btf program"),
+            None,
+        ),
+    ] {
+        let Some(spread) = added(unix, name) else {
+            continue;
+        };
+        let r = row(
+            "kernel",
+            measure,
+            "ns",
+            spread.median,
+            (baseline.0, baseline.1),
+            None,
+        );
+        rows.push(match target {
+            Some((text, limit)) => r.target(text, spread.median < limit),
+            None if name == "btf_nop" => r.note(format!(
+                "anchor: ebpf_exporter {ANCHOR_EMPTY_NS} ns empty (tp_btf)"
+            )),
+            None if name == "btf_map_update" => r.note(format!(
+                "anchor: ebpf_exporter {ANCHOR_MAP_UPDATE_NS} ns (tp_btf)"
+            )),
+            None => r.note("Unix datagram send + read back"),
+        });
+    }
+    // The refused send of the runs before BTF tracepoints, and the experiments on it.
+    let refused = Trigger::RefusedSend;
+    let nop = median(refused, "nop");
+    for (name, measure, note) in [
+        (
+            "idlecut_tp_btf",
+            "added latency per refused send: idlecut (tp_btf)",
+            "error event: the program's first test",
+        ),
+        (
+            "idlecut_classic",
+            "added latency per refused send: idlecut (tracepoint)",
+            "the measure of the runs before",
+        ),
+        (
+            "map_update",
+            "added latency per refused send: one-map-update program (tracepoint)",
+            "",
+        ),
+        (
+            "helper_read",
+            "added latency: one field read, bpf_probe_read_kernel",
+            "experiment",
+        ),
+        (
+            "const_read",
+            "added latency: one field read, direct load (constant offset)",
+            "experiment",
+        ),
+        (
+            "lru_insert_delete",
+            "added latency: state insert + delete, LRU hash map",
+            "experiment",
+        ),
+        (
+            "hash_insert_delete",
+            "added latency: state insert + delete, plain hash map",
+            "experiment",
+        ),
+        (
+            "ringbuf_wakeup",
+            "added latency: 88-byte event, ring buffer, reader woken",
+            "experiment",
+        ),
+        (
+            "ringbuf_no_wakeup",
+            "added latency: 88-byte event, ring buffer, no wakeup",
+            "experiment",
+        ),
+    ] {
+        // idlecut's rows always (the smoke check wants their numbers); experiments only where
+        // this kernel runs them.
+        let always = name.starts_with("idlecut") || name == "map_update";
+        if let Some(spread) = added(refused, name).filter(|s| always || s.is_measured()) {
+            rows.push(
+                row(
+                    "kernel",
+                    measure,
+                    "ns",
+                    spread.median,
+                    (nop, "do-nothing classic tracepoint program"),
+                    None,
+                )
+                .note(note),
+            );
+        }
+    }
+}
+
+fn traffic_rows(o: &Overhead, rows: &mut Vec<Row>) {
+    for (what, unit, off) in [
+        ("loopback TCP bulk throughput", "Gbit/s", o.bulk_gbit_s_off),
+        (
+            "loopback TCP ping-pong rate (64 B)",
+            "/s",
+            o.ping_pong_per_s_off,
+        ),
+    ] {
+        let bulk = unit == "Gbit/s";
+        for hooks in HookKind::ALL {
+            for agent in [true, false] {
+                let Some(t) = o.traffic.get(traffic_condition(hooks, agent)) else {
+                    continue;
+                };
+                let (on, ratio_on) = if bulk {
+                    (t.bulk_gbit_s, t.bulk_ratio)
+                } else {
+                    (t.ping_pong_per_s, t.ping_pong_ratio)
+                };
+                let r = if agent {
                     row(
-                        "kernel",
-                        measure,
-                        "ns",
-                        spread.median,
-                        (nop, "do-nothing program"),
-                        None,
+                        "overhead",
+                        format!("{what}, non-mail port{}", kind_suffix(hooks)),
+                        unit,
+                        on.median,
+                        (off.median, "agent not running"),
+                        Some(ratio_on),
                     )
-                    .note(note),
-                );
+                    .target("loss < 2% (ratio >= 0.98)", ratio_on.median >= 0.98)
+                } else {
+                    row(
+                        "overhead",
+                        format!("{what}, do-nothing {} programs attached", hooks.label()),
+                        unit,
+                        on.median,
+                        (off.median, "nothing attached"),
+                        Some(ratio_on),
+                    )
+                    .note("what attaching anything there costs")
+                };
+                rows.push(r);
             }
         }
-        for (what, unit, on, off, nop, ratio_on, ratio_nop) in [
-            (
-                "loopback TCP bulk throughput",
-                "Gbit/s",
-                o.bulk_gbit_s_on,
-                o.bulk_gbit_s_off,
-                o.bulk_gbit_s_nop,
-                o.bulk_ratio,
-                o.bulk_nop_ratio,
-            ),
-            (
-                "loopback TCP ping-pong rate (64 B)",
-                "/s",
-                o.ping_pong_per_s_on,
-                o.ping_pong_per_s_off,
-                o.ping_pong_per_s_nop,
-                o.ping_pong_ratio,
-                o.ping_pong_nop_ratio,
-            ),
-        ] {
-            rows.push(
-                row(
-                    "overhead",
-                    format!("{what}, non-mail port"),
-                    unit,
-                    on.median,
-                    (off.median, "agent not running"),
-                    Some(ratio_on),
-                )
-                .target("loss < 2% (ratio >= 0.98)", ratio_on.median >= 0.98),
-            );
-            rows.push(
-                row(
-                    "overhead",
-                    format!("{what}, do-nothing programs attached"),
-                    unit,
-                    nop.median,
-                    (off.median, "nothing attached"),
-                    Some(ratio_nop),
-                )
-                .note("what attaching anything there costs"),
-            );
-        }
     }
-    if let Some(Ok(c)) = &results.churn {
-        let machine_max = c.max_without_agent_per_s.median;
-        let target_rate = f64::from(crate::churn::TARGET_RATE);
-        let (target, met) = if machine_max >= target_rate {
-            (
-                format!("no loss at {}k/s", crate::churn::TARGET_RATE / 1000),
-                c.sustained_no_loss_per_s >= 0.99 * target_rate,
-            )
-        } else {
-            (
-                format!("no loss at the machine's max ({machine_max:.0}/s)"),
-                c.first_loss_per_s.is_none(),
-            )
-        };
-        rows.push(
-            row(
-                "churn",
-                "open+close rate sustained with zero lost events",
-                "conn/s",
-                c.sustained_no_loss_per_s,
-                (machine_max, "machine max, agent not running"),
-                None,
-            )
-            .target(target, met),
-        );
-        rows.push(
-            row(
-                "churn",
-                match c.first_loss_per_s {
-                    Some(_) => "first rate with lost events".to_owned(),
-                    None => "first rate with lost events: none up to the max".to_owned(),
-                },
-                "conn/s",
-                c.first_loss_per_s.unwrap_or(c.max_with_agent_per_s.median),
-                (machine_max, "machine max, agent not running"),
-                None,
-            )
-            .note(c.first_loss.clone().unwrap_or_default()),
-        );
-        rows.push(
-            row(
-                "churn",
-                "program runs the kernel skipped at 20k conn/s, per 10k connections",
-                "runs",
-                c.recursion_misses_per_10k_at_20k,
-                (0.0, "expected"),
-                None,
-            )
-            .note(match c.first_recursion_miss_per_s {
-                Some(rate) => format!("first seen at {rate:.0}/s (recursion_misses)"),
-                None => "none seen".to_owned(),
-            }),
-        );
-        rows.push(
-            row(
-                "churn",
-                "kernel state insert failures at 20k conn/s (share of tracked)",
-                "%",
-                100.0 * c.insert_failure_share_at_20k,
-                (0.0, "expected"),
-                None,
-            )
-            .note(match c.first_insert_failure_per_s {
-                Some(rate) => format!("first seen at {rate:.0}/s"),
-                None => "none seen".to_owned(),
-            }),
-        );
-        rows.push(
-            row(
-                "churn",
-                "agent CPU at 20k conn/s",
-                "cores",
-                c.agent_cpu_cores_at_20k,
-                (2.0, "cores on this machine"),
-                None,
-            )
-            .note(format!(
-                "{:.1} us per connection",
-                c.agent_cpu_us_per_connection_at_20k
-            )),
-        );
-        rows.push(
-            row(
-                "churn",
-                "machine max open+close rate, agent running",
-                "conn/s",
-                c.max_with_agent_per_s.median,
-                (c.max_without_agent_per_s.median, "agent not running"),
-                Some(c.max_ratio),
-            )
-            .note(""),
-        );
-    }
+}
+
+fn churn_rows(c: &Churn, hooks: HookKind, k: &OfKind, rows: &mut Vec<Row>) {
+    let suffix = kind_suffix(hooks);
+    let machine_max = c.max_without_agent_per_s.median;
+    let target_rate = f64::from(crate::churn::TARGET_RATE);
+    let (target, met) = if machine_max >= target_rate {
+        (
+            format!("no loss at {}k/s", crate::churn::TARGET_RATE / 1000),
+            k.sustained_no_loss_per_s >= 0.99 * target_rate,
+        )
+    } else {
+        (
+            format!("no loss at the machine's max ({machine_max:.0}/s)"),
+            k.first_loss_per_s.is_none(),
+        )
+    };
+    rows.push(
+        row(
+            "churn",
+            format!("open+close rate sustained with zero lost events{suffix}"),
+            "conn/s",
+            k.sustained_no_loss_per_s,
+            (machine_max, "machine max, agent not running"),
+            None,
+        )
+        .target(target, met),
+    );
+    rows.push(
+        row(
+            "churn",
+            match k.first_loss_per_s {
+                Some(_) => format!("first rate with lost events{suffix}"),
+                None => format!("first rate with lost events: none up to the max{suffix}"),
+            },
+            "conn/s",
+            k.first_loss_per_s.unwrap_or(k.max_with_agent_per_s.median),
+            (machine_max, "machine max, agent not running"),
+            None,
+        )
+        .note(k.first_loss.clone().unwrap_or_default()),
+    );
+    rows.push(
+        row(
+            "churn",
+            format!("program runs the kernel skipped at 20k conn/s, per 10k connections{suffix}"),
+            "runs",
+            k.recursion_misses_per_10k_at_20k,
+            (0.0, "expected"),
+            None,
+        )
+        .note(match k.first_recursion_miss_per_s {
+            Some(rate) => format!("first seen at {rate:.0}/s (recursion_misses)"),
+            None => "none seen".to_owned(),
+        }),
+    );
+    rows.push(
+        row(
+            "churn",
+            format!("opens / closes not counted at 20k conn/s{suffix}"),
+            "opens",
+            k.uncounted_opens_at_20k,
+            (0.0, "expected"),
+            None,
+        )
+        .note(format!("{:.0} closes", k.uncounted_closes_at_20k)),
+    );
+    rows.push(
+        row(
+            "churn",
+            format!("kernel state insert failures at 20k conn/s (share of tracked){suffix}"),
+            "%",
+            100.0 * k.insert_failure_share_at_20k,
+            (0.0, "expected"),
+            None,
+        )
+        .note(match k.first_insert_failure_per_s {
+            Some(rate) => format!("first seen at {rate:.0}/s"),
+            None => "none seen".to_owned(),
+        }),
+    );
+    rows.push(
+        row(
+            "churn",
+            format!("agent CPU at 20k conn/s{suffix}"),
+            "cores",
+            k.agent_cpu_cores_at_20k,
+            (2.0, "cores on this machine"),
+            None,
+        )
+        .note(format!(
+            "{:.1} us per connection",
+            k.agent_cpu_us_per_connection_at_20k
+        )),
+    );
+    rows.push(
+        row(
+            "churn",
+            format!("machine max open+close rate, agent running{suffix}"),
+            "conn/s",
+            k.max_with_agent_per_s.median,
+            (machine_max, "agent not running"),
+            Some(k.max_ratio),
+        )
+        .note(""),
+    );
+}
+
+fn scale_and_latency_rows(results: &Results, rows: &mut Vec<Row>) {
     if let Some(Ok(s)) = &results.scale {
         let tracked = format!("{:.0}", s.tracked_connections);
         rows.push(
@@ -381,7 +499,40 @@ pub fn rows(results: &Results) -> Vec<Row> {
             .note(format!("scrape resolution ~{:.1} ms", l.scrape_ms.median)),
         );
     }
-    rows
+}
+
+/// Kernel cost per hook kind, class and tracepoint, as a Markdown table (what
+/// docs/performance.md shows under "Kernel cost per event").
+pub fn kernel_detail(k: &KernelCost) -> String {
+    let mut out = String::from(
+        "| hooks | class | tracepoint | idlecut ns/run | do-nothing ns/run | ratio median [min-max] | runs per phase |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for s in &k.summary {
+        let class = match s.class {
+            Class::NonMail => "non-mail",
+            Class::Mail => "mail",
+        };
+        let ratio = if s.ratio.is_measured() {
+            format!(
+                "{} [{}-{}]",
+                number(s.ratio.median),
+                number(s.ratio.min),
+                number(s.ratio.max)
+            )
+        } else {
+            "not exercised".to_owned()
+        };
+        out.push_str(&format!(
+            "| {} | {class} | {} | {} | {} | {ratio} | {} |\n",
+            s.hooks.label(),
+            s.tracepoint,
+            number(s.idlecut_ns_per_run.median),
+            number(s.baseline_ns_per_run.median),
+            number(s.runs_per_phase.median),
+        ));
+    }
+    out
 }
 
 /// A fixed-width text table of the rows.

@@ -2,10 +2,14 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::bpf_get_current_pid_tgid,
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
+
+// Do-nothing programs on idlecut's tracepoints, of both hook kinds idlecut uses: classic
+// tracepoints (the kernel formats a record for each event, then runs the program) and BTF
+// tracepoints (`tp_btf`: the program gets the tracepoint's arguments, no record).
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn nop_set_state(_ctx: TracePointContext) -> u32 {
@@ -42,6 +46,51 @@ pub fn nop_err_report(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn nop_destroy_sock(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn btf_nop_set_state(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn btf_nop_tcp_probe(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn btf_nop_send_len(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn btf_nop_rcv_reset(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn btf_nop_send_reset(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn btf_nop_retransmit(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn btf_nop_err_report(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn btf_nop_destroy_sock(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[map(name = "COUNTS")]
 static COUNTS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 
@@ -50,6 +99,19 @@ static COUNTS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 /// only ever written by its own thread, on one CPU at a time.)
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn map_send_len(_ctx: TracePointContext) -> u32 {
+    count_call();
+    0
+}
+
+/// The same on a BTF tracepoint, the hook ebpf_exporter's benchmark uses.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn btf_map_send_len(_ctx: BtfTracePointContext) -> u32 {
+    count_call();
+    0
+}
+
+#[inline(always)]
+fn count_call() {
     // The low half is the thread id, as in ebpf_exporter's probe.
     let key = bpf_get_current_pid_tgid() as u32;
     match COUNTS.get_ptr_mut(&key) {
@@ -62,7 +124,6 @@ pub fn map_send_len(_ctx: TracePointContext) -> u32 {
             let _ = COUNTS.insert(&key, &1, u64::from(BPF_NOEXIST));
         }
     }
-    0
 }
 
 // What a tracepoint field read costs, on sock:sock_send_length (the bench checks that the
