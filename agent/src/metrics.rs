@@ -126,6 +126,7 @@ pub struct Metrics {
     stall: Family<StallLabels, Histogram, fn() -> Histogram>,
     icmp_errors: Family<IcmpLabels, Counter>,
     pub events_lost: Counter,
+    pub ends_delayed: Counter,
     pub events_malformed: Counter,
     pub tracked_connections: Gauge,
     pub probe_attached: Family<ProbeLabels, Gauge>,
@@ -266,6 +267,12 @@ impl Metrics {
             "Kernel events lost: the ring buffer was full (raise --ring-buffer-size), or the kernel skipped a program run because another BPF program was running on that CPU",
             events_lost.clone(),
         );
+        let ends_delayed = Counter::default();
+        registry.register(
+            "ends_delayed",
+            "Connection ends the ring buffer had no room for, which waited in the kernel until the agent took them (none lost; a ring buffer too small for bursts)",
+            ends_delayed.clone(),
+        );
         let events_malformed = Counter::default();
         registry.register(
             "events_malformed",
@@ -359,6 +366,7 @@ impl Metrics {
             stall,
             icmp_errors,
             events_lost,
+            ends_delayed,
             events_malformed,
             tracked_connections,
             probe_attached,

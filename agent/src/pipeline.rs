@@ -103,7 +103,9 @@ impl Pipeline {
                     // are drained here.
                     self.drain(events.get_mut(), MAX_BATCH, &mut updates);
                     // Ends the ring buffer had no room for, after everything it did carry.
-                    for end in self.kernel.take_unreported_ends(MAX_BATCH) {
+                    let ends = self.kernel.take_unreported_ends(MAX_BATCH);
+                    self.metrics.ends_delayed.inc_by(ends.len() as u64);
+                    for end in ends {
                         self.model.apply(end, &mut updates);
                     }
                     self.model.expire(monotonic_now(), &mut updates);

@@ -463,7 +463,7 @@ fn ends_that_overflow_the_ring_buffer_are_kept_and_outlive_their_namespaces() {
     if !require_root() {
         return;
     }
-    const PAIRS: usize = 300;
+    const PAIRS: usize = 1000;
     let agent = Agent::start(&["--ring-buffer-size", "4096", "--scan-interval", "1h"]);
     let net = Topology::new();
     let imap = listen(&net.server, "0.0.0.0:143");

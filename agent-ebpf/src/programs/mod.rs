@@ -18,7 +18,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use aya_log_ebpf::{debug, warn};
+use aya_log_ebpf::warn;
 use idlecut_ebpf::{
     ConnectionState, PortBitmap, RawEvent, SkbOffsets, SockOffsets, counter, defaults, event_kind,
 };
@@ -192,10 +192,8 @@ fn state_of<C: EbpfContext>(ctx: &C, socket: u64) -> Option<*mut ConnectionState
         return None;
     }
     let _ = SEEDS.remove(&cookie);
-    debug!(
-        ctx,
-        "adopted scanned connection {} as socket {:x}", cookie, socket
-    );
+    // No log line here: the ADOPTED event tells user space, and a log statement on this path
+    // costs every program that can adopt a few thousand verified instructions.
     let mut event = event_for(event_kind::ADOPTED, now_ns(), socket, 0, 0);
     event.value_ns = cookie;
     event.netns = netns_of(socket);
