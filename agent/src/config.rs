@@ -86,6 +86,9 @@ pub struct Config {
     pub req5_threshold: Duration,
     pub min_cuts: usize,
     pub scan_interval: Duration,
+    /// TLS and authentication of the HTTP side (see `http::web_config`); None: plain HTTP,
+    /// `/api/v1/*` for loopback clients only.
+    pub web_config: Option<std::path::PathBuf>,
 }
 
 /// What may come from the command line; `None` means "not given".
@@ -141,6 +144,10 @@ pub struct Flags {
     /// keepalive settings, owners, and connections the probes missed [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_scan_interval)]
     pub scan_interval: Option<Duration>,
+    /// TOML file with the HTTP side's TLS certificate, client CA, bearer token file and
+    /// basic-auth users (see README, "Who may read what"); reloaded when it changes
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<std::path::PathBuf>,
 }
 
 /// The TOML file: the same keys as the flags, with underscores.
@@ -160,6 +167,7 @@ struct FileConfig {
     req5_threshold: Option<String>,
     min_cuts: Option<i64>,
     scan_interval: Option<String>,
+    web_config: Option<std::path::PathBuf>,
 }
 
 /// `ports = "143=imap,587=submission"` or a table `[ports]` with `143 = "imap"`.
@@ -290,6 +298,7 @@ impl Config {
             req5_threshold,
             min_cuts,
             scan_interval,
+            web_config: flags.web_config.clone().or(file.web_config),
         })
     }
 }

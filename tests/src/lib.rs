@@ -4,6 +4,8 @@
 //!
 //! Tests panic with context rather than return errors, so a failure says where it happened.
 
+pub mod web;
+
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -555,6 +557,9 @@ pub fn free_local_port() -> SocketAddr {
 
 /// A minimal HTTP/1.0 GET: status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    if let Some(client) = web::client_for(addr) {
+        return client.get(addr, path);
+    }
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;

@@ -1,0 +1,429 @@
+//! Helpers for the agent's HTTP side: raw requests (half-sent, oversized), the agent's process
+//! (its limits, a timed SIGTERM), agents started with an open-files limit or a web config, a
+//! test PKI made at run time, and a TLS client with credentials.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
+
+use crate::Agent;
+
+/// Sends `request` as is and reads the answer until the server closes (or `timeout` passes):
+/// status, head and body.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (u16, String, String) {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connecting the agent");
+    stream
+        .set_read_timeout(Some(timeout))
+        .expect("read timeout");
+    // The server may answer and close before reading all of an oversized request.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+impl Agent {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    /// A line of `/proc/PID/limits`, e.g. "Max open files".
+    pub fn limit(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/limits", self.pid()))
+            .expect("reading the agent's limits")
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in /proc/PID/limits"))
+            .to_owned()
+    }
+
+    /// How many descriptors the agent has open.
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("reading the agent's descriptors")
+            .count()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the agent to exit: its exit code and how
+    /// long it took, or None if it was still running (then it is killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<(Option<i32>, Duration)> {
+        let started = Instant::now();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some((status.code(), started.elapsed()));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+/// A test PKI written to a directory: a CA, a server certificate for 127.0.0.1 and
+/// `idlecut.test`, a client certificate, and a second CA with a client certificate of its own
+/// (which the agent must refuse).
+pub struct TestPki {
+    pub dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("PKI directory");
+        let ca = new_ca("idlecut test CA");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("writing ca.pem");
+        let pki = Self {
+            dir: dir.to_owned(),
+            ca,
+        };
+        pki.issue(
+            "server",
+            &["127.0.0.1", "idlecut.test"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        pki.issue(
+            "client",
+            &["prometheus.test"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let other = new_ca("another CA");
+        std::fs::write(dir.join("other-ca.pem"), other.pem()).expect("writing other-ca.pem");
+        write_leaf(
+            dir,
+            "other-client",
+            &other,
+            &["prometheus.test"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        pki
+    }
+
+    /// Issues `NAME.pem` and `NAME.key` signed by the CA; returns the certificate's DER.
+    pub fn issue(&self, name: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Vec<u8> {
+        write_leaf(&self.dir, name, &self.ca, names, usage)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA")
+}
+
+fn write_leaf(
+    dir: &Path,
+    name: &str,
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> Vec<u8> {
+    let mut params = CertificateParams::new(
+        names
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .expect("leaf params");
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().expect("leaf key");
+    let cert = params.signed_by(&key, issuer).expect("signing");
+    // Written beside, then renamed: a reader never sees half a file.
+    for (file, text) in [
+        (format!("{name}.key"), key.serialize_pem()),
+        (format!("{name}.pem"), cert.pem()),
+    ] {
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).expect("writing PEM");
+        std::fs::rename(&tmp, dir.join(file)).expect("renaming PEM");
+    }
+    cert.der().to_vec()
+}
+
+/// An HTTP client for an agent with a web config: TLS trusting a CA, optionally with a client
+/// certificate, and an Authorization header.
+#[derive(Clone)]
+pub struct WebClient {
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    authorization: Option<String>,
+}
+
+impl WebClient {
+    pub fn plain() -> Self {
+        Self {
+            tls: None,
+            authorization: None,
+        }
+    }
+
+    /// TLS to `server_name`, trusting the CA in `ca_file`, presenting `client` (certificate
+    /// and key files) if given.
+    pub fn tls(ca_file: &Path, server_name: &str, client: Option<(&Path, &Path)>) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_file).expect("CA file") {
+            roots
+                .add(cert.expect("CA certificate"))
+                .expect("adding the CA");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(cert)
+                        .expect("client certificate file")
+                        .collect::<Result<Vec<_>, _>>()
+                        .expect("client certificate"),
+                    PrivateKeyDer::from_pem_file(key).expect("client key"),
+                )
+                .expect("client certificate and key"),
+        };
+        let name = ServerName::try_from(server_name.to_owned()).expect("server name");
+        Self {
+            tls: Some((Arc::new(config), name)),
+            authorization: None,
+        }
+    }
+
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.authorization = Some(format!("Bearer {token}"));
+        self
+    }
+
+    pub fn basic(mut self, user: &str, password: &str) -> Self {
+        use base64::Engine as _;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.authorization = Some(format!("Basic {encoded}"));
+        self
+    }
+
+    /// A minimal HTTP/1.0 GET: status and body. A refused handshake is an error.
+    pub fn get(&self, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+        let (answer, _) = self.exchange(addr, path)?;
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// The certificate the server presented (DER), after a request to /healthz.
+    pub fn server_certificate(&self, addr: SocketAddr) -> std::io::Result<Vec<u8>> {
+        let (_, certificate) = self.exchange(addr, "/healthz")?;
+        certificate.ok_or_else(|| std::io::Error::other("no TLS, no certificate"))
+    }
+
+    fn exchange(&self, addr: SocketAddr, path: &str) -> std::io::Result<(String, Option<Vec<u8>>)> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let authorization = self
+            .authorization
+            .as_ref()
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{authorization}\r\n");
+        let mut answer = Vec::new();
+        let Some((config, name)) = &self.tls else {
+            let mut tcp = tcp;
+            tcp.write_all(request.as_bytes())?;
+            tcp.read_to_end(&mut answer)?;
+            return Ok((String::from_utf8_lossy(&answer).into_owned(), None));
+        };
+        let connection = rustls::ClientConnection::new(config.clone(), name.clone())
+            .map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        tls.write_all(request.as_bytes())?;
+        match tls.read_to_end(&mut answer) {
+            Ok(_) => {}
+            // The answer is complete when the server closes without close_notify, too.
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+            Err(err) => return Err(err),
+        }
+        let certificate = tls
+            .conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec());
+        Ok((String::from_utf8_lossy(&answer).into_owned(), certificate))
+    }
+}
+
+/// Clients of agents started with `Launch::client`, by address: the harness's `http_get` (and
+/// so `Agent::scrape`, `paths`...) speaks TLS with credentials to them.
+static CLIENTS: Mutex<BTreeMap<SocketAddr, WebClient>> = Mutex::new(BTreeMap::new());
+
+pub fn client_for(addr: SocketAddr) -> Option<WebClient> {
+    CLIENTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&addr)
+        .cloned()
+}
+
+/// An agent started with options `Agent::start` lacks: an open-files limit, a web config (with
+/// the client to talk to it). Dereferences to `Agent`.
+pub struct Launch {
+    args: Vec<String>,
+    open_files: Option<(u64, u64)>,
+    client: Option<WebClient>,
+}
+
+pub struct LaunchedAgent {
+    agent: Agent,
+    client: Option<SocketAddr>,
+}
+
+impl std::ops::Deref for LaunchedAgent {
+    type Target = Agent;
+    fn deref(&self) -> &Agent {
+        &self.agent
+    }
+}
+
+impl std::ops::DerefMut for LaunchedAgent {
+    fn deref_mut(&mut self) -> &mut Agent {
+        &mut self.agent
+    }
+}
+
+impl Drop for LaunchedAgent {
+    fn drop(&mut self) {
+        if let Some(addr) = self.client {
+            CLIENTS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&addr);
+        }
+    }
+}
+
+impl Launch {
+    pub fn new(args: &[&str]) -> Self {
+        Self {
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            open_files: None,
+            client: None,
+        }
+    }
+
+    /// Starts the agent with RLIMIT_NOFILE `soft:hard`, as `prlimit --nofile=soft:hard` would.
+    pub fn open_files(mut self, soft: u64, hard: u64) -> Self {
+        self.open_files = Some((soft, hard));
+        self
+    }
+
+    /// The client the harness uses for this agent (its web config needs TLS or credentials).
+    pub fn client(mut self, client: WebClient) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Starts the agent and waits until it serves /healthz (as `Agent::start` does).
+    pub fn start(self) -> LaunchedAgent {
+        let addr = crate::free_local_port();
+        let log = std::env::temp_dir().join(format!("idlecut-agent-{}.log", addr.port()));
+        let log_file = std::fs::File::create(&log).expect("agent log file");
+        let mut command = Command::new(crate::agent_binary());
+        command.arg("--listen").arg(addr.to_string());
+        if !self.args.iter().any(|arg| arg == "--scan-interval") {
+            command.args(["--scan-interval", "2s"]);
+        }
+        command
+            .args(&self.args)
+            .env(
+                "IDLECUT_LOG",
+                std::env::var("IDLECUT_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        if let Some((soft, hard)) = self.open_files {
+            use std::os::unix::process::CommandExt as _;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let registered = self.client.map(|client| {
+            CLIENTS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(addr, client);
+            addr
+        });
+        let child = command.spawn().expect("starting the agent");
+        let mut launched = LaunchedAgent {
+            agent: Agent { child, addr, log },
+            client: registered,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = launched.agent.child.try_wait().expect("agent status") {
+                panic!(
+                    "the agent exited with {status} at start-up:\n{}",
+                    launched.log_text()
+                );
+            }
+            if crate::http_get(addr, "/healthz").is_ok_and(|(status, _)| status == 200) {
+                return launched;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not come up within 20 s:\n{}",
+                launched.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
