@@ -59,9 +59,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ConnectionsArgs {
-    /// The running agent's HTTP address (its --listen)
-    #[arg(long, value_name = "ADDR:PORT", default_value = config::DEFAULT_LISTEN, value_parser = config::parse_listen)]
-    agent: std::net::SocketAddr,
+    #[command(flatten)]
+    agent: client::AgentArgs,
     /// Only this service (a name from --ports, such as imap)
     #[arg(long)]
     service: Option<String>,

@@ -8,7 +8,10 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -92,8 +95,16 @@ pub struct TestPki {
 }
 
 impl TestPki {
-    pub fn new(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).expect("PKI directory");
+    /// Makes the PKI in a new temporary directory, removed on drop.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "idlecut-{tag}-{}-{}",
+            std::process::id(),
+            NEXT_PKI.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("PKI directory");
+        let dir = dir.as_path();
         let ca = new_ca("idlecut test CA");
         std::fs::write(dir.join("ca.pem"), ca.pem()).expect("writing ca.pem");
         let pki = Self {
@@ -130,7 +141,28 @@ impl TestPki {
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
+
+    /// Writes a file into the directory (a web config, a token...); returns its path.
+    pub fn write(&self, file: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(file);
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
+        path
+    }
+
+    /// A client of the agent's TLS side, trusting this CA, for `idlecut.test`.
+    pub fn client(&self) -> WebClient {
+        WebClient::tls(&self.path("ca.pem"), "idlecut.test", None)
+    }
 }
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static NEXT_PKI: AtomicU32 = AtomicU32::new(0);
 
 fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");

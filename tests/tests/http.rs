@@ -5,6 +5,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
+    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -12,8 +13,9 @@ use std::{
 
 use idlecut_integration_tests::{
     Agent, agent_binary, http_get, require_root,
-    web::{Launch, raw_exchange},
+    web::{Launch, TestPki, WebClient, raw_exchange},
 };
+use rcgen::ExtendedKeyUsagePurpose;
 
 #[test]
 fn a_half_sent_request_does_not_hold_up_shutdown() {
@@ -189,4 +191,390 @@ fn a_taken_address_exits_2_with_one_json_error() {
         message.contains("--listen") && message.contains("in use"),
         "{message}"
     );
+}
+
+// TLS and authentication (issue 14).
+
+const TOKEN: &str = "4f1c0ffee-idlecut-test-token";
+const PASSWORD: &str = "correct horse battery staple";
+
+/// The endpoints that need credentials once they are configured (an unknown path too: it must
+/// not tell what exists).
+const PROTECTED: [&str; 5] = [
+    "/metrics",
+    "/api/v1/paths",
+    "/api/v1/connections",
+    "/api/v1/connections?limit=1",
+    "/nowhere",
+];
+
+/// A web config with TLS, a bearer token and a basic-auth user (bcrypt, cost 4 for speed).
+fn tls_token_and_basic(pki: &TestPki) -> PathBuf {
+    pki.write("token", &format!("{TOKEN}\n"));
+    let hash = bcrypt::hash(PASSWORD, 4).expect("bcrypt");
+    pki.write(
+        "web.toml",
+        &format!(
+            "bearer_token_file = \"token\"\n\
+             [tls_server_config]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n\
+             [basic_auth_users]\nprometheus = \"{hash}\"\n"
+        ),
+    )
+}
+
+#[test]
+fn every_endpoint_but_healthz_needs_credentials() {
+    if !require_root() {
+        return;
+    }
+    let pki = TestPki::new("web-auth");
+    let config = tls_token_and_basic(&pki);
+    let good = pki.client().bearer(TOKEN);
+    let agent = Launch::new(&["--web-config", config.to_str().expect("utf-8")])
+        .client(good.clone())
+        .start();
+    let anonymous = pki.client();
+    let wrong = [
+        ("no credentials", anonymous.clone()),
+        (
+            "a wrong token",
+            pki.client().bearer("4f1c0ffee-idlecut-test-tokem"),
+        ),
+        ("an empty token", pki.client().bearer("")),
+        (
+            "a wrong password",
+            pki.client().basic("prometheus", "correct horse"),
+        ),
+        ("an unknown user", pki.client().basic("grafana", PASSWORD)),
+        (
+            "the token as a password",
+            pki.client().basic("prometheus", TOKEN),
+        ),
+    ];
+    let mut bodies = std::collections::BTreeSet::new();
+    for path in PROTECTED {
+        for (what, client) in &wrong {
+            let (status, body) = client.get(agent.addr, path).expect("GET");
+            assert_eq!(status, 401, "{path} with {what}: {body}");
+            bodies.insert(body);
+        }
+        let expected = if path == "/nowhere" { 404 } else { 200 };
+        for (what, client) in [
+            ("the token", good.clone()),
+            ("the password", pki.client().basic("prometheus", PASSWORD)),
+        ] {
+            let (status, body) = client.get(agent.addr, path).expect("GET");
+            assert_eq!(status, expected, "{path} with {what}: {body}");
+        }
+    }
+    assert_eq!(bodies.len(), 1, "401 answers differ: {bodies:?}");
+    eprintln!("401 body: {bodies:?}");
+    let (status, body) = anonymous.get(agent.addr, "/healthz").expect("/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = WebClient::plain().bearer(TOKEN).get(agent.addr, "/metrics");
+    assert!(
+        plain.as_ref().map_or(true, |(status, _)| *status == 0),
+        "plain HTTP was answered: {plain:?}"
+    );
+    // The harness scrapes through `good`.
+    assert!(agent.scrape().text.contains("idlecut_build_info"));
+}
+
+#[test]
+fn client_certificates_from_another_ca_are_refused() {
+    if !require_root() {
+        return;
+    }
+    let pki = TestPki::new("web-mtls");
+    let ca = pki.path("ca.pem");
+    let with = |name: &str| {
+        WebClient::tls(
+            &ca,
+            "idlecut.test",
+            Some((
+                &pki.path(&format!("{name}.pem")),
+                &pki.path(&format!("{name}.key")),
+            )),
+        )
+    };
+    // Required: the handshake itself refuses.
+    let config = pki.write(
+        "web.toml",
+        "[tls_server_config]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nclient_ca_file = \"ca.pem\"\n",
+    );
+    let agent = Launch::new(&["--web-config", config.to_str().expect("utf-8")])
+        .client(with("client"))
+        .start();
+    let (status, _) = with("client").get(agent.addr, "/metrics").expect("GET");
+    assert_eq!(status, 200);
+    for (what, client) in [
+        ("another CA's certificate", with("other-client")),
+        ("no certificate", pki.client()),
+    ] {
+        let refused = client.get(agent.addr, "/metrics");
+        assert!(refused.is_err(), "{what}: {refused:?}");
+        eprintln!(
+            "{what}: {}",
+            refused.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+    }
+    drop(agent);
+
+    // Optional: /healthz without one, 401 for the rest; another CA's is still refused.
+    pki.write(
+        "web.toml",
+        "[tls_server_config]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nclient_ca_file = \"ca.pem\"\nclient_auth_type = \"VerifyClientCertIfGiven\"\n",
+    );
+    let agent = Launch::new(&["--web-config", config.to_str().expect("utf-8")])
+        .client(with("client"))
+        .start();
+    let anonymous = pki.client();
+    assert_eq!(anonymous.get(agent.addr, "/healthz").expect("GET").0, 200);
+    assert_eq!(anonymous.get(agent.addr, "/metrics").expect("GET").0, 401);
+    assert_eq!(
+        with("client")
+            .get(agent.addr, "/api/v1/paths")
+            .expect("GET")
+            .0,
+        200
+    );
+    assert!(with("other-client").get(agent.addr, "/healthz").is_err());
+}
+
+#[test]
+fn replaced_certificate_files_are_used_without_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let pki = TestPki::new("web-reload");
+    let config = tls_token_and_basic(&pki);
+    let client = pki.client().bearer(TOKEN);
+    let agent = Launch::new(&["--web-config", config.to_str().expect("utf-8")])
+        .client(client.clone())
+        .start();
+    let first = client.server_certificate(agent.addr).expect("handshake");
+    assert_eq!(
+        first,
+        std::fs::read(pki.path("server.pem"))
+            .map(|pem| pem_der(&pem))
+            .expect("server.pem")
+    );
+    // A renewal, as cert-manager or certbot would write it.
+    let renewed = pki.issue(
+        "server",
+        &["idlecut.test", "127.0.0.1", "renewed.idlecut.test"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    assert_ne!(first, renewed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = client.server_certificate(agent.addr).expect("handshake");
+        if served == renewed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not served within 10 s:\n{}",
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // So is a new token.
+    pki.write("token", "a-new-token\n");
+    thread::sleep(Duration::from_millis(1500));
+    let renewed_token = pki.client().bearer("a-new-token");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while renewed_token.get(agent.addr, "/metrics").expect("GET").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the new token was not accepted:\n{}",
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // A broken replacement is refused, and the last good one stays.
+    pki.write("server.key", "not a key\n");
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        client.server_certificate(agent.addr).expect("handshake"),
+        renewed
+    );
+    assert_eq!(
+        renewed_token.get(agent.addr, "/metrics").expect("GET").0,
+        200
+    );
+    let log = agent.log_text();
+    assert!(log.contains("keeping the previous web settings"), "{log}");
+}
+
+/// The DER of the first certificate of a PEM file.
+fn pem_der(pem: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text
+        .lines()
+        .skip_while(|line| !line.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM base64")
+}
+
+#[test]
+fn bad_web_configs_stop_the_start_with_exit_2_and_say_why() {
+    let pki = TestPki::new("web-bad");
+    pki.write("empty-token", "\n");
+    let tls = |cert: &str, key: &str| {
+        format!("[tls_server_config]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n")
+    };
+    for (name, config, says) in [
+        (
+            "missing-cert",
+            tls("nowhere.pem", "server.key"),
+            "nowhere.pem",
+        ),
+        (
+            "missing-key",
+            tls("server.pem", "nowhere.key"),
+            "nowhere.key",
+        ),
+        (
+            "foreign-key",
+            tls("server.pem", "client.key"),
+            "does not belong to the certificate",
+        ),
+        (
+            "key-as-cert",
+            tls("server.key", "server.key"),
+            "no PEM certificate",
+        ),
+        (
+            "bad-hash",
+            "[basic_auth_users]\nprometheus = \"$2y$10$tooshort\"\n".to_owned(),
+            "not a bcrypt hash",
+        ),
+        (
+            "empty-token",
+            "bearer_token_file = \"empty-token\"\n".to_owned(),
+            "is empty",
+        ),
+        (
+            "missing-token",
+            "bearer_token_file = \"no-token\"\n".to_owned(),
+            "no-token",
+        ),
+        (
+            "typo",
+            "bearer_token_flie = \"token\"\n".to_owned(),
+            "unknown field `bearer_token_flie`",
+        ),
+        (
+            "ca-without-file",
+            format!(
+                "{}client_auth_type = \"VerifyClientCertIfGiven\"\n",
+                tls("server.pem", "server.key")
+            ),
+            "needs client_ca_file",
+        ),
+    ] {
+        let config = pki.write(&format!("{name}.toml"), &config);
+        let output = Command::new(agent_binary())
+            .args([
+                "--listen",
+                "127.0.0.1:1",
+                "--web-config",
+                config.to_str().expect("utf-8"),
+            ])
+            .output()
+            .expect("running idlecut");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        eprintln!("{name}: {}", stderr.trim());
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}.toml")),
+            "{name} does not name the file: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn without_authentication_the_api_follows_unauthenticated_api() {
+    if !require_root() {
+        return;
+    }
+    // Default: loopback clients (the tests) get the API; `nowhere` closes it, /metrics stays.
+    let agent = Agent::start(&[]);
+    assert_eq!(
+        http_get(agent.addr, "/api/v1/connections").expect("GET").0,
+        200
+    );
+    drop(agent);
+    let pki = TestPki::new("web-api");
+    let config = pki.write("web.toml", "unauthenticated_api = \"nowhere\"\n");
+    let agent = Agent::start(&["--web-config", config.to_str().expect("utf-8")]);
+    for path in ["/api/v1/connections", "/api/v1/paths"] {
+        let (status, body) = http_get(agent.addr, path).expect("GET");
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("unauthenticated_api"), "{body}");
+    }
+    assert_eq!(http_get(agent.addr, "/metrics").expect("GET").0, 200);
+}
+
+#[test]
+fn idlecut_connections_talks_tls_with_credentials_from_the_environment() {
+    if !require_root() {
+        return;
+    }
+    let pki = TestPki::new("web-cli");
+    let config = tls_token_and_basic(&pki);
+    let agent = Launch::new(&["--web-config", config.to_str().expect("utf-8")])
+        .client(pki.client().bearer(TOKEN))
+        .start();
+    let url = format!("https://{}", agent.addr);
+    let run = |env: &[(&str, &str)]| {
+        let mut command = Command::new(agent_binary());
+        command
+            .args([
+                "connections",
+                "--agent",
+                &url,
+                "--tls-server-name",
+                "idlecut.test",
+            ])
+            .env("IDLECUT_CA_FILE", pki.path("ca.pem"));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("running idlecut connections");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let token_file = pki.path("token");
+    for env in [
+        &[(
+            "IDLECUT_BEARER_TOKEN_FILE",
+            token_file.to_str().expect("utf-8"),
+        )][..],
+        &[("IDLECUT_BEARER_TOKEN", TOKEN)][..],
+        &[
+            ("IDLECUT_BASIC_AUTH_USER", "prometheus"),
+            ("IDLECUT_BASIC_AUTH_PASSWORD", PASSWORD),
+        ][..],
+    ] {
+        let (code, stdout, stderr) = run(env);
+        assert_eq!(code, Some(0), "{env:?}: {stderr}");
+        assert!(stdout.contains("REMOTE"), "{stdout}");
+    }
+    let (code, _, stderr) = run(&[("IDLECUT_BEARER_TOKEN", "wrong")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    eprintln!("wrong token: {}", stderr.trim());
 }
