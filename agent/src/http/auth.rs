@@ -57,6 +57,9 @@ pub struct Credentials {
     bcrypt_turn: Semaphore,
 }
 
+/// Longest wait for a bcrypt check's turn.
+const BCRYPT_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A well-formed bcrypt hash that no password matches in practice: unknown users cost the same
 /// bcrypt run as known ones, so that timing does not tell which users exist.
 const UNKNOWN_USER_HASH: &str = "$2y$10$3KnqDgvXhi7MvHLRWTbUeuQsz8Ypk9nlJIvX3gW.xKGBhbT3.ZU1a";
@@ -133,7 +136,11 @@ impl Credentials {
         if remembered {
             return true;
         }
-        let Ok(_turn) = self.bcrypt_turn.acquire().await else {
+        // Under a flood of guesses the queue grows: a request that cannot get its turn soon
+        // is refused rather than held (it would hold an HTTP connection slot meanwhile).
+        let Ok(Ok(_turn)) =
+            tokio::time::timeout(BCRYPT_QUEUE_WAIT, self.bcrypt_turn.acquire()).await
+        else {
             return false;
         };
         let known_hash = hash.cloned();
