@@ -7,7 +7,6 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU32, Ordering},
@@ -47,10 +46,6 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (u16
 }
 
 impl Agent {
-    pub fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).expect("pid")
-    }
-
     /// A line of `/proc/PID/limits`, e.g. "Max open files".
     pub fn limit(&self, name: &str) -> String {
         std::fs::read_to_string(format!("/proc/{}/limits", self.pid()))
@@ -72,8 +67,9 @@ impl Agent {
     /// long it took, or None if it was still running (then it is killed).
     pub fn terminate(&mut self, within: Duration) -> Option<(Option<i32>, Duration)> {
         let started = Instant::now();
+        let pid = i32::try_from(self.pid()).expect("pid");
         // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         while started.elapsed() < within {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some((status.code(), started.elapsed()));
@@ -326,19 +322,27 @@ impl WebClient {
 /// so `Agent::scrape`, `paths`...) speaks TLS with credentials to them.
 static CLIENTS: Mutex<BTreeMap<SocketAddr, WebClient>> = Mutex::new(BTreeMap::new());
 
+thread_local! {
+    /// The client of the agent this thread is starting, before its address is known: the
+    /// harness's start-up check (`/healthz`) goes through it.
+    static STARTING: std::cell::RefCell<Option<WebClient>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The client to reach `addr` with, if it is an agent started with `Launch::client`.
 pub fn client_for(addr: SocketAddr) -> Option<WebClient> {
-    CLIENTS
+    let registered = CLIENTS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get(&addr)
-        .cloned()
+        .cloned();
+    registered.or_else(|| STARTING.with(|starting| starting.borrow().clone()))
 }
 
-/// An agent started with options `Agent::start` lacks: an open-files limit, a web config (with
-/// the client to talk to it). Dereferences to `Agent`.
+/// An agent started with what `Agent::start` lacks: an open-files limit, a web config (with the
+/// client to talk to it). Dereferences to `Agent`.
 pub struct Launch {
     args: Vec<String>,
-    open_files: Option<(u64, u64)>,
+    runner: Vec<String>,
     client: Option<WebClient>,
 }
 
@@ -375,14 +379,18 @@ impl Launch {
     pub fn new(args: &[&str]) -> Self {
         Self {
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
-            open_files: None,
+            runner: Vec::new(),
             client: None,
         }
     }
 
-    /// Starts the agent with RLIMIT_NOFILE `soft:hard`, as `prlimit --nofile=soft:hard` would.
+    /// Starts the agent under `prlimit --nofile=SOFT:HARD`, as systemd's limits would.
     pub fn open_files(mut self, soft: u64, hard: u64) -> Self {
-        self.open_files = Some((soft, hard));
+        self.runner = vec![
+            "prlimit".to_owned(),
+            format!("--nofile={soft}:{hard}"),
+            "--".to_owned(),
+        ];
         self
     }
 
@@ -392,70 +400,21 @@ impl Launch {
         self
     }
 
-    /// Starts the agent and waits until it serves /healthz (as `Agent::start` does).
+    /// Starts the agent and waits until it serves /healthz (`Agent::try_start_as`).
     pub fn start(self) -> LaunchedAgent {
-        let addr = crate::free_local_port();
-        let log = std::env::temp_dir().join(format!("idlecut-agent-{}.log", addr.port()));
-        let log_file = std::fs::File::create(&log).expect("agent log file");
-        let mut command = Command::new(crate::agent_binary());
-        command.arg("--listen").arg(addr.to_string());
-        if !self.args.iter().any(|arg| arg == "--scan-interval") {
-            command.args(["--scan-interval", "2s"]);
-        }
-        command
-            .args(&self.args)
-            .env(
-                "IDLECUT_LOG",
-                std::env::var("IDLECUT_TEST_LOG").unwrap_or_else(|_| "debug".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        if let Some((soft, hard)) = self.open_files {
-            use std::os::unix::process::CommandExt as _;
-            let limit = libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        let registered = self.client.map(|client| {
+        let runner: Vec<&str> = self.runner.iter().map(String::as_str).collect();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        STARTING.with(|starting| *starting.borrow_mut() = self.client.clone());
+        let started = Agent::try_start_as(&runner, &crate::agent_binary(), &args);
+        STARTING.with(|starting| *starting.borrow_mut() = None);
+        let agent = started.unwrap_or_else(|err| panic!("{err}"));
+        let client = self.client.map(|client| {
             CLIENTS
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(addr, client);
-            addr
+                .insert(agent.addr, client);
+            agent.addr
         });
-        let child = command.spawn().expect("starting the agent");
-        let mut launched = LaunchedAgent {
-            agent: Agent { child, addr, log },
-            client: registered,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = launched.agent.child.try_wait().expect("agent status") {
-                panic!(
-                    "the agent exited with {status} at start-up:\n{}",
-                    launched.log_text()
-                );
-            }
-            if crate::http_get(addr, "/healthz").is_ok_and(|(status, _)| status == 200) {
-                return launched;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not come up within 20 s:\n{}",
-                launched.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        LaunchedAgent { agent, client }
     }
 }
