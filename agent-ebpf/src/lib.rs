@@ -41,7 +41,7 @@ pub const MAPS: [&str; 5] = [
 
 /// Every global the agent sets at load time, by name: the built object must have exactly these
 /// (plus aya-log's level), which a test of the agent checks against the embedded object.
-pub const GLOBALS: [&str; 12] = [
+pub const GLOBALS: [&str; 13] = [
     PORTS_GLOBAL,
     WAKEUP_BYTES_GLOBAL,
     MIN_IDLE_GAP_GLOBAL,
@@ -54,6 +54,7 @@ pub const GLOBALS: [&str; 12] = [
     offsets_global::TCP_RETRANSMIT_SKB,
     offsets_global::INET_SK_ERROR_REPORT,
     offsets_global::SOCK_SEND_LENGTH,
+    offsets_global::TCP_DESTROY_SOCK,
 ];
 
 /// Defaults of what the agent sizes and sets at load time; the programs' placeholders use the
@@ -101,7 +102,9 @@ pub mod tcp_state {
 pub mod event_kind {
     /// The connection reached ESTABLISHED. Addresses and ports are set.
     pub const OPEN: u8 = 1;
-    /// The connection reached CLOSE. Addresses, ports, `old_state`, `flags`, `count`
+    /// The connection reached CLOSE (or, `old_state` 0, its socket was destroyed while the
+    /// programs still held state for it: the CLOSE itself went unreported, a program run the
+    /// kernel skipped or a full ring buffer). Addresses, ports, `old_state`, `flags`, `count`
     /// (retransmissions), `value_ns` (kernel open time, 0 if unknown) and `aux_ns` (how long
     /// the connection had been stalled, retransmitting without hearing from the peer; 0 if it
     /// was not) are set.
@@ -360,6 +363,7 @@ pub mod offsets_global {
     pub const TCP_RETRANSMIT_SKB: &str = "OFFSETS_TCP_RETRANSMIT_SKB";
     pub const INET_SK_ERROR_REPORT: &str = "OFFSETS_INET_SK_ERROR_REPORT";
     pub const SOCK_SEND_LENGTH: &str = "OFFSETS_SOCK_SEND_LENGTH";
+    pub const TCP_DESTROY_SOCK: &str = "OFFSETS_TCP_DESTROY_SOCK";
 }
 
 /// A bitmap of the watched ports: bit `p % 64` of word `p / 64`.

@@ -17,12 +17,7 @@ mod web_config;
 pub use server::Limits;
 pub use web_config::WebSettings;
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{
@@ -32,9 +27,13 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
-use crate::{inference::Inference, metrics::Metrics, pipeline::ViewRequest, view::Filter};
+use crate::{
+    metrics::Metrics,
+    snapshot::{Snapshots, Unavailable},
+    view::{self, Filter},
+};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -42,8 +41,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
-    pub inference: Arc<Mutex<Inference>>,
-    pub views: mpsc::Sender<ViewRequest>,
+    pub snapshots: Snapshots,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -65,13 +63,14 @@ pub fn router(state: AppState) -> Router {
 const NOT_FOUND: &str =
     "not found: the agent serves /metrics, /healthz, /api/v1/paths and /api/v1/connections\n";
 
-async fn serve_paths(State(state): State<AppState>) -> impl IntoResponse {
-    let reports = state
-        .inference
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .reports();
-    axum::Json(reports)
+/// How long a reader waits for the pipeline's snapshot.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
+
+async fn serve_paths(State(state): State<AppState>) -> axum::response::Response {
+    match state.snapshots.fresh(SNAPSHOT_PATIENCE).await {
+        Ok(snapshot) => axum::Json(&snapshot.paths).into_response(),
+        Err(unavailable) => unavailable_response(unavailable),
+    }
 }
 
 async fn serve_connections(
@@ -82,27 +81,18 @@ async fn serve_connections(
         Ok(filter) => filter,
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
     };
-    let (reply, response) = oneshot::channel();
-    if state
-        .views
-        .send(ViewRequest { filter, reply })
-        .await
-        .is_err()
-    {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is shutting down\n",
-        )
-            .into_response();
+    match state.snapshots.fresh(SNAPSHOT_PATIENCE).await {
+        Ok(snapshot) => axum::Json(view::select(&snapshot.connections, &filter)).into_response(),
+        Err(unavailable) => unavailable_response(unavailable),
     }
-    match tokio::time::timeout(Duration::from_secs(10), response).await {
-        Ok(Ok(view)) => axum::Json(view).into_response(),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent did not answer in time\n",
-        )
-            .into_response(),
-    }
+}
+
+fn unavailable_response(unavailable: Unavailable) -> axum::response::Response {
+    let message = match unavailable {
+        Unavailable::Stopped => "the agent is shutting down\n",
+        Unavailable::TooSlow => "the agent did not answer in time\n",
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
 }
 
 async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -19,8 +19,9 @@ use serde::Serialize;
 use crate::{
     duration_text::with_seconds,
     events::Nanos,
-    model::{Role, Signature, Update},
+    model::Update,
     paths::PathKey,
+    vocabulary::{Role, Signature},
 };
 
 /// Recent samples kept per path: bounded memory, and estimates that follow a middlebox whose
@@ -70,16 +71,25 @@ pub struct CutCounts {
 }
 
 impl CutCounts {
-    fn add(&mut self, signature: Signature) {
+    pub fn get(&self, signature: Signature) -> u64 {
         match signature {
-            Signature::Reset => self.reset += 1,
-            Signature::Blackhole => self.blackhole += 1,
-            Signature::Icmp => self.icmp += 1,
+            Signature::Reset => self.reset,
+            Signature::Blackhole => self.blackhole,
+            Signature::Icmp => self.icmp,
         }
     }
 
+    fn add(&mut self, signature: Signature) {
+        let count = match signature {
+            Signature::Reset => &mut self.reset,
+            Signature::Blackhole => &mut self.blackhole,
+            Signature::Icmp => &mut self.icmp,
+        };
+        *count += 1;
+    }
+
     pub fn total(&self) -> u64 {
-        self.reset + self.blackhole + self.icmp
+        Signature::ALL.into_iter().map(|s| self.get(s)).sum()
     }
 }
 
@@ -359,16 +369,13 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
     let threshold = with_seconds(settings.req5_threshold_seconds);
     let counts = &stats.cut_counts;
     let mut signatures = String::new();
-    for (name, count) in [
-        ("reset", counts.reset),
-        ("blackhole", counts.blackhole),
-        ("icmp", counts.icmp),
-    ] {
+    for signature in Signature::ALL {
+        let count = counts.get(signature);
         if count > 0 {
             if !signatures.is_empty() {
                 signatures.push_str(", ");
             }
-            let _ = write!(signatures, "{name}: {count}");
+            let _ = write!(signatures, "{signature}: {count}");
         }
     }
     let interval = match (stats.cutoff.lower, stats.cutoff.upper) {
@@ -614,7 +621,7 @@ mod tests {
             &key(),
             &Update::Closed {
                 identity: identity(),
-                end: crate::model::End::Fin,
+                end: crate::vocabulary::End::Fin,
                 duration: None,
                 keepalive: None,
             },

@@ -16,12 +16,11 @@ mod paths;
 mod pipeline;
 mod privileges;
 mod probes;
+mod snapshot;
 mod view;
+mod vocabulary;
 
-use std::{
-    process::ExitCode,
-    sync::{Arc, Mutex},
-};
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -65,7 +64,7 @@ struct ConnectionsArgs {
     #[arg(long)]
     service: Option<String>,
     /// Only this role: server or client
-    #[arg(long, value_parser = ["server", "client"])]
+    #[arg(long, value_parser = vocabulary::Role::ALL.map(vocabulary::Role::as_str))]
     role: Option<String>,
     /// Only this path (a prefix such as 192.0.2.0/24, or other)
     #[arg(long)]
@@ -101,7 +100,7 @@ fn main() -> ExitCode {
     };
     init_logging(config.log_format);
     // Usage errors, reported once in the log's format, exit 2.
-    let web = match http::WebSettings::load(config.web_config.as_deref()) {
+    let web = match http::WebSettings::load(config.web_config.0.as_deref()) {
         Ok(web) => web,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -173,7 +172,15 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-    let filter = EnvFilter::try_from_env("IDLECUT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // A filter that does not parse would silence every line, warnings included: say so, and
+    // log at `info` instead.
+    let (filter, bad_filter) = match std::env::var("IDLECUT_LOG") {
+        Err(_) => (EnvFilter::new("info"), None),
+        Ok(text) => match log_filter(&text) {
+            Ok(filter) => (filter, None),
+            Err(err) => (EnvFilter::new("info"), Some((text, err))),
+        },
+    };
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry
@@ -187,6 +194,47 @@ fn init_logging(format: LogFormat) {
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .init(),
     }
+    if let Some((text, err)) = bad_filter {
+        tracing::warn!(
+            IDLECUT_LOG = text,
+            error = err,
+            "IDLECUT_LOG is not a valid log filter (such as info, debug or idlecut=debug): logging at info"
+        );
+    }
+}
+
+/// Parses a log filter, stricter than `EnvFilter` itself: a word it does not know is taken as
+/// the name of a module to trace (`garbage!!!` would then silence every other line), so each
+/// directive's target must look like a module path and its level must be a level.
+fn log_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    use tracing_subscriber::filter::LevelFilter;
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.contains('[') || target.ends_with(']') => {
+                (target, Some(level))
+            }
+            _ => (directive, None),
+        };
+        let target = target.split('[').next().unwrap_or_default();
+        let is_level = target.parse::<LevelFilter>().is_ok();
+        let is_path = !target.is_empty()
+            && target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-');
+        if !is_level && !is_path {
+            return Err(format!(
+                "`{directive}` is neither a level nor a module path"
+            ));
+        }
+        if let Some(level) = level
+            && level.parse::<LevelFilter>().is_err()
+        {
+            return Err(format!(
+                "`{level}` is not a level (trace, debug, info, warn, error, off)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text).map_err(|err| err.to_string())
 }
 
 async fn run(
@@ -232,21 +280,20 @@ async fn run(
         state,
         attached: _,
     } = probes;
-    let inference = Arc::new(Mutex::new(Inference::new(Settings {
-        req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
-        min_cuts: config.min_cuts,
-    })));
-    let (views, view_requests) = tokio::sync::mpsc::channel(16);
+    let (publisher, snapshots) = snapshot::channel(pipeline::monotonic_now);
     let pipeline = Pipeline {
         model: ConnectionModel::new(config.ports.clone()),
         paths: PathTable::new(config.ipv4_prefix, config.ipv6_prefix, config.max_paths),
-        inference: inference.clone(),
+        inference: Inference::new(Settings {
+            req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
+            min_cuts: config.min_cuts,
+        }),
         metrics: metrics.clone(),
         counters,
         kernel: state,
         ports: config.ports.clone(),
         scan_interval: config.scan_interval,
-        views: view_requests,
+        snapshots: publisher,
     };
     let (stop, stopped) = watch::channel(false);
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
@@ -254,11 +301,7 @@ async fn run(
         logger.map(|logger| tokio::spawn(probes::forward_kernel_logs(logger, stopped.clone())));
     let server = tokio::spawn(http::serve(
         listener,
-        http::AppState {
-            metrics,
-            inference,
-            views,
-        },
+        http::AppState { metrics, snapshots },
         web.clone(),
         limits,
         stopped,

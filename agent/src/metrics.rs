@@ -17,8 +17,9 @@ use prometheus_client::{
 use crate::{
     events::Nanos,
     inference::{PathReport, Verdict},
-    model::{Direction, End, KeepaliveSetting, Role, Signature, Update},
+    model::Update,
     paths::PathKey,
+    vocabulary::{Direction, End, KeepaliveSetting, Role, Signature, StallOutcome},
 };
 
 /// Histogram edges in seconds for durations and idle gaps: fine below a minute, then the
@@ -29,66 +30,57 @@ pub const DURATION_BUCKETS: [f64; 23] = [
     3600.0, 7200.0, 7440.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
 ];
 
+// A path's series carry its `service`, `role` and `path` labels (the `PathKey`) first, then
+// the labels of the family.
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PathLabels {
-    pub service: Arc<str>,
-    pub role: &'static str,
-    pub path: Arc<str>,
+struct EndLabels {
+    #[prometheus(flatten)]
+    path: PathKey,
+    end: End,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndLabels {
-    pub service: Arc<str>,
-    pub role: &'static str,
-    pub path: Arc<str>,
-    pub end: &'static str,
+struct ResetLabels {
+    #[prometheus(flatten)]
+    path: PathKey,
+    direction: Direction,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResetLabels {
-    pub service: Arc<str>,
-    pub role: &'static str,
-    pub path: Arc<str>,
-    pub direction: &'static str,
+struct CutLabels {
+    #[prometheus(flatten)]
+    path: PathKey,
+    signature: Signature,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CutLabels {
-    pub service: Arc<str>,
-    pub role: &'static str,
-    pub path: Arc<str>,
-    pub signature: &'static str,
+struct StallLabels {
+    #[prometheus(flatten)]
+    path: PathKey,
+    outcome: StallOutcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StallLabels {
-    pub service: Arc<str>,
-    pub role: &'static str,
-    pub path: Arc<str>,
-    pub outcome: &'static str,
+struct IcmpLabels {
+    #[prometheus(flatten)]
+    path: PathKey,
+    r#type: u8,
+    code: u8,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IcmpLabels {
-    pub service: Arc<str>,
-    pub role: &'static str,
-    pub path: Arc<str>,
-    pub r#type: u8,
-    pub code: u8,
+struct KeepaliveLabels {
+    #[prometheus(flatten)]
+    path: PathKey,
+    setting: KeepaliveSetting,
 }
 
+/// The open-connection gauge is per service and role, not per path.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KeepaliveLabels {
-    pub service: Arc<str>,
-    pub role: &'static str,
-    pub path: Arc<str>,
-    pub setting: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabels {
-    pub service: Arc<str>,
-    pub role: &'static str,
+struct ServiceLabels {
+    service: Arc<str>,
+    role: Role,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,22 +107,22 @@ fn duration_histogram() -> Histogram {
 /// Every metric the agent exports, and the registry that encodes them.
 pub struct Metrics {
     pub registry: Registry,
-    opened: Family<PathLabels, Counter>,
-    discovered: Family<PathLabels, Counter>,
+    opened: Family<PathKey, Counter>,
+    discovered: Family<PathKey, Counter>,
     keepalive: Family<KeepaliveLabels, Gauge>,
-    keepalive_interval: Family<PathLabels, GaugeF64>,
+    keepalive_interval: Family<PathKey, GaugeF64>,
     closed: Family<EndLabels, Counter>,
     open: Family<ServiceLabels, Gauge>,
     duration: Family<EndLabels, Histogram, fn() -> Histogram>,
     resets: Family<ResetLabels, Counter>,
-    retransmits: Family<PathLabels, Counter>,
-    idle_gap: Family<PathLabels, Histogram, fn() -> Histogram>,
+    retransmits: Family<PathKey, Counter>,
+    idle_gap: Family<PathKey, Histogram, fn() -> Histogram>,
     cuts: Family<CutLabels, Counter>,
     idle_before_cut: Family<CutLabels, Histogram, fn() -> Histogram>,
-    cutoff_lower: Family<PathLabels, GaugeF64>,
-    cutoff_upper: Family<PathLabels, GaugeF64>,
-    req5_violation: Family<PathLabels, Gauge>,
-    duration_limit: Family<PathLabels, GaugeF64>,
+    cutoff_lower: Family<PathKey, GaugeF64>,
+    cutoff_upper: Family<PathKey, GaugeF64>,
+    req5_violation: Family<PathKey, Gauge>,
+    duration_limit: Family<PathKey, GaugeF64>,
     stall: Family<StallLabels, Histogram, fn() -> Histogram>,
     icmp_errors: Family<IcmpLabels, Counter>,
     pub events_lost: Counter,
@@ -148,13 +140,13 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(services: impl IntoIterator<Item = Arc<str>>) -> Self {
         let mut registry = Registry::with_prefix("idlecut");
-        let opened = Family::<PathLabels, Counter>::default();
+        let opened = Family::<PathKey, Counter>::default();
         registry.register(
             "connections_opened",
             "Connections that reached ESTABLISHED on a watched port",
             opened.clone(),
         );
-        let discovered = Family::<PathLabels, Counter>::default();
+        let discovered = Family::<PathKey, Counter>::default();
         registry.register(
             "connections_discovered",
             "Connections found already open by a scan of the kernel's socket tables (at start-up, or missed)",
@@ -166,7 +158,7 @@ impl Metrics {
             "Open connections by TCP keepalive setting: off, below_2h (probes more often than RFC 1122 and RFC 5383 allow), 2h_or_more",
             keepalive.clone(),
         );
-        let keepalive_interval = Family::<PathLabels, GaugeF64>::default();
+        let keepalive_interval = Family::<PathKey, GaugeF64>::default();
         registry.register_with_unit(
             "path_keepalive_interval",
             "Typical interval of the application's own keepalives on the path (survived idle gaps that are clearly periodic)",
@@ -199,13 +191,13 @@ impl Metrics {
             "TCP resets on watched connections, received from the path or sent by this host",
             resets.clone(),
         );
-        let retransmits = Family::<PathLabels, Counter>::default();
+        let retransmits = Family::<PathKey, Counter>::default();
         registry.register(
             "retransmits",
             "Segments retransmitted on watched connections",
             retransmits.clone(),
         );
-        let idle_gap: Family<PathLabels, Histogram, fn() -> Histogram> =
+        let idle_gap: Family<PathKey, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(duration_histogram);
         registry.register_with_unit(
             "idle_gap",
@@ -227,27 +219,27 @@ impl Metrics {
             Unit::Seconds,
             idle_before_cut.clone(),
         );
-        let cutoff_lower = Family::<PathLabels, GaugeF64>::default();
+        let cutoff_lower = Family::<PathKey, GaugeF64>::default();
         registry.register_with_unit(
             "path_cutoff_lower",
             "The path cuts idle connections after more than this (longest survived idle gap)",
             Unit::Seconds,
             cutoff_lower.clone(),
         );
-        let cutoff_upper = Family::<PathLabels, GaugeF64>::default();
+        let cutoff_upper = Family::<PathKey, GaugeF64>::default();
         registry.register_with_unit(
             "path_cutoff_upper",
             "The path cuts idle connections after at most this (shortest idle gap followed by a cut); absent until a cut",
             Unit::Seconds,
             cutoff_upper.clone(),
         );
-        let req5_violation = Family::<PathLabels, Gauge>::default();
+        let req5_violation = Family::<PathKey, Gauge>::default();
         registry.register(
             "path_req5_violation",
             "1 when the path cut at least --min-cuts connections idle for less than --req5-threshold (RFC 5382 REQ-5: 7440 s)",
             req5_violation.clone(),
         );
-        let duration_limit = Family::<PathLabels, GaugeF64>::default();
+        let duration_limit = Family::<PathKey, GaugeF64>::default();
         registry.register_with_unit(
             "path_duration_limit",
             "Age at which active connections on the path die, when such deaths cluster (RFC 5383 section 4.1)",
@@ -341,7 +333,7 @@ impl Metrics {
             for role in [Role::Server, Role::Client] {
                 open.get_or_create(&ServiceLabels {
                     service: service.clone(),
-                    role: role.as_str(),
+                    role,
                 })
                 .set(0);
             }
@@ -394,29 +386,20 @@ impl Metrics {
             }
             return;
         };
-        let labels = PathLabels {
-            service: key.service.clone(),
-            role: key.role.as_str(),
-            path: key.path.clone(),
-        };
         match update {
             Update::Opened(_) => {
-                self.open_gauge(&labels).inc();
-                self.opened.get_or_create(&labels).inc();
+                self.open_gauge(key).inc();
+                self.opened.get_or_create(key).inc();
             }
             Update::Discovered(_) => {
-                self.open_gauge(&labels).inc();
-                self.discovered.get_or_create(&labels).inc();
+                self.open_gauge(key).inc();
+                self.discovered.get_or_create(key).inc();
             }
             Update::KeepaliveChanged { from, to, .. } => {
                 if let Some(from) = from {
-                    self.keepalive
-                        .get_or_create(&keepalive_labels(&labels, *from))
-                        .dec();
+                    self.keepalive_gauge(key, *from).dec();
                 }
-                self.keepalive
-                    .get_or_create(&keepalive_labels(&labels, *to))
-                    .inc();
+                self.keepalive_gauge(key, *to).inc();
             }
             Update::Closed {
                 end,
@@ -424,13 +407,14 @@ impl Metrics {
                 keepalive,
                 ..
             } => {
-                self.open_gauge(&labels).dec();
+                self.open_gauge(key).dec();
                 if let Some(setting) = keepalive {
-                    self.keepalive
-                        .get_or_create(&keepalive_labels(&labels, *setting))
-                        .dec();
+                    self.keepalive_gauge(key, *setting).dec();
                 }
-                let labels = with_end(labels, *end);
+                let labels = EndLabels {
+                    path: key.clone(),
+                    end: *end,
+                };
                 self.closed.get_or_create(&labels).inc();
                 if let Some(duration) = duration {
                     self.duration
@@ -441,25 +425,21 @@ impl Metrics {
             Update::Reset(_, direction) => {
                 self.resets
                     .get_or_create(&ResetLabels {
-                        service: labels.service,
-                        role: labels.role,
-                        path: labels.path,
-                        direction: direction.as_str(),
+                        path: key.clone(),
+                        direction: *direction,
                     })
                     .inc();
             }
             Update::Retransmit(_) => {
-                self.retransmits.get_or_create(&labels).inc();
+                self.retransmits.get_or_create(key).inc();
             }
             Update::IdleGapSurvived(_, gap) => {
-                self.idle_gap.get_or_create(&labels).observe(seconds(*gap));
+                self.idle_gap.get_or_create(key).observe(seconds(*gap));
             }
             Update::Cut { gap, signature, .. } => {
                 let labels = CutLabels {
-                    service: labels.service,
-                    role: labels.role,
-                    path: labels.path,
-                    signature: signature.as_str(),
+                    path: key.clone(),
+                    signature: *signature,
                 };
                 self.cuts.get_or_create(&labels).inc();
                 self.idle_before_cut
@@ -471,10 +451,8 @@ impl Metrics {
             } => {
                 self.stall
                     .get_or_create(&StallLabels {
-                        service: labels.service,
-                        role: labels.role,
-                        path: labels.path,
-                        outcome: outcome.as_str(),
+                        path: key.clone(),
+                        outcome: *outcome,
                     })
                     .observe(seconds(*duration));
             }
@@ -483,9 +461,7 @@ impl Metrics {
             } => {
                 self.icmp_errors
                     .get_or_create(&IcmpLabels {
-                        service: labels.service,
-                        role: labels.role,
-                        path: labels.path,
+                        path: key.clone(),
                         r#type: *icmp_type,
                         code: *code,
                     })
@@ -500,39 +476,33 @@ impl Metrics {
     /// Creates a new path's event counters at 0 (every signature, direction and end), so that
     /// `rate()` and `increase()` see its first cut, reset or close.
     pub fn init_path(&self, key: &PathKey) {
-        let labels = PathLabels {
-            service: key.service.clone(),
-            role: key.role.as_str(),
-            path: key.path.clone(),
-        };
         // Creating the series is the point; the guards are dropped at once.
         for signature in Signature::ALL {
             let _ = self.cuts.get_or_create(&CutLabels {
-                service: labels.service.clone(),
-                role: labels.role,
-                path: labels.path.clone(),
-                signature: signature.as_str(),
+                path: key.clone(),
+                signature,
             });
         }
-        for direction in [Direction::Received, Direction::Sent] {
+        for direction in Direction::ALL {
             let _ = self.resets.get_or_create(&ResetLabels {
-                service: labels.service.clone(),
-                role: labels.role,
-                path: labels.path.clone(),
-                direction: direction.as_str(),
+                path: key.clone(),
+                direction,
             });
         }
         for end in End::ALL {
-            let _ = self.closed.get_or_create(&with_end(labels.clone(), end));
+            let _ = self.closed.get_or_create(&EndLabels {
+                path: key.clone(),
+                end,
+            });
         }
     }
 
     /// Sets a path's estimate gauges from its report; a gauge whose value is unknown is
     /// removed rather than set to a number that would mean something.
     pub fn set_path_estimates(&self, report: &PathReport) {
-        let labels = PathLabels {
+        let labels = PathKey {
             service: report.service.clone(),
-            role: report.role.as_str(),
+            role: report.role,
             path: report.path.clone(),
         };
         for (family, value) in [
@@ -555,10 +525,21 @@ impl Metrics {
             .set(i64::from(report.verdict == Verdict::ViolatesReq5));
     }
 
-    fn open_gauge(&self, labels: &PathLabels) -> impl std::ops::Deref<Target = Gauge> + '_ {
+    fn open_gauge(&self, key: &PathKey) -> impl std::ops::Deref<Target = Gauge> + '_ {
         self.open.get_or_create(&ServiceLabels {
-            service: labels.service.clone(),
-            role: labels.role,
+            service: key.service.clone(),
+            role: key.role,
+        })
+    }
+
+    fn keepalive_gauge(
+        &self,
+        key: &PathKey,
+        setting: KeepaliveSetting,
+    ) -> impl std::ops::Deref<Target = Gauge> + '_ {
+        self.keepalive.get_or_create(&KeepaliveLabels {
+            path: key.clone(),
+            setting,
         })
     }
 
@@ -567,24 +548,6 @@ impl Metrics {
         let mut text = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
-    }
-}
-
-fn keepalive_labels(labels: &PathLabels, setting: KeepaliveSetting) -> KeepaliveLabels {
-    KeepaliveLabels {
-        service: labels.service.clone(),
-        role: labels.role,
-        path: labels.path.clone(),
-        setting: setting.as_str(),
-    }
-}
-
-fn with_end(labels: PathLabels, end: End) -> EndLabels {
-    EndLabels {
-        service: labels.service,
-        role: labels.role,
-        path: labels.path,
-        end: end.as_str(),
     }
 }
 
@@ -643,13 +606,13 @@ mod tests {
         let metrics = Metrics::new([Arc::from("imap")]);
         let mut paths = PathTable::new(24, 48, 1);
         let mut record = |update: &Update| {
-            let before = paths.len();
-            let key = update.identity().map(|identity| paths.key(identity));
-            if paths.len() > before
-                && let Some(key) = &key
-            {
-                metrics.init_path(key);
-            }
+            let key = update.identity().map(|identity| {
+                let (key, new) = paths.key(identity);
+                if new {
+                    metrics.init_path(&key);
+                }
+                key
+            });
             metrics.record(key.as_ref(), update);
         };
         for update in [
@@ -665,7 +628,7 @@ mod tests {
             Update::Cut {
                 identity: identity("192.0.2.1"),
                 gap: 300_000_000_000,
-                signature: crate::model::Signature::Reset,
+                signature: Signature::Reset,
             },
             Update::IcmpError {
                 identity: identity("192.0.2.1"),

@@ -8,12 +8,15 @@ use std::{
     sync::Arc,
 };
 
-use crate::model::{Identity, Role};
+use prometheus_client::encoding::EncodeLabelSet;
+
+use crate::{model::Identity, vocabulary::Role};
 
 /// The label of paths beyond the cap.
 pub const OTHER: &str = "other";
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A path, and the labels of its series in the metrics (`service`, `role`, `path`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PathKey {
     pub service: Arc<str>,
     pub role: Role,
@@ -41,23 +44,38 @@ impl PathTable {
         }
     }
 
-    /// The path a connection belongs to. A path, once given its own label, keeps it.
-    pub fn key(&mut self, identity: &Identity) -> PathKey {
-        let network = network(identity.remote, self.ipv4_prefix, self.ipv6_prefix);
-        let lookup = (identity.service.clone(), identity.role, network);
-        let path = match self.known.get(&lookup) {
-            Some(path) => path.clone(),
-            None if self.known.len() < self.max_paths => {
-                let bits = match network {
-                    IpAddr::V4(_) => self.ipv4_prefix,
-                    IpAddr::V6(_) => self.ipv6_prefix,
-                };
-                let path: Arc<str> = Arc::from(format!("{network}/{bits}"));
-                self.known.insert(lookup, path.clone());
-                path
-            }
-            None => self.other.clone(),
+    /// The path a connection belongs to, and whether it got its own label just now. A path,
+    /// once given its own label, keeps it.
+    pub fn key(&mut self, identity: &Identity) -> (PathKey, bool) {
+        let lookup = self.lookup(identity);
+        if self.known.contains_key(&lookup) || self.known.len() >= self.max_paths {
+            return (self.path_of(identity), false);
+        }
+        let network = lookup.2;
+        let bits = match network {
+            IpAddr::V4(_) => self.ipv4_prefix,
+            IpAddr::V6(_) => self.ipv6_prefix,
         };
+        let path: Arc<str> = Arc::from(format!("{network}/{bits}"));
+        self.known.insert(lookup, path.clone());
+        (self.with_path(identity, path), true)
+    }
+
+    /// The path a connection belongs to as the table stands (`other` if it has no label).
+    pub fn path_of(&self, identity: &Identity) -> PathKey {
+        let path = self
+            .known
+            .get(&self.lookup(identity))
+            .unwrap_or(&self.other);
+        self.with_path(identity, path.clone())
+    }
+
+    fn lookup(&self, identity: &Identity) -> (Arc<str>, Role, IpAddr) {
+        let network = network(identity.remote, self.ipv4_prefix, self.ipv6_prefix);
+        (identity.service.clone(), identity.role, network)
+    }
+
+    fn with_path(&self, identity: &Identity, path: Arc<str>) -> PathKey {
         PathKey {
             service: identity.service.clone(),
             role: identity.role,
@@ -119,10 +137,12 @@ mod tests {
     #[test]
     fn keys_group_by_service_role_and_prefix() {
         let mut table = PathTable::new(24, 48, 10);
-        let a = table.key(&identity("imap", Role::Client, "192.0.2.1"));
-        let b = table.key(&identity("imap", Role::Client, "192.0.2.200"));
-        let c = table.key(&identity("imap", Role::Server, "192.0.2.1"));
-        let d = table.key(&identity("imap", Role::Client, "2001:db8:1:ffff::1"));
+        let (a, new) = table.key(&identity("imap", Role::Client, "192.0.2.1"));
+        assert!(new);
+        let (b, new) = table.key(&identity("imap", Role::Client, "192.0.2.200"));
+        assert!(!new, "same prefix");
+        let (c, _) = table.key(&identity("imap", Role::Server, "192.0.2.1"));
+        let (d, _) = table.key(&identity("imap", Role::Client, "2001:db8:1:ffff::1"));
         assert_eq!(a, b);
         assert_eq!(&*a.path, "192.0.2.0/24");
         assert_ne!(a, c);
@@ -133,14 +153,23 @@ mod tests {
     #[test]
     fn paths_beyond_the_cap_are_other_and_known_ones_stay() {
         let mut table = PathTable::new(24, 48, 2);
-        let first = table.key(&identity("imap", Role::Client, "192.0.2.1"));
+        let (first, _) = table.key(&identity("imap", Role::Client, "192.0.2.1"));
         table.key(&identity("imap", Role::Client, "198.51.100.1"));
-        let third = table.key(&identity("imap", Role::Client, "203.0.113.1"));
+        let (third, new) = table.key(&identity("imap", Role::Client, "203.0.113.1"));
+        assert!(!new, "beyond the cap");
         assert_eq!(&*third.path, OTHER);
         assert_eq!(&*third.service, "imap");
         assert_eq!(
             table.key(&identity("imap", Role::Client, "192.0.2.9")),
+            (first.clone(), false)
+        );
+        assert_eq!(
+            table.path_of(&identity("imap", Role::Client, "192.0.2.9")),
             first
+        );
+        assert_eq!(
+            table.path_of(&identity("imap", Role::Client, "203.0.113.1")),
+            third
         );
         assert_eq!(table.len(), 2);
     }

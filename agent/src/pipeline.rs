@@ -1,16 +1,13 @@
 //! Drives the data flow: ring buffer -> decode -> connection model -> paths -> inference and
-//! metrics. One task owns the model and the path table, so neither needs a lock; the inference
-//! is shared with the HTTP API behind a mutex held for one batch at a time.
+//! metrics. One task owns the model, the path table and the inference, so none needs a lock;
+//! readers get snapshots of them that this task takes between two batches (see `snapshot`).
 
-use std::{
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    sync::{mpsc, oneshot, watch},
+    sync::{oneshot, watch},
 };
 use tracing::{debug, info, warn};
 
@@ -23,14 +20,9 @@ use crate::{
     model::{ConnectionModel, Update},
     paths::PathTable,
     probes::{self, KernelCounters, KernelState},
-    view::{self, ConnectionsResponse, Filter},
+    snapshot::{Publisher, Snapshot},
+    view,
 };
-
-/// A request for the per-connection view, answered by the pipeline (which owns the model).
-pub struct ViewRequest {
-    pub filter: Filter,
-    pub reply: oneshot::Sender<ConnectionsResponse>,
-}
 
 /// A finished scan and when it started and ended (kernel time).
 type ScanResult = (Scan, Nanos, Nanos);
@@ -46,13 +38,13 @@ const MAX_BATCH: usize = 8192;
 pub struct Pipeline {
     pub model: ConnectionModel,
     pub paths: PathTable,
-    pub inference: Arc<Mutex<Inference>>,
+    pub inference: Inference,
     pub metrics: Arc<Metrics>,
     pub counters: KernelCounters,
     pub kernel: KernelState,
     pub ports: PortMap,
     pub scan_interval: Duration,
-    pub views: mpsc::Receiver<ViewRequest>,
+    pub snapshots: Publisher,
 }
 
 impl Pipeline {
@@ -105,10 +97,7 @@ impl Pipeline {
                     first_scan = false;
                     seeding = self.update_seeding(seeding);
                 }
-                Some(request) = self.views.recv() => {
-                    let response = view::build(&self.model, &mut self.paths, &self.kernel, monotonic_now(), &request.filter);
-                    let _ = request.reply.send(response);
-                }
+                () = self.snapshots.wanted() => self.publish(),
                 _ = tick.tick() => {
                     // Programs wake the reader only when the buffer fills up: small volumes
                     // are drained here.
@@ -254,34 +243,40 @@ impl Pipeline {
         if updates.is_empty() {
             return;
         }
-        // A panic elsewhere while holding the lock leaves consistent data here: keep going.
-        let mut inference = self
-            .inference
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         for update in updates.drain(..) {
-            let known_paths = self.paths.len();
-            let key = update.identity().map(|identity| self.paths.key(identity));
-            if self.paths.len() > known_paths
-                && let Some(key) = &key
-            {
-                self.metrics.init_path(key);
-            }
+            let key = update.identity().map(|identity| {
+                let (key, new) = self.paths.key(identity);
+                if new {
+                    self.metrics.init_path(&key);
+                }
+                key
+            });
             self.metrics.record(key.as_ref(), &update);
             if let Some(key) = &key
-                && inference.record(key, &update)
-                && let Some(report) = inference.report(key)
+                && self.inference.record(key, &update)
+                && let Some(report) = self.inference.report(key)
             {
                 self.metrics.set_path_estimates(&report);
             }
         }
-        drop(inference);
         self.metrics
             .paths
             .set(i64::try_from(self.paths.len()).unwrap_or(i64::MAX));
         self.metrics
             .tracked_connections
             .set(i64::try_from(self.model.open_count()).unwrap_or(i64::MAX));
+    }
+}
+
+impl Pipeline {
+    /// Publishes the state as it stands, between two batches, for the readers waiting.
+    fn publish(&self) {
+        let taken_at = monotonic_now();
+        self.snapshots.publish(Snapshot {
+            taken_at,
+            paths: self.inference.reports(),
+            connections: view::rows(&self.model, &self.paths, &self.kernel, taken_at),
+        });
     }
 }
 

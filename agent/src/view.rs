@@ -16,6 +16,7 @@ use crate::{
     model::{ConnectionInfo, ConnectionModel},
     paths::PathTable,
     probes::KernelState,
+    vocabulary::{ConnectionState, End, KeepaliveSetting, Role},
 };
 
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -35,24 +36,23 @@ pub struct ConnectionRow {
     pub local: String,
     pub remote: String,
     pub service: String,
-    pub role: String,
+    pub role: Role,
     pub path: String,
     /// Inode of the network namespace (as `ls -iL /proc/PID/ns/net` shows), when known.
     pub netns: Option<u32>,
     pub pid: Option<u32>,
     pub cgroup: Option<String>,
-    /// `open` or `closed`.
-    pub state: String,
+    pub state: ConnectionState,
     /// None when the connection was already open when the agent found it.
     pub age_seconds: Option<f64>,
     /// Since the last segment in either direction.
     pub idle_seconds: Option<f64>,
-    /// `off`, `below_2h` or `2h_or_more`; None until a scan has seen it.
-    pub keepalive: Option<String>,
+    /// None until a scan has seen it.
+    pub keepalive: Option<KeepaliveSetting>,
     pub keepalive_interval_seconds: Option<f64>,
     pub retransmits: u32,
     /// For closed connections: how they ended.
-    pub end: Option<String>,
+    pub end: Option<End>,
     pub closed_seconds_ago: Option<f64>,
 }
 
@@ -60,7 +60,7 @@ pub struct ConnectionRow {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
     pub service: Option<String>,
-    pub role: Option<String>,
+    pub role: Option<Role>,
     pub path: Option<String>,
     /// Only open connections idle for at least this long.
     pub min_idle: Option<Duration>,
@@ -78,10 +78,7 @@ impl Filter {
             match key.as_str() {
                 "service" => filter.service = Some(value.clone()),
                 "role" => {
-                    if value != "server" && value != "client" {
-                        return Err(format!("role=`{value}`: expected server or client"));
-                    }
-                    filter.role = Some(value.clone());
+                    filter.role = Some(value.parse().map_err(|err| format!("role={err}"))?);
                 }
                 "path" => filter.path = Some(value.clone()),
                 "min_idle" => {
@@ -107,10 +104,10 @@ impl Filter {
 
     fn matches(&self, row: &ConnectionRow) -> bool {
         self.service.as_ref().is_none_or(|s| *s == row.service)
-            && self.role.as_ref().is_none_or(|r| *r == row.role)
+            && self.role.is_none_or(|role| role == row.role)
             && self.path.as_ref().is_none_or(|p| *p == row.path)
             && self.min_idle.is_none_or(|min| {
-                row.state == "open"
+                row.state == ConnectionState::Open
                     && row
                         .idle_seconds
                         .is_some_and(|idle| idle >= min.as_secs_f64())
@@ -118,15 +115,15 @@ impl Filter {
     }
 }
 
-/// Builds the view at kernel time `now`, reading each open connection's idle clocks from the
-/// kernel (its state, or its seed while not adopted), else from the last scan.
-pub fn build(
+/// Every row of the view at kernel time `now`, in display order: each open connection with
+/// its idle clocks read from the kernel (its state, or its seed while not adopted), else from
+/// the last scan, then the connections that ended recently.
+pub fn rows(
     model: &ConnectionModel,
-    paths: &mut PathTable,
+    paths: &PathTable,
     kernel: &KernelState,
     now: Nanos,
-    filter: &Filter,
-) -> ConnectionsResponse {
+) -> Vec<ConnectionRow> {
     let seconds = |ns: Nanos| Duration::from_nanos(ns).as_secs_f64();
     let mut rows: Vec<ConnectionRow> = Vec::new();
     for info in model.connections() {
@@ -134,14 +131,14 @@ pub fn build(
             .idle_clocks(info.socket, info.cookie)
             .or(info.scanned_clocks);
         let idle = clocks.map(|(received, sent)| seconds(now.saturating_sub(received.max(sent))));
-        let mut row = row_of(&info, paths, "open");
+        let mut row = row_of(&info, paths, ConnectionState::Open);
         row.age_seconds = info.opened_at.map(|at| seconds(now.saturating_sub(at)));
         row.idle_seconds = idle;
         rows.push(row);
     }
     for closed in model.recently_closed() {
-        let mut row = row_of(&closed.info, paths, "closed");
-        row.end = Some(closed.end.as_str().to_owned());
+        let mut row = row_of(&closed.info, paths, ConnectionState::Closed);
+        row.end = Some(closed.end);
         row.closed_seconds_ago = Some(seconds(now.saturating_sub(closed.closed_at)));
         row.age_seconds = closed
             .info
@@ -149,36 +146,53 @@ pub fn build(
             .map(|at| seconds(closed.closed_at.saturating_sub(at)));
         rows.push(row);
     }
-    rows.retain(|row| filter.matches(row));
-    rows.sort_by(|a, b| {
-        (&a.state, &a.service, &a.role, &a.remote, &a.local)
-            .cmp(&(&b.state, &b.service, &b.role, &b.remote, &b.local))
-    });
-    let total = rows.len();
-    rows.truncate(filter.limit);
+    // By their text: closed rows first, as the table has always shown them.
+    let order = |row: &ConnectionRow| {
+        (
+            row.state.as_str(),
+            row.service.clone(),
+            row.role.as_str(),
+            row.remote.clone(),
+            row.local.clone(),
+        )
+    };
+    rows.sort_by_cached_key(order);
+    rows
+}
+
+/// The rows `filter` asks for, at most its limit of them.
+pub fn select(rows: &[ConnectionRow], filter: &Filter) -> ConnectionsResponse {
+    let mut total = 0;
+    let mut connections = Vec::new();
+    for row in rows.iter().filter(|row| filter.matches(row)) {
+        total += 1;
+        if connections.len() < filter.limit {
+            connections.push(row.clone());
+        }
+    }
     ConnectionsResponse {
         total,
         limit: filter.limit,
         truncated: total > filter.limit,
-        connections: rows,
+        connections,
     }
 }
 
-fn row_of(info: &ConnectionInfo, paths: &mut PathTable, state: &str) -> ConnectionRow {
-    let key = paths.key(&info.identity);
+fn row_of(info: &ConnectionInfo, paths: &PathTable, state: ConnectionState) -> ConnectionRow {
+    let key = paths.path_of(&info.identity);
     ConnectionRow {
         local: info.endpoints.local.to_string(),
         remote: info.endpoints.remote.to_string(),
         service: key.service.to_string(),
-        role: key.role.as_str().to_owned(),
+        role: key.role,
         path: key.path.to_string(),
         netns: (info.netns != 0).then_some(info.netns),
         pid: info.owner.as_ref().map(|o| o.pid),
         cgroup: info.owner.as_ref().and_then(|o| o.cgroup.clone()),
-        state: state.to_owned(),
+        state,
         age_seconds: None,
         idle_seconds: None,
-        keepalive: info.keepalive.map(|k| k.setting.as_str().to_owned()),
+        keepalive: info.keepalive.map(|k| k.setting),
         keepalive_interval_seconds: info
             .keepalive
             .and_then(|k| k.interval_ms)
@@ -213,13 +227,13 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
         .map(|row| {
             let keepalive = match (&row.keepalive, row.keepalive_interval_seconds) {
                 (Some(setting), Some(interval)) => format!("{setting}({})", compact(interval)),
-                (Some(setting), None) => setting.clone(),
+                (Some(setting), None) => setting.to_string(),
                 (None, _) => "-".to_owned(),
             };
             [
-                row.state.clone(),
+                row.state.to_string(),
                 row.service.clone(),
-                row.role.clone(),
+                row.role.to_string(),
                 row.local.clone(),
                 row.remote.clone(),
                 row.path.clone(),
@@ -228,7 +242,7 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
                 row.idle_seconds.map_or("-".to_owned(), compact),
                 keepalive,
                 row.retransmits.to_string(),
-                row.end.clone().unwrap_or_else(|| "-".to_owned()),
+                row.end.map_or("-".to_owned(), |end| end.to_string()),
                 row.pid.map_or("-".to_owned(), |p| p.to_string()),
                 row.cgroup.clone().unwrap_or_else(|| "-".to_owned()),
             ]
@@ -305,20 +319,20 @@ mod tests {
         }
     }
 
-    fn row(state: &str, idle: Option<f64>) -> ConnectionRow {
+    fn row(state: ConnectionState, idle: Option<f64>) -> ConnectionRow {
         ConnectionRow {
             local: "10.0.1.2:40000".into(),
             remote: "10.0.2.2:143".into(),
             service: "imap".into(),
-            role: "client".into(),
+            role: Role::Client,
             path: "10.0.2.0/24".into(),
             netns: Some(4026531840),
             pid: Some(42),
             cgroup: Some("/system.slice/thunderbird.service".into()),
-            state: state.into(),
+            state,
             age_seconds: None,
             idle_seconds: idle,
-            keepalive: Some("below_2h".into()),
+            keepalive: Some(KeepaliveSetting::Below2h),
             keepalive_interval_seconds: Some(60.0),
             retransmits: 0,
             end: None,
@@ -333,10 +347,29 @@ mod tests {
             limit: 10,
             ..Filter::default()
         };
-        assert!(filter.matches(&row("open", Some(61.0))));
-        assert!(!filter.matches(&row("open", Some(59.0))));
-        assert!(!filter.matches(&row("open", None)));
-        assert!(!filter.matches(&row("closed", Some(100.0))));
+        assert!(filter.matches(&row(ConnectionState::Open, Some(61.0))));
+        assert!(!filter.matches(&row(ConnectionState::Open, Some(59.0))));
+        assert!(!filter.matches(&row(ConnectionState::Open, None)));
+        assert!(!filter.matches(&row(ConnectionState::Closed, Some(100.0))));
+    }
+
+    #[test]
+    fn a_selection_counts_every_match_and_keeps_at_most_the_limit() {
+        let rows = [
+            row(ConnectionState::Closed, None),
+            row(ConnectionState::Open, Some(30.0)),
+            row(ConnectionState::Open, Some(90.0)),
+            row(ConnectionState::Open, Some(120.0)),
+        ];
+        let filter = Filter {
+            min_idle: Some(Duration::from_secs(60)),
+            limit: 1,
+            ..Filter::default()
+        };
+        let response = select(&rows, &filter);
+        assert_eq!((response.total, response.limit), (2, 1));
+        assert!(response.truncated);
+        assert_eq!(response.connections, vec![rows[2].clone()]);
     }
 
     #[test]
@@ -345,7 +378,7 @@ mod tests {
             total: 2,
             limit: 1,
             truncated: true,
-            connections: vec![row("open", Some(125.0))],
+            connections: vec![row(ConnectionState::Open, Some(125.0))],
         };
         let table = render_table(&response);
         let lines: Vec<&str> = table.lines().collect();

@@ -27,6 +27,15 @@ fn bad_flag_values_name_the_flag_and_exit_2() {
         (&["--min-idle-gap", "10"][..], "--min-idle-gap"),
         (&["--log-format", "xml"][..], "--log-format"),
         (&["--ring-buffer-size", "5000"][..], "--ring-buffer-size"),
+        // Bounded: 4.2 GB of ring buffer or 2.1 GB of connection state is a typo.
+        (
+            &["--ring-buffer-size", "2147483648"][..],
+            "--ring-buffer-size",
+        ),
+        (&["--max-connections", "16777216"][..], "--max-connections"),
+        // A negative duration is a bad duration, not an unknown flag `-5`.
+        (&["--min-idle-gap", "-5s"][..], "--min-idle-gap"),
+        (&["--hooks", "fast"][..], "--hooks"),
         (&["--no-such-flag"][..], "--no-such-flag"),
     ] {
         let (code, stderr) = run(args);
@@ -49,6 +58,16 @@ fn bad_config_file_names_the_key_and_exits_2() {
     assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("key `ipv6_prefix`"), "{stderr}");
+
+    // A value of the wrong type names its key and its line (the item starts at column 0).
+    std::fs::write(&path, "\nmax_paths = \"many\"\n").expect("writing the file");
+    let (code, stderr) = run(&["--config", path.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("(line 2): key `max_paths`: `many` is not a number"),
+        "{stderr}"
+    );
 
     let (code, stderr) = run(&["--config", "/nonexistent/idlecut.toml"]);
     assert_eq!(code, Some(2), "{stderr}");
@@ -74,7 +93,53 @@ fn help_documents_every_setting() {
         "--min-idle-gap",
         "--max-connections",
         "--ring-buffer-size",
+        "--hooks",
+        "--req5-threshold",
+        "--min-cuts",
+        "--scan-interval",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
+}
+
+/// Without privileges the agent cannot load anything: it says which privileges (not "the
+/// verifier rejected the program"), and a log filter that does not parse is reported instead
+/// of silencing every line.
+#[test]
+fn without_privileges_the_error_says_which_and_a_bad_log_filter_is_reported() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !idlecut_integration_tests::require_root() {
+        return;
+    }
+    // A copy nobody may execute (the build tree may sit under root's home).
+    let dir = std::env::temp_dir().join(format!("idlecut-cli-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let binary = dir.join("idlecut");
+    std::fs::copy(agent_binary(), &binary).expect("copying the agent");
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(&binary)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("IDLECUT_LOG", "garbage!!!")
+        .output()
+        .expect("running idlecut as nobody");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("IDLECUT_LOG is not a valid log filter"),
+        "the bad filter should be reported:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("not permitted") && stderr.contains("CAP_BPF"),
+        "the error should name the privileges:\n{stderr}"
+    );
+    assert!(!stderr.contains("verifier"), "{stderr}");
 }

@@ -137,6 +137,7 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
         "tcp:tcp_send_reset",
         "tcp:tcp_retransmit_skb",
         "sock:inet_sk_error_report",
+        "tcp:tcp_destroy_sock",
     ] {
         assert_eq!(
             scrape.get("idlecut_probe_attached", &[("probe", probe)]),

@@ -127,6 +127,7 @@ fn runs_as_a_non_root_user_with_exactly_the_documented_capabilities() {
         "tcp:tcp_send_reset",
         "tcp:tcp_retransmit_skb",
         "sock:inet_sk_error_report",
+        "tcp:tcp_destroy_sock",
     ] {
         assert_eq!(
             scrape.get(

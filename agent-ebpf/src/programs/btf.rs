@@ -226,3 +226,16 @@ pub fn btf_inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     facts::error_report(ports, error, |event| fill_addresses(sk, event));
     0
 }
+
+/// tcp_destroy_sock(struct sock *sk): a socket is destroyed; reports its end if its CLOSE went
+/// unreported. Unbound by then: the local port comes from `inet_sport`.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn btf_tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    if let Some(ports) = ports_of_closing(sk)
+        && let Some(socket) = socket_id(&ctx)
+    {
+        facts::destroyed(&ctx, socket, ports, |event| fill_addresses(sk, event));
+    }
+    0
+}

@@ -48,32 +48,10 @@ pub(super) fn state_change<C: EbpfContext>(
             let mut event = event_for(event_kind::OPEN, now, socket, local_port, remote_port);
             event.netns = netns_of(socket);
             addresses(&mut event);
-            emit(&event);
+            let _ = emit(&event);
         }
         tcp_state::CLOSE if tcp_state::was_established(old_state) => {
-            let now = now_ns();
-            let mut event = event_for(event_kind::CLOSE, now, socket, local_port, remote_port);
-            event.old_state = old_state;
-            event.netns = netns_of(socket);
-            match state_of(ctx, socket) {
-                Some(state) => {
-                    // SAFETY: pointer from a successful lookup, read once.
-                    let state = unsafe { *state };
-                    event.value_ns = state.opened_ns;
-                    event.count = state.retransmits;
-                    event.flags = state.flags;
-                    if state.stall_started_ns != 0 {
-                        event.aux_ns = now.saturating_sub(state.stall_started_ns);
-                    }
-                    let _ = CONNECTIONS.remove(&socket);
-                }
-                None => {
-                    event.flags = event_flags::NO_STATE;
-                    count(counter::CLOSE_WITHOUT_STATE);
-                }
-            }
-            addresses(&mut event);
-            emit(&event);
+            close(ctx, socket, (local_port, remote_port), old_state, addresses);
         }
         tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT => {
             if let Some(state) = state_of(ctx, socket) {
@@ -93,6 +71,59 @@ pub(super) fn state_change<C: EbpfContext>(
             }
         }
         _ => {}
+    }
+}
+
+/// Reports a connection's end with what its state says. The state is dropped once the event is
+/// out: while it stays (the ring buffer was full), the socket's destruction reports the end
+/// again ([`destroyed`]).
+#[inline(always)]
+fn close<C: EbpfContext>(
+    ctx: &C,
+    socket: u64,
+    (local_port, remote_port): (u16, u16),
+    old_state: u8,
+    addresses: impl FnOnce(&mut RawEvent),
+) {
+    let now = now_ns();
+    let mut event = event_for(event_kind::CLOSE, now, socket, local_port, remote_port);
+    event.old_state = old_state;
+    event.netns = netns_of(socket);
+    let state = state_of(ctx, socket);
+    match state {
+        Some(state) => {
+            // SAFETY: pointer from a successful lookup, read once.
+            let state = unsafe { *state };
+            event.value_ns = state.opened_ns;
+            event.count = state.retransmits;
+            event.flags = state.flags;
+            if state.stall_started_ns != 0 {
+                event.aux_ns = now.saturating_sub(state.stall_started_ns);
+            }
+        }
+        None => {
+            event.flags = event_flags::NO_STATE;
+            count(counter::CLOSE_WITHOUT_STATE);
+        }
+    }
+    addresses(&mut event);
+    if emit(&event) && state.is_some() {
+        let _ = CONNECTIONS.remove(&socket);
+    }
+}
+
+/// A socket of a watched connection is destroyed. Its state is normally gone by then (its
+/// CLOSE removed it); if it is still there, that CLOSE was never reported, and this reports
+/// the end instead, with the state the connection left unknown (0).
+#[inline(always)]
+pub(super) fn destroyed<C: EbpfContext>(
+    ctx: &C,
+    socket: u64,
+    ports: (u16, u16),
+    addresses: impl FnOnce(&mut RawEvent),
+) {
+    if CONNECTIONS.get_ptr(&socket).is_some() {
+        close(ctx, socket, ports, 0, addresses);
     }
 }
 
@@ -138,7 +169,7 @@ pub(super) fn activity<C: EbpfContext>(
                 remote_port,
             );
             event.aux_ns = now.saturating_sub(state.last_sent_ns);
-            emit(&event);
+            let _ = emit(&event);
         }
         if state.stall_started_ns != 0 {
             let mut event = event_for(
@@ -150,7 +181,7 @@ pub(super) fn activity<C: EbpfContext>(
             );
             event.value_ns = now.saturating_sub(state.stall_started_ns);
             state.stall_started_ns = 0;
-            emit(&event);
+            let _ = emit(&event);
         }
     } else {
         state.last_sent_ns = now;
@@ -168,7 +199,7 @@ pub(super) fn activity<C: EbpfContext>(
             event.flags = event_flags::LOCAL_SPOKE_FIRST;
             state.flags |= event_flags::AWAITING_ANSWER;
         }
-        emit(&event);
+        let _ = emit(&event);
     }
 }
 
@@ -177,7 +208,7 @@ pub(super) fn activity<C: EbpfContext>(
 pub(super) fn reset<C: EbpfContext>(ctx: &C, kind: u8, socket: u64, ports: (u16, u16)) {
     // Adopts a scanned connection first, so user space knows the socket.
     let _ = state_of(ctx, socket);
-    emit(&event_for(kind, now_ns(), socket, ports.0, ports.1));
+    let _ = emit(&event_for(kind, now_ns(), socket, ports.0, ports.1));
 }
 
 /// A segment of the socket was retransmitted. The first one since the peer was last heard from
@@ -197,7 +228,7 @@ pub(super) fn retransmit<C: EbpfContext>(ctx: &C, socket: u64, ports: (u16, u16)
         event.count = state.retransmits;
         event.value_ns = now.saturating_sub(state.stall_started_ns);
     }
-    emit(&event);
+    let _ = emit(&event);
 }
 
 /// The error a socket reports to its application (ETIMEDOUT, ECONNRESET, EHOSTUNREACH...),
@@ -207,5 +238,5 @@ pub(super) fn error_report(ports: (u16, u16), error: i32, addresses: impl FnOnce
     let mut event = event_for(event_kind::ERROR_REPORT, now_ns(), 0, ports.0, ports.1);
     event.error = error.unsigned_abs().min(u32::from(u16::MAX)) as u16;
     addresses(&mut event);
-    emit(&event);
+    let _ = emit(&event);
 }

@@ -96,8 +96,10 @@ fn count(index: u32) {
     }
 }
 
+/// Sends an event to user space; false when the ring buffer was full (the event is lost and
+/// counted).
 #[inline(always)]
-fn emit(event: &RawEvent) {
+fn emit(event: &RawEvent) -> bool {
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut entry) => {
             entry.write(*event);
@@ -108,8 +110,12 @@ fn emit(event: &RawEvent) {
                 BPF_RB_NO_WAKEUP
             };
             entry.submit(u64::from(flags));
+            true
         }
-        None => count(counter::RINGBUF_FULL),
+        None => {
+            count(counter::RINGBUF_FULL);
+            false
+        }
     }
 }
 
@@ -168,7 +174,7 @@ fn state_of<C: EbpfContext>(ctx: &C, socket: u64) -> Option<*mut ConnectionState
     let mut event = event_for(event_kind::ADOPTED, now_ns(), socket, 0, 0);
     event.value_ns = cookie;
     event.netns = netns_of(socket);
-    emit(&event);
+    let _ = emit(&event);
     CONNECTIONS.get_ptr_mut(&socket)
 }
 

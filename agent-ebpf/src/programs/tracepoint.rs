@@ -26,6 +26,8 @@ static OFFSETS_TCP_RETRANSMIT_SKB: FieldOffsets = FieldOffsets::absent();
 static OFFSETS_INET_SK_ERROR_REPORT: FieldOffsets = FieldOffsets::absent();
 #[unsafe(no_mangle)]
 static OFFSETS_SOCK_SEND_LENGTH: FieldOffsets = FieldOffsets::absent();
+#[unsafe(no_mangle)]
+static OFFSETS_TCP_DESTROY_SOCK: FieldOffsets = FieldOffsets::absent();
 
 #[inline(always)]
 fn read<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
@@ -216,6 +218,21 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     }
     if let Some(error) = read::<i32>(&ctx, off.error) {
         facts::error_report(ports, error, |event| fill_addresses(&ctx, &off, event));
+    }
+    0
+}
+
+/// tcp:tcp_destroy_sock: a socket is destroyed; reports its end if its CLOSE went unreported.
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let off = global(&OFFSETS_TCP_DESTROY_SOCK);
+    let Some(ports) = mail_ports(&ctx, &off) else {
+        return 0;
+    };
+    if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
+        facts::destroyed(&ctx, socket, ports, |event| {
+            fill_addresses(&ctx, &off, event)
+        });
     }
     0
 }

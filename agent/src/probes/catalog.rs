@@ -87,7 +87,7 @@ const fn tracepoint(
     }
 }
 
-pub const PROBES: [ProbeSpec; 9] = [
+pub const PROBES: [ProbeSpec; 10] = [
     ProbeSpec {
         required: true,
         ..tracepoint(
@@ -139,6 +139,13 @@ pub const PROBES: [ProbeSpec; 9] = [
         Needs::ErrorReport,
         offsets_global::INET_SK_ERROR_REPORT,
         "timeouts and errors as endings",
+    ),
+    tracepoint(
+        "tcp:tcp_destroy_sock",
+        ("tcp", "tcp_destroy_sock", "btf_tcp_destroy_sock"),
+        Needs::SocketPortsAndAddresses,
+        offsets_global::TCP_DESTROY_SOCK,
+        "ends whose close went unreported (they wait for the next scan instead)",
     ),
     ProbeSpec {
         label: "fentry:tcp_v4_err",

@@ -150,13 +150,13 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
     let ports = port_bitmap(&config.ports);
     let min_idle_gap_ns = u64::try_from(config.min_idle_gap.as_nanos()).unwrap_or(u64::MAX);
     // A quarter full wakes the reader; below that, the pipeline's timer drains the buffer.
-    let wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
+    let wakeup_bytes = u64::from(config.ring_buffer_size / 4);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(PORTS_GLOBAL, &ports, true)
         .override_global(MIN_IDLE_GAP_GLOBAL, &min_idle_gap_ns, true)
         .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
-        .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes)
+        .map_max_entries(EVENTS_MAP, config.ring_buffer_size)
         .map_max_entries(CONNECTIONS_MAP, config.max_connections)
         .map_max_entries(SEEDS_MAP, config.max_connections);
     if let Ok(skb_offsets) = &layouts.skb {

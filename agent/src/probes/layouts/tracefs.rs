@@ -152,6 +152,8 @@ pub enum Needs {
     ErrorReport,
     /// sock:sock_send_length: socket (`sk`), protocol and bytes sent (`ret`).
     SendLength,
+    /// Socket pointer, ports and addresses (tcp:tcp_destroy_sock).
+    SocketPortsAndAddresses,
 }
 
 /// Builds the offsets a program reads, or says which field this kernel lacks.
@@ -193,6 +195,11 @@ pub fn offsets_for(format: &Format, needs: Needs) -> Result<FieldOffsets, String
         Needs::ErrorReport => {
             off.error = format.offset("error", 4)?;
             off.protocol = format.offset("protocol", 2)?;
+            ports(&mut off)?;
+            addresses(&mut off)?;
+        }
+        Needs::SocketPortsAndAddresses => {
+            off.skaddr = format.offset("skaddr", 8)?;
             ports(&mut off)?;
             addresses(&mut off)?;
         }

@@ -1,0 +1,96 @@
+//! Network namespaces: finding every one of the host, and entering one on the calling thread.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+/// A network namespace and a path that enters it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Netns {
+    pub inode: u32,
+    pub path: PathBuf,
+}
+
+/// Every network namespace of the host: the agent's own, those named in /run/netns, and those
+/// held by processes. Deduplicated by inode. Also says how many process namespaces could not be
+/// looked at (without CAP_SYS_PTRACE, those of other users' processes).
+pub fn namespaces() -> (Vec<Netns>, usize) {
+    let mut candidates: Vec<PathBuf> = vec![PathBuf::from("/proc/self/ns/net")];
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        candidates.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        candidates.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .map(|e| e.path().join("ns/net")),
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut namespaces = Vec::new();
+    let mut unreadable = 0;
+    for path in candidates {
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            // A process that exited, a namespace being deleted.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                unreadable += 1;
+                continue;
+            }
+        };
+        let Ok(inode) = u32::try_from(meta.ino()) else {
+            continue;
+        };
+        if seen.insert(inode) {
+            namespaces.push(Netns { inode, path });
+        }
+    }
+    (namespaces, unreadable)
+}
+
+/// The calling thread's network namespace, to come back to after visiting others.
+pub fn current() -> io::Result<File> {
+    File::open("/proc/thread-self/ns/net")
+}
+
+/// Moves the calling thread into the namespace at `path`.
+pub fn enter(path: &Path) -> io::Result<()> {
+    enter_file(&File::open(path)?)
+}
+
+/// Moves the calling thread into the namespace `file` refers to.
+pub fn enter_file(file: &File) -> io::Result<()> {
+    // SAFETY: a valid namespace file descriptor; only this thread changes namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_own_namespace_is_always_found() {
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let (found, _) = namespaces();
+        assert!(found.iter().any(|ns| u64::from(ns.inode) == own));
+        let mut inodes: Vec<u32> = found.iter().map(|ns| ns.inode).collect();
+        inodes.sort_unstable();
+        inodes.dedup();
+        assert_eq!(inodes.len(), found.len(), "deduplicated by inode");
+    }
+}

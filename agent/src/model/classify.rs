@@ -1,0 +1,193 @@
+//! Settling a connection that ended: how it ended, whether the path cut it after an idle gap
+//! and how, whether it died in a stall or at an age that may be a limit. Every ended connection
+//! goes through [`Closing::settle`], whether its close was seen or a scan found it gone.
+
+use idlecut_ebpf::tcp_state;
+
+use super::{ClosedRecord, Update, table::Connection, table::UnansweredGap};
+use crate::{
+    events::Nanos,
+    vocabulary::{End, Signature, StallOutcome},
+};
+
+pub const ETIMEDOUT: u16 = 110;
+pub const ENETUNREACH: u16 = 101;
+pub const EHOSTUNREACH: u16 = 113;
+
+/// A connection that ended, with what was known when it did.
+#[derive(Clone, Debug)]
+pub struct Closing {
+    pub connection: Connection,
+    pub closed_at: Nanos,
+    /// The TCP state it closed from.
+    pub old_state: u8,
+    /// How long it had been retransmitting without hearing from the peer, if it was.
+    pub stalled_for: Option<Nanos>,
+}
+
+impl Closing {
+    /// Classifies the connection: pushes what its end says about its path, then `Closed`;
+    /// returns its record for the per-connection view.
+    pub fn settle(self, out: &mut Vec<Update>) -> ClosedRecord {
+        let Self {
+            connection,
+            closed_at,
+            old_state,
+            stalled_for,
+        } = self;
+        let errno = connection.error.map(|(_, errno)| errno);
+        let end = classify_end(
+            connection.reset_received,
+            connection.reset_sent,
+            errno,
+            old_state,
+        );
+        let abnormal = end != End::Fin;
+        let identity = &connection.identity;
+        let cut = connection
+            .unanswered
+            .filter(|_| abnormal)
+            .and_then(|unanswered| {
+                cut_signature(unanswered, end, errno).map(|s| (unanswered.gap, s))
+            });
+        if let Some((gap, signature)) = cut {
+            out.push(Update::Cut {
+                identity: identity.clone(),
+                gap,
+                signature,
+            });
+        }
+        if let Some(duration) = stalled_for.filter(|_| abnormal) {
+            out.push(Update::Stall {
+                identity: identity.clone(),
+                duration,
+                outcome: StallOutcome::Fatal,
+            });
+        }
+        let died = matches!(end, End::ResetReceived | End::Timeout | End::Error);
+        if died
+            && cut.is_none()
+            && !connection.cut_after_idle
+            && let Some(opened_at) = connection.opened_at
+        {
+            // When it was stalled, the trouble began with the stall, not at the close.
+            let trouble_at = closed_at.saturating_sub(stalled_for.unwrap_or(0));
+            out.push(Update::DiedWhileActive {
+                identity: identity.clone(),
+                age: trouble_at.saturating_sub(opened_at),
+            });
+        }
+        out.push(Update::Closed {
+            identity: identity.clone(),
+            end,
+            duration: connection
+                .opened_at
+                .map(|opened_at| closed_at.saturating_sub(opened_at)),
+            keepalive: connection.keepalive.map(|k| k.setting),
+        });
+        ClosedRecord {
+            info: connection.info(None),
+            closed_at,
+            end,
+        }
+    }
+}
+
+/// How the path cut a connection that ended abnormally while this host's first segments after
+/// an idle gap were unanswered. ICMP unreachable errors (seen, or left behind as the socket's
+/// soft error) say the most; then a RST; then retransmissions into nothing.
+fn cut_signature(unanswered: UnansweredGap, end: End, errno: Option<u16>) -> Option<Signature> {
+    if unanswered.icmp || matches!(errno, Some(EHOSTUNREACH | ENETUNREACH)) {
+        Some(Signature::Icmp)
+    } else if end == End::ResetReceived {
+        Some(Signature::Reset)
+    } else if unanswered.retransmitted || end == End::Timeout {
+        Some(Signature::Blackhole)
+    } else {
+        None
+    }
+}
+
+/// How a connection ended, from what was seen of it. A received RST explains everything after
+/// it; ETIMEDOUT (which a keepalive failure reports along with the RST it sends) is more telling
+/// than the RST; an error stands on its own; a FIN exchange shows in the state it closed from.
+pub fn classify_end(
+    reset_received: bool,
+    reset_sent: bool,
+    errno: Option<u16>,
+    old_state: u8,
+) -> End {
+    if reset_received {
+        End::ResetReceived
+    } else if errno == Some(ETIMEDOUT) {
+        End::Timeout
+    } else if reset_sent {
+        End::ResetSent
+    } else if errno.is_some() {
+        End::Error
+    } else if matches!(
+        old_state,
+        tcp_state::FIN_WAIT2 | tcp_state::TIME_WAIT | tcp_state::CLOSING | tcp_state::LAST_ACK
+    ) {
+        End::Fin
+    } else {
+        End::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_classification_priorities() {
+        use tcp_state::*;
+        assert_eq!(
+            classify_end(true, true, Some(ETIMEDOUT), LAST_ACK),
+            End::ResetReceived
+        );
+        assert_eq!(
+            classify_end(false, true, Some(ETIMEDOUT), ESTABLISHED),
+            End::Timeout
+        );
+        assert_eq!(
+            classify_end(false, true, Some(104), ESTABLISHED),
+            End::ResetSent
+        );
+        assert_eq!(
+            classify_end(false, false, Some(113), ESTABLISHED),
+            End::Error
+        );
+        for state in [FIN_WAIT2, TIME_WAIT, CLOSING, LAST_ACK] {
+            assert_eq!(classify_end(false, false, None, state), End::Fin);
+        }
+        assert_eq!(classify_end(false, false, None, FIN_WAIT1), End::Unknown);
+        assert_eq!(classify_end(false, false, None, ESTABLISHED), End::Unknown);
+    }
+
+    #[test]
+    fn cut_signatures_prefer_icmp_then_reset_then_blackhole() {
+        let gap = |retransmitted, icmp| UnansweredGap {
+            gap: 1,
+            retransmitted,
+            icmp,
+        };
+        assert_eq!(
+            cut_signature(gap(true, true), End::ResetReceived, None),
+            Some(Signature::Icmp)
+        );
+        assert_eq!(
+            cut_signature(gap(true, false), End::Error, Some(EHOSTUNREACH)),
+            Some(Signature::Icmp)
+        );
+        assert_eq!(
+            cut_signature(gap(true, false), End::ResetReceived, None),
+            Some(Signature::Reset)
+        );
+        assert_eq!(
+            cut_signature(gap(false, false), End::Timeout, Some(ETIMEDOUT)),
+            Some(Signature::Blackhole)
+        );
+        assert_eq!(cut_signature(gap(false, false), End::ResetSent, None), None);
+    }
+}

@@ -1,0 +1,361 @@
+//! Kernel events applied to the model: opens, adoptions, closes, and what happens to an open
+//! connection in between (resets, retransmissions, idle gaps and their answers, stalls, ICMP
+//! errors and socket errors). A closed connection waits for its grace period in `closing`, then
+//! is settled by `classify`.
+
+use super::{
+    CLOSE_GRACE_NS, ConnectionModel, RECENTLY_CLOSED_MAX, Update,
+    classify::Closing,
+    table::{Connection, Key, UnansweredGap},
+};
+use crate::{
+    events::{Endpoints, Event, Nanos, Side},
+    vocabulary::{Direction, End, Signature, StallOutcome},
+};
+
+/// What a close event says, as the model uses it.
+struct Close {
+    at: Nanos,
+    socket: u64,
+    endpoints: Endpoints,
+    netns: u32,
+    old_state: u8,
+    /// When the kernel saw it established, if it still had state for it.
+    kernel_opened_at: Option<Nanos>,
+    stalled_for: Option<Nanos>,
+}
+
+impl ConnectionModel {
+    pub fn apply(&mut self, event: Event, out: &mut Vec<Update>) {
+        match event {
+            Event::Open {
+                at,
+                socket,
+                endpoints,
+                netns,
+            } => self.open(socket, endpoints, netns, Some(at), out),
+            Event::Adopted { socket, cookie, .. } => self.adopt(socket, cookie),
+            Event::Close {
+                at,
+                socket,
+                endpoints,
+                netns,
+                old_state,
+                opened_at,
+                stalled_for,
+                awaiting_answer: _,
+                retransmits: _,
+                first_fin: _,
+            } => self.close(
+                Close {
+                    at,
+                    socket,
+                    endpoints,
+                    netns,
+                    old_state,
+                    kernel_opened_at: opened_at,
+                    stalled_for,
+                },
+                out,
+            ),
+            Event::ResetReceived { socket, .. } => {
+                self.cut_by_reset(socket, out);
+                self.reset(socket, Direction::Received, out);
+            }
+            Event::ResetSent { socket, .. } => self.reset(socket, Direction::Sent, out),
+            Event::Retransmit { socket, .. } => {
+                if let Some(connection) = self.find_mut(socket) {
+                    connection.retransmits = connection.retransmits.saturating_add(1);
+                    if let Some(unanswered) = &mut connection.unanswered {
+                        unanswered.retransmitted = true;
+                    }
+                    out.push(Update::Retransmit(connection.identity.clone()));
+                }
+            }
+            Event::ErrorReport {
+                at,
+                endpoints,
+                errno,
+            } => self.error_report(endpoints, at, errno),
+            Event::IdleGapEnd {
+                at,
+                socket,
+                gap,
+                first,
+            } => self.idle_gap_end(socket, at, gap, first, out),
+            Event::GapAnswered { socket, .. } => {
+                if let Some(connection) = self.table.get_mut(Key::Socket(socket))
+                    && let Some(unanswered) = connection.unanswered.take()
+                {
+                    out.push(Update::IdleGapSurvived(
+                        connection.identity.clone(),
+                        unanswered.gap,
+                    ));
+                }
+            }
+            Event::StallRecovered {
+                socket,
+                stalled_for,
+                ..
+            } => {
+                if let Some(connection) = self.table.get_mut(Key::Socket(socket)) {
+                    out.push(Update::Stall {
+                        identity: connection.identity.clone(),
+                        duration: stalled_for,
+                        outcome: StallOutcome::Recovered,
+                    });
+                }
+            }
+            Event::IcmpError {
+                endpoints,
+                icmp_type,
+                code,
+                ..
+            } => {
+                let Some(key) = self.table.find(&endpoints, 0) else {
+                    return;
+                };
+                if let Some(connection) = self.table.get_mut(key) {
+                    if let Some(unanswered) = &mut connection.unanswered {
+                        unanswered.icmp = true;
+                    }
+                    out.push(Update::IcmpError {
+                        identity: connection.identity.clone(),
+                        icmp_type,
+                        code,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Settles what waited for its grace period to end at kernel time `now`: closed
+    /// connections are classified, peer-ended gaps without a RST count as survived.
+    pub fn expire(&mut self, now: Nanos, out: &mut Vec<Update>) {
+        let due: Vec<u64> = self
+            .closing
+            .iter()
+            .filter(|(_, closing)| now >= closing.closed_at.saturating_add(CLOSE_GRACE_NS))
+            .map(|(&socket, _)| socket)
+            .collect();
+        for socket in due {
+            self.finish(socket, out);
+        }
+        let table = &mut self.table;
+        self.peer_ended_gaps.retain(|&socket| {
+            let Some(connection) = table.get_mut(Key::Socket(socket)) else {
+                return false;
+            };
+            match connection.peer_ended_gap {
+                Some((at, gap)) if now >= at.saturating_add(CLOSE_GRACE_NS) => {
+                    connection.peer_ended_gap = None;
+                    out.push(Update::IdleGapSurvived(connection.identity.clone(), gap));
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            }
+        });
+    }
+
+    fn open(
+        &mut self,
+        socket: u64,
+        endpoints: Endpoints,
+        netns: u32,
+        opened_at: Option<Nanos>,
+        out: &mut Vec<Update>,
+    ) {
+        // A socket address is reused only after its previous connection closed: settle that
+        // one first so that late facts are not attributed to the new connection.
+        self.finish(socket, out);
+        let Some(identity) = self.identify(&endpoints) else {
+            return;
+        };
+        let connection = Connection::new(
+            identity.clone(),
+            endpoints,
+            netns,
+            opened_at,
+            opened_at.unwrap_or(0),
+        );
+        if let Some(previous) = self.table.insert(Key::Socket(socket), connection) {
+            // Its close was lost and nothing is known of when: it ended, we cannot say how.
+            out.push(Update::Closed {
+                identity: previous.identity,
+                end: End::Unknown,
+                duration: None,
+                keepalive: previous.keepalive.map(|k| k.setting),
+            });
+        }
+        out.push(Update::Opened(identity));
+    }
+
+    /// A kernel program met a scanned connection: from now on it is known by its socket.
+    fn adopt(&mut self, socket: u64, cookie: u64) {
+        if let Some(connection) = self.table.remove(Key::Cookie(cookie)) {
+            self.table.insert(Key::Socket(socket), connection);
+        }
+    }
+
+    fn close(&mut self, close: Close, out: &mut Vec<Update>) {
+        let Close {
+            at,
+            socket,
+            endpoints,
+            netns,
+            old_state,
+            kernel_opened_at,
+            stalled_for,
+        } = close;
+        let connection = match self.table.remove(Key::Socket(socket)) {
+            Some(mut connection) => {
+                // A gap the peer ended just before the close is settled by the close itself.
+                if let Some((_, gap)) = connection.peer_ended_gap.take() {
+                    out.push(Update::IdleGapSurvived(connection.identity.clone(), gap));
+                }
+                // A seen start with no kernel state left: the LRU map evicted it. (Scanned
+                // connections have no start and may legitimately have no state.)
+                if kernel_opened_at.is_none() && connection.opened_at.is_some() {
+                    out.push(Update::KernelStateEvicted);
+                }
+                connection.opened_at = connection.opened_at.or(kernel_opened_at);
+                connection
+            }
+            // The kernel saw it open but its OPEN event was lost: count it now, whole.
+            None if kernel_opened_at.is_some() => {
+                self.open(socket, endpoints, netns, kernel_opened_at, out);
+                let Some(connection) = self.table.remove(Key::Socket(socket)) else {
+                    return;
+                };
+                connection
+            }
+            None => match self.table.find(&endpoints, netns) {
+                // Found by a scan and never met by a program (no BTF to adopt it).
+                Some(key @ Key::Cookie(_)) => {
+                    let Some(connection) = self.table.remove(key) else {
+                        return;
+                    };
+                    connection
+                }
+                _ => {
+                    self.untracked_closes.push_back((at, netns, endpoints));
+                    if self.untracked_closes.len() > RECENTLY_CLOSED_MAX {
+                        self.untracked_closes.pop_front();
+                    }
+                    out.push(Update::UntrackedClose);
+                    return;
+                }
+            },
+        };
+        let reset_received = connection.reset_received;
+        self.closing.insert(
+            socket,
+            Closing {
+                connection,
+                closed_at: at,
+                old_state,
+                stalled_for,
+            },
+        );
+        // Nothing that comes later can change a received reset: classify at once.
+        if reset_received {
+            self.finish(socket, out);
+        }
+    }
+
+    /// A RST right after the silence ended, or in answer to this host's first segments after
+    /// it: the path cut the connection for being idle.
+    fn cut_by_reset(&mut self, socket: u64, out: &mut Vec<Update>) {
+        let Some(connection) = self.table.get_mut(Key::Socket(socket)) else {
+            return;
+        };
+        let gap = match (
+            connection.peer_ended_gap.take(),
+            connection.unanswered.take(),
+        ) {
+            (Some((_, gap)), _) | (None, Some(UnansweredGap { gap, .. })) => gap,
+            (None, None) => return,
+        };
+        connection.cut_after_idle = true;
+        out.push(Update::Cut {
+            identity: connection.identity.clone(),
+            gap,
+            signature: Signature::Reset,
+        });
+    }
+
+    fn idle_gap_end(
+        &mut self,
+        socket: u64,
+        at: Nanos,
+        gap: Nanos,
+        first: Side,
+        out: &mut Vec<Update>,
+    ) {
+        let Some(connection) = self.table.get_mut(Key::Socket(socket)) else {
+            return;
+        };
+        match first {
+            Side::Remote => {
+                // An earlier one still in its grace period is settled first.
+                if let Some((_, earlier)) = connection.peer_ended_gap.replace((at, gap)) {
+                    out.push(Update::IdleGapSurvived(
+                        connection.identity.clone(),
+                        earlier,
+                    ));
+                } else {
+                    self.peer_ended_gaps.push(socket);
+                }
+            }
+            // The first silence this host broke and that is still unanswered is the one that
+            // tells when the path gave up.
+            Side::Local => {
+                connection.unanswered.get_or_insert(UnansweredGap {
+                    gap,
+                    retransmitted: false,
+                    icmp: false,
+                });
+            }
+        }
+    }
+
+    /// An open connection, or one in its close grace period, by socket. (Scanned connections
+    /// are adopted before any event refers to their socket.)
+    fn find_mut(&mut self, socket: u64) -> Option<&mut Connection> {
+        match self.table.get_mut(Key::Socket(socket)) {
+            Some(connection) => Some(connection),
+            None => self
+                .closing
+                .get_mut(&socket)
+                .map(|closing| &mut closing.connection),
+        }
+    }
+
+    fn reset(&mut self, socket: u64, direction: Direction, out: &mut Vec<Update>) {
+        let Some(connection) = self.find_mut(socket) else {
+            return;
+        };
+        let already = match direction {
+            Direction::Received => std::mem::replace(&mut connection.reset_received, true),
+            Direction::Sent => std::mem::replace(&mut connection.reset_sent, true),
+        };
+        if !already {
+            out.push(Update::Reset(connection.identity.clone(), direction));
+        }
+    }
+
+    fn error_report(&mut self, endpoints: Endpoints, at: Nanos, errno: u16) {
+        if let Some(closing) = self
+            .closing
+            .values_mut()
+            .find(|closing| closing.connection.endpoints() == endpoints)
+        {
+            closing.connection.error = Some((at, errno));
+        } else if let Some(key) = self.table.find(&endpoints, 0)
+            && let Some(connection) = self.table.get_mut(key)
+        {
+            connection.error = Some((at, errno));
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The connection model: turns kernel facts into connection lifecycles.
+//!
+//! It follows each connection on a watched port from open to close, decides how it ended, and
+//! what happened after each idle gap: the path let the connection through (the peer was heard
+//! from again), or it cut it (a RST in answer, retransmissions into nothing, ICMP errors).
+//! Some facts arrive a moment after the one they explain (the RST an abort sends comes after
+//! the state change to CLOSE, a middlebox's RST right after the segment that ended a silence),
+//! so closes and peer-ended gaps wait a short grace period before they are settled. Everything
+//! here is plain data and unit-tested; the only clock is the kernel's, passed in.
+
+mod classify;
+mod lifecycle;
+mod scan;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use self::{classify::Closing, table::ConnectionTable};
+use crate::{
+    config::PortMap,
+    discovery::Owner,
+    events::{Endpoints, Nanos},
+    vocabulary::{Direction, End, KeepaliveSetting, Role, Signature, StallOutcome},
+};
+
+/// How long a closed connection, or a gap the peer ended, waits for late facts (RST sent,
+/// errno, a middlebox's RST). The kernel emits them microseconds after; this leaves room for a
+/// slow reader.
+pub const CLOSE_GRACE_NS: Nanos = 100_000_000;
+
+/// Closed connections stay in the per-connection view this long, and at most this many.
+pub const RECENTLY_CLOSED_NS: Nanos = 300_000_000_000;
+pub const RECENTLY_CLOSED_MAX: usize = 1024;
+/// What the aggregation layer needs to know about a connection: which path it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub service: Arc<str>,
+    pub role: Role,
+    pub remote: IpAddr,
+}
+
+/// What the model tells the layers after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    Opened(Identity),
+    /// Found already open by a scan (its start was not seen).
+    Discovered(Identity),
+    /// A connection's keepalive setting became known or changed.
+    KeepaliveChanged {
+        identity: Identity,
+        from: Option<KeepaliveSetting>,
+        to: KeepaliveSetting,
+    },
+    Reset(Identity, Direction),
+    Retransmit(Identity),
+    /// The peer was heard from after a silence of `gap`: the path let the connection through.
+    IdleGapSurvived(Identity, Nanos),
+    /// The path cut the connection after it had been idle for `gap`.
+    Cut {
+        identity: Identity,
+        gap: Nanos,
+        signature: Signature,
+    },
+    /// Retransmissions without hearing from the peer, for `duration`, and how that ended.
+    Stall {
+        identity: Identity,
+        duration: Nanos,
+        outcome: StallOutcome,
+    },
+    IcmpError {
+        identity: Identity,
+        icmp_type: u8,
+        code: u8,
+    },
+    /// The connection died abnormally while it was not idle, at this age: evidence of a limit
+    /// on connection age (RFC 5383 section 4.1) when such deaths cluster.
+    DiedWhileActive {
+        identity: Identity,
+        age: Nanos,
+    },
+    Closed {
+        identity: Identity,
+        end: End,
+        /// None when the connection's start was not seen.
+        duration: Option<Nanos>,
+        /// Its keepalive setting, if one was known.
+        keepalive: Option<KeepaliveSetting>,
+    },
+    /// A connection closed that was opened before the agent started: nothing to attribute.
+    UntrackedClose,
+    /// The kernel had lost a connection's state (LRU map full); user space still had it.
+    KernelStateEvicted,
+}
+
+impl Update {
+    /// The connection the update is about, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            Self::Opened(identity)
+            | Self::Discovered(identity)
+            | Self::KeepaliveChanged { identity, .. }
+            | Self::Reset(identity, _)
+            | Self::Retransmit(identity)
+            | Self::IdleGapSurvived(identity, _)
+            | Self::Cut { identity, .. }
+            | Self::Stall { identity, .. }
+            | Self::IcmpError { identity, .. }
+            | Self::DiedWhileActive { identity, .. }
+            | Self::Closed { identity, .. } => Some(identity),
+            Self::UntrackedClose | Self::KernelStateEvicted => None,
+        }
+    }
+}
+
+/// A connection's keepalive as last observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub setting: KeepaliveSetting,
+    pub interval_ms: Option<u64>,
+}
+
+/// A connection that ended recently, for the per-connection view.
+#[derive(Clone, Debug)]
+pub struct ClosedRecord {
+    pub info: ConnectionInfo,
+    pub closed_at: Nanos,
+    pub end: End,
+}
+
+/// What the per-connection view shows of a connection. Idle clocks are read by the caller
+/// from the kernel (`socket`, `cookie`) or taken from the last scan.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    pub identity: Identity,
+    pub endpoints: Endpoints,
+    pub netns: u32,
+    pub socket: Option<u64>,
+    pub cookie: Option<u64>,
+    pub owner: Option<Owner>,
+    pub opened_at: Option<Nanos>,
+    pub keepalive: Option<Keepalive>,
+    pub retransmits: u32,
+    pub scanned_clocks: Option<(Nanos, Nanos)>,
+}
+
+/// Open connections by kernel socket address (or, found by a scan and not yet met by a
+/// program, by cookie), recently closed ones in their grace period, and a short history.
+#[derive(Debug)]
+pub struct ConnectionModel {
+    ports: PortMap,
+    table: ConnectionTable,
+    /// Closed connections in their grace period, by socket.
+    closing: HashMap<u64, Closing>,
+    /// Sockets with a peer-ended gap in its grace period.
+    peer_ended_gaps: Vec<u64>,
+    recently_closed: VecDeque<ClosedRecord>,
+    /// Closes of connections the model did not know, recently: a scan that started before
+    /// them must not bring them back.
+    untracked_closes: VecDeque<(Nanos, u32, Endpoints)>,
+}
+
+impl ConnectionModel {
+    pub fn new(ports: PortMap) -> Self {
+        Self {
+            ports,
+            table: ConnectionTable::default(),
+            closing: HashMap::new(),
+            peer_ended_gaps: Vec::new(),
+            recently_closed: VecDeque::new(),
+            untracked_closes: VecDeque::new(),
+        }
+    }
+
+    /// Open connections, found by a scan or seen opening (those in their close grace period
+    /// excluded).
+    pub fn open_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Scanned connections no kernel program has met yet (their seeds are still pending).
+    pub fn pending_adoptions(&self) -> usize {
+        self.table.unadopted()
+    }
+
+    /// Which service a connection is and in which role, or None if neither port is watched.
+    pub fn identify(&self, endpoints: &Endpoints) -> Option<Identity> {
+        let (service, role) = if let Some(service) = self.ports.service(endpoints.local.port()) {
+            (service, Role::Server)
+        } else {
+            (self.ports.service(endpoints.remote.port())?, Role::Client)
+        };
+        Some(Identity {
+            service: Arc::from(service),
+            role,
+            remote: endpoints.remote.ip(),
+        })
+    }
+
+    /// Every open connection (adopted or not) and the recently closed ones, for the view.
+    pub fn connections(&self) -> impl Iterator<Item = ConnectionInfo> + '_ {
+        self.table.iter().map(|(key, connection)| {
+            let socket = match key {
+                table::Key::Socket(socket) => Some(socket),
+                table::Key::Cookie(_) => None,
+            };
+            connection.info(socket)
+        })
+    }
+
+    pub fn recently_closed(&self) -> impl Iterator<Item = &ClosedRecord> {
+        self.recently_closed.iter()
+    }
+
+    /// Drops everything in its grace period at once (at shutdown), classifying it.
+    pub fn flush(&mut self, out: &mut Vec<Update>) {
+        let sockets: Vec<u64> = self.closing.keys().copied().collect();
+        for socket in sockets {
+            self.finish(socket, out);
+        }
+    }
+
+    /// Settles the closed connection of this socket, if one is in its grace period.
+    fn finish(&mut self, socket: u64, out: &mut Vec<Update>) {
+        if let Some(closing) = self.closing.remove(&socket) {
+            self.settle(closing, out);
+        }
+    }
+
+    /// The one way a connection ends in the model, its close seen or not: classified, then
+    /// kept for the view for a while.
+    fn settle(&mut self, closing: Closing, out: &mut Vec<Update>) {
+        let record = closing.settle(out);
+        let closed_at = record.closed_at;
+        self.recently_closed.push_back(record);
+        while self.recently_closed.len() > RECENTLY_CLOSED_MAX
+            || self
+                .recently_closed
+                .front()
+                .is_some_and(|c| closed_at.saturating_sub(c.closed_at) > RECENTLY_CLOSED_NS)
+        {
+            self.recently_closed.pop_front();
+        }
+    }
+}

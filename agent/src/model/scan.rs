@@ -1,0 +1,458 @@
+//! Scan reconciliation: what a scan of the kernel's socket tables adds to the model (connections
+//! older than the agent, inodes, owners, keepalive settings, idle clocks) and what it settles
+//! (connections it should have found and did not).
+
+use std::collections::HashSet;
+
+use idlecut_ebpf::tcp_state;
+
+use super::{
+    ConnectionModel, Keepalive, Update,
+    classify::{Closing, ETIMEDOUT},
+    table::{Connection, Key},
+};
+use crate::{
+    discovery::{KeepaliveObservation, Scan, Scanned},
+    events::{Endpoints, Nanos, Seed, Side},
+    vocabulary::KeepaliveSetting,
+};
+
+impl ConnectionModel {
+    /// Takes in a scan of the kernel's socket tables (made between `started` and `finished`,
+    /// kernel time): connections it knows get their inode, owner and keepalive; connections it
+    /// does not know were open before the agent (or their open was lost): they are tracked
+    /// from now on, and returned as seeds for the kernel programs to adopt. Connections it
+    /// should have found and did not are settled (see `settle_vanished`); their sockets are
+    /// returned too, so that their leftover kernel state can be dropped.
+    pub fn apply_scan(
+        &mut self,
+        scan: &Scan,
+        started: Nanos,
+        finished: Nanos,
+        stall_of: &dyn Fn(u64) -> Option<Nanos>,
+        out: &mut Vec<Update>,
+    ) -> (Vec<Seed>, Vec<u64>) {
+        let vanished = self.settle_vanished(scan, started, finished, stall_of, out);
+        let mut seeds = Vec::new();
+        for scanned in &scan.connections {
+            let clocks = (
+                finished.saturating_sub(u64::from(scanned.last_received_ms()) * 1_000_000),
+                finished.saturating_sub(u64::from(scanned.last_data_sent_ms) * 1_000_000),
+            );
+            let key = match self.table.find(&scanned.endpoints, scanned.netns) {
+                Some(key) => key,
+                None => {
+                    if !self.track_scanned(scanned, started, finished, out) {
+                        continue;
+                    }
+                    seeds.push(Seed {
+                        cookie: scanned.cookie,
+                        last_received: clocks.0,
+                        last_sent: clocks.1,
+                        first_fin: first_fin(scanned.state),
+                    });
+                    Key::Cookie(scanned.cookie)
+                }
+            };
+            if self.table.get_mut(key).is_some_and(|c| c.netns() == 0) {
+                self.table.set_netns(key, scanned.netns);
+            }
+            let owner = scan.owners.get(&scanned.inode).cloned();
+            let Some(connection) = self.table.get_mut(key) else {
+                continue;
+            };
+            connection.cookie = Some(scanned.cookie);
+            connection.inode = Some(scanned.inode);
+            if owner.is_some() {
+                connection.owner = owner;
+            }
+            connection.scanned_clocks = Some(clocks);
+            if let Some(observed) = keepalive(scanned.keepalive) {
+                let previous = connection.keepalive.replace(observed);
+                if previous.map(|k| k.setting) != Some(observed.setting) {
+                    out.push(Update::KeepaliveChanged {
+                        identity: connection.identity.clone(),
+                        from: previous.map(|k| k.setting),
+                        to: observed.setting,
+                    });
+                }
+            }
+        }
+        (seeds, vanished)
+    }
+
+    /// Starts following a connection the scan found and the model did not know, unless it
+    /// closed while the scan ran or is not on a watched port. Returns whether it did.
+    fn track_scanned(
+        &mut self,
+        scanned: &Scanned,
+        started: Nanos,
+        finished: Nanos,
+        out: &mut Vec<Update>,
+    ) -> bool {
+        let closed_meanwhile = self.untracked_closes.iter().any(|&(at, netns, ep)| {
+            at >= started && ep == scanned.endpoints && (netns == scanned.netns || netns == 0)
+        });
+        let key = Key::Cookie(scanned.cookie);
+        if closed_meanwhile || self.table.contains(key) {
+            return false;
+        }
+        let Some(identity) = self.identify(&scanned.endpoints) else {
+            return false;
+        };
+        let connection = Connection::new(
+            identity.clone(),
+            scanned.endpoints,
+            scanned.netns,
+            None,
+            finished,
+        );
+        self.table.insert(key, connection);
+        out.push(Update::Discovered(identity));
+        true
+    }
+
+    /// Connections the scan should have found and did not: they ended while their close went
+    /// unseen (the kernel skips a program run when another BPF program is running on that CPU,
+    /// or the ring buffer was full). They are settled like any close, from what was seen of
+    /// them: one that was stalled (`stall_of` says since when, from the kernel's leftover state)
+    /// timed out; otherwise how it ended is unknown. Returns the sockets settled.
+    fn settle_vanished(
+        &mut self,
+        scan: &Scan,
+        started: Nanos,
+        finished: Nanos,
+        stall_of: &dyn Fn(u64) -> Option<Nanos>,
+        out: &mut Vec<Update>,
+    ) -> Vec<u64> {
+        let found: HashSet<(u32, Endpoints)> = scan
+            .connections
+            .iter()
+            .map(|c| (c.netns, c.endpoints))
+            .collect();
+        let vanished: Vec<Key> = self
+            .table
+            .iter()
+            .filter(|(_, c)| {
+                c.netns() != 0
+                    && c.known_since < started
+                    && scan.complete.contains(&c.netns())
+                    && !found.contains(&(c.netns(), c.endpoints()))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        let mut sockets = Vec::new();
+        for key in vanished {
+            let Some(mut connection) = self.table.remove(key) else {
+                continue;
+            };
+            let stalled_for = match key {
+                Key::Socket(socket) => {
+                    sockets.push(socket);
+                    stall_of(socket).map(|since| finished.saturating_sub(since))
+                }
+                // Never met by a program: no kernel state to tell.
+                Key::Cookie(_) => None,
+            };
+            if stalled_for.is_some() && connection.error.is_none() {
+                connection.error = Some((finished, ETIMEDOUT));
+            }
+            self.settle(
+                Closing {
+                    connection,
+                    closed_at: finished,
+                    old_state: tcp_state::ESTABLISHED,
+                    stalled_for,
+                },
+                out,
+            );
+        }
+        sockets
+    }
+}
+
+/// Who had sent the first FIN, from the state the scan saw the connection in.
+fn first_fin(state: u8) -> Option<Side> {
+    match state {
+        tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK => Some(Side::Remote),
+        tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING => Some(Side::Local),
+        _ => None,
+    }
+}
+
+fn keepalive(observation: KeepaliveObservation) -> Option<Keepalive> {
+    match observation {
+        KeepaliveObservation::Off => Some(Keepalive {
+            setting: KeepaliveSetting::Off,
+            interval_ms: None,
+        }),
+        KeepaliveObservation::On { interval_ms } => Some(Keepalive {
+            setting: KeepaliveSetting::from_interval_ms(interval_ms),
+            interval_ms: Some(interval_ms),
+        }),
+        KeepaliveObservation::Unknown => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        events::Event,
+        model::{ConnectionInfo, tests::*},
+        vocabulary::{End, Signature},
+    };
+
+    fn scanned(keepalive: KeepaliveObservation) -> crate::discovery::Scanned {
+        crate::discovery::Scanned {
+            netns: NETNS,
+            endpoints: server_side(),
+            state: tcp_state::ESTABLISHED,
+            cookie: 77,
+            inode: 5000,
+            keepalive,
+            last_data_sent_ms: 4000,
+            last_data_recv_ms: 3000,
+            last_ack_recv_ms: 2000,
+        }
+    }
+
+    fn scan_into(
+        model: &mut ConnectionModel,
+        scan: &Scan,
+        started: Nanos,
+        finished: Nanos,
+        out: &mut Vec<Update>,
+    ) -> Vec<Seed> {
+        model.apply_scan(scan, started, finished, &|_| None, out).0
+    }
+
+    fn scan_of(connections: Vec<crate::discovery::Scanned>) -> Scan {
+        Scan {
+            connections,
+            ..Scan::default()
+        }
+    }
+
+    #[test]
+    fn a_scan_finds_connections_older_than_the_agent_and_seeds_them() {
+        let mut model = model();
+        let mut out = Vec::new();
+        let scan = scan_of(vec![scanned(KeepaliveObservation::On {
+            interval_ms: 60_000,
+        })]);
+        let seeds = scan_into(&mut model, &scan, 90 * SECOND, 100 * SECOND, &mut out);
+        assert_eq!(
+            seeds,
+            vec![Seed {
+                cookie: 77,
+                last_received: 98 * SECOND,
+                last_sent: 96 * SECOND,
+                first_fin: None,
+            }]
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::Discovered(imap_server()),
+                Update::KeepaliveChanged {
+                    identity: imap_server(),
+                    from: None,
+                    to: KeepaliveSetting::Below2h,
+                },
+            ]
+        );
+        assert_eq!((model.open_count(), model.pending_adoptions()), (1, 1));
+        // Scanned again: nothing new.
+        out.clear();
+        assert!(scan_into(&mut model, &scan, 200 * SECOND, 200 * SECOND, &mut out).is_empty());
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn an_adopted_connection_is_followed_by_socket_and_its_cut_measured() {
+        let mut model = model();
+        let mut out = Vec::new();
+        let scan = scan_of(vec![scanned(KeepaliveObservation::Off)]);
+        scan_into(&mut model, &scan, 0, 100 * SECOND, &mut out);
+        out.clear();
+        model.apply(
+            Event::Adopted {
+                at: 400 * SECOND,
+                socket: SOCK,
+                cookie: 77,
+            },
+            &mut out,
+        );
+        assert_eq!(model.pending_adoptions(), 0);
+        model.apply(gap_end(400 * SECOND, 302 * SECOND, Side::Local), &mut out);
+        model.apply(
+            Event::ResetReceived {
+                at: 400 * SECOND,
+                socket: SOCK,
+            },
+            &mut out,
+        );
+        model.apply(close(400 * SECOND, tcp_state::ESTABLISHED, None), &mut out);
+        assert_eq!(cuts(&out), vec![(302 * SECOND, Signature::Reset)]);
+        assert!(out.contains(&Update::Closed {
+            identity: imap_server(),
+            end: End::ResetReceived,
+            duration: None,
+            keepalive: Some(KeepaliveSetting::Off),
+        }));
+        assert!(!out.contains(&Update::KernelStateEvicted), "{out:?}");
+        assert_eq!(model.open_count(), 0);
+    }
+
+    #[test]
+    fn a_scanned_connection_never_adopted_is_closed_by_its_endpoints() {
+        let mut model = model();
+        let mut out = Vec::new();
+        scan_into(
+            &mut model,
+            &scan_of(vec![scanned(KeepaliveObservation::Unknown)]),
+            0,
+            SECOND,
+            &mut out,
+        );
+        out.clear();
+        let updates = {
+            model.apply(close(5 * SECOND, tcp_state::LAST_ACK, None), &mut out);
+            model.expire(u64::MAX, &mut out);
+            out
+        };
+        assert_eq!(ends(&updates), vec![End::Fin]);
+        assert!(!updates.contains(&Update::UntrackedClose));
+        assert_eq!(model.open_count(), 0);
+    }
+
+    #[test]
+    fn a_scanned_connection_that_vanishes_is_settled_like_any_close() {
+        let mut model = model();
+        let mut out = Vec::new();
+        let mut scan = scan_of(vec![scanned(KeepaliveObservation::Off)]);
+        scan_into(&mut model, &scan, 0, SECOND, &mut out);
+        out.clear();
+        scan.connections.clear();
+        scan.complete.insert(NETNS);
+        let (_, sockets) = model.apply_scan(&scan, 2 * SECOND, 3 * SECOND, &|_| None, &mut out);
+        assert!(sockets.is_empty(), "no kernel state to drop");
+        assert_eq!(
+            out,
+            vec![Update::Closed {
+                identity: imap_server(),
+                end: End::Unknown,
+                duration: None,
+                keepalive: Some(KeepaliveSetting::Off),
+            }]
+        );
+        assert_eq!(model.open_count(), 0);
+        let closed: Vec<_> = model.recently_closed().collect();
+        assert_eq!(closed.len(), 1, "shown in the view as ended");
+        assert_eq!(closed[0].info.cookie, Some(77));
+    }
+
+    #[test]
+    fn a_connection_seen_opening_is_not_discovered_again() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(SECOND), &mut out);
+        out.clear();
+        let seeds = scan_into(
+            &mut model,
+            &scan_of(vec![scanned(KeepaliveObservation::On {
+                interval_ms: 7_200_000,
+            })]),
+            0,
+            2 * SECOND,
+            &mut out,
+        );
+        assert!(seeds.is_empty());
+        assert_eq!(
+            out,
+            vec![Update::KeepaliveChanged {
+                identity: imap_server(),
+                from: None,
+                to: KeepaliveSetting::TwoHoursOrMore,
+            }]
+        );
+        let info: Vec<ConnectionInfo> = model.connections().collect();
+        assert_eq!(info.len(), 1);
+        assert_eq!((info[0].socket, info[0].cookie), (Some(SOCK), Some(77)));
+    }
+
+    #[test]
+    fn a_connection_that_closed_during_the_scan_is_not_brought_back() {
+        let mut model = model();
+        let mut out = Vec::new();
+        // Closed (unknown to the model) after the scan started, before it was applied.
+        model.apply(close(5 * SECOND, tcp_state::LAST_ACK, None), &mut out);
+        let seeds = scan_into(
+            &mut model,
+            &scan_of(vec![scanned(KeepaliveObservation::Off)]),
+            4 * SECOND,
+            6 * SECOND,
+            &mut out,
+        );
+        assert!(seeds.is_empty());
+        assert_eq!(model.open_count(), 0);
+    }
+
+    #[test]
+    fn a_connection_whose_close_was_lost_is_settled_by_the_next_scan() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(SECOND), &mut out);
+        out.clear();
+        let mut scan = scan_of(vec![]);
+        // Its namespace was not read completely: nothing can be concluded.
+        scan_into(&mut model, &scan, 5 * SECOND, 6 * SECOND, &mut out);
+        assert_eq!(model.open_count(), 1);
+        scan.complete.insert(NETNS);
+        scan_into(&mut model, &scan, 5 * SECOND, 6 * SECOND, &mut out);
+        assert_eq!(model.open_count(), 0);
+        assert_eq!(
+            out,
+            vec![Update::Closed {
+                identity: imap_server(),
+                end: End::Unknown,
+                duration: Some(5 * SECOND),
+                keepalive: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_lost_close_in_a_stall_after_a_gap_is_still_a_blackhole_cut() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(SECOND), &mut out);
+        model.apply(gap_end(100 * SECOND, 90 * SECOND, Side::Local), &mut out);
+        model.apply(retransmit(100 * SECOND + 1, 0), &mut out);
+        out.clear();
+        let mut scan = scan_of(vec![]);
+        scan.complete.insert(NETNS);
+        let (_, vanished) = model.apply_scan(
+            &scan,
+            110 * SECOND,
+            120 * SECOND,
+            &|_| Some(100 * SECOND),
+            &mut out,
+        );
+        assert_eq!(vanished, vec![SOCK]);
+        assert_eq!(cuts(&out), vec![(90 * SECOND, Signature::Blackhole)]);
+        assert_eq!(ends(&out), vec![End::Timeout]);
+    }
+
+    #[test]
+    fn a_connection_opened_during_the_scan_is_not_settled() {
+        let mut model = model();
+        let mut out = Vec::new();
+        model.apply(open(5 * SECOND), &mut out);
+        let mut scan = scan_of(vec![]);
+        scan.complete.insert(NETNS);
+        scan_into(&mut model, &scan, 4 * SECOND, 6 * SECOND, &mut out);
+        assert_eq!(model.open_count(), 1);
+    }
+}

@@ -1,0 +1,233 @@
+//! The words the agent reports in: every label value of the metrics, every enumerated field of
+//! the HTTP API and every column value of `idlecut connections`, each spelled once here.
+//!
+//! These spellings are a contract (dashboards, alerts and scripts match on them): each word
+//! type says its text with `as_str`, serializes and parses as that text, and encodes as that
+//! text in a Prometheus label, so no other module writes one of them as a string literal.
+
+use std::{fmt, str::FromStr};
+
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Defines a closed set of words: the enum, `ALL`, `as_str`, `Display`, `FromStr`, serde as
+/// the text, and Prometheus label encoding as the text.
+macro_rules! words {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: [Self; [$($text),+].len()] = [$(Self::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownWord;
+
+            fn from_str(text: &str) -> Result<Self, UnknownWord> {
+                Self::ALL
+                    .into_iter()
+                    .find(|word| word.as_str() == text)
+                    .ok_or_else(|| UnknownWord {
+                        text: text.to_owned(),
+                        expected: &[$($text),+],
+                    })
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+                fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+/// A word that is not one of its set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownWord {
+    pub text: String,
+    pub expected: &'static [&'static str],
+}
+
+impl fmt::Display for UnknownWord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: expected ", self.text)?;
+        let (last, rest) = self.expected.split_last().unwrap_or((&"", &[]));
+        if !rest.is_empty() {
+            write!(f, "{} or ", rest.join(", "))?;
+        }
+        f.write_str(last)
+    }
+}
+
+impl std::error::Error for UnknownWord {}
+
+words! {
+    /// Which end of a connection this host is.
+    pub enum Role {
+        /// The local port is the service port: this host serves mail.
+        Server = "server",
+        /// The remote port is the service port: this host is a mail client (or proxy).
+        Client = "client",
+    }
+}
+
+words! {
+    /// How a connection ended.
+    pub enum End {
+        /// Both sides closed with FIN.
+        Fin = "fin",
+        /// The peer (or a middlebox on the path) sent a RST.
+        ResetReceived = "reset_received",
+        /// This host sent a RST (application abort, SO_LINGER 0, unread data, keepalive
+        /// failure).
+        ResetSent = "reset_sent",
+        /// The kernel gave up: retransmissions or keepalive probes unanswered (ETIMEDOUT).
+        Timeout = "timeout",
+        /// The kernel reported another error (EHOSTUNREACH after ICMP errors, ...).
+        Error = "error",
+        /// None of the above could be established.
+        Unknown = "unknown",
+    }
+}
+
+words! {
+    /// How a path cut a connection after an idle gap.
+    pub enum Signature {
+        /// A RST answered the first segments after the gap.
+        Reset = "reset",
+        /// Segments after the gap were retransmitted and never answered.
+        Blackhole = "blackhole",
+        /// ICMP unreachable errors arrived for the segments after the gap.
+        Icmp = "icmp",
+    }
+}
+
+words! {
+    /// How a stall (retransmissions without hearing from the peer) ended.
+    pub enum StallOutcome {
+        /// The peer was heard from again: the connection survived the loss.
+        Recovered = "recovered",
+        /// The connection died in it.
+        Fatal = "fatal",
+    }
+}
+
+words! {
+    /// Which way a RST went.
+    pub enum Direction {
+        Received = "received",
+        Sent = "sent",
+    }
+}
+
+words! {
+    /// A connection's TCP keepalive, as the metrics group it.
+    pub enum KeepaliveSetting {
+        Off = "off",
+        /// Probes more often than every two hours: defeats radio dormancy on mobile devices.
+        Below2h = "below_2h",
+        TwoHoursOrMore = "2h_or_more",
+    }
+}
+
+words! {
+    /// Whether a row of the per-connection view is a connection open now or one that ended.
+    pub enum ConnectionState {
+        Open = "open",
+        Closed = "closed",
+    }
+}
+
+/// RFC 1122 4.2.3.6 and RFC 5383 4.2: keepalive should not probe more often than every two
+/// hours. The interval is estimated from the keepalive timer (see `discovery`), so a minute of
+/// slack keeps a 2 h setting on the right side.
+const KEEPALIVE_TWO_HOURS_MS: u64 = 7_200_000 - 60_000;
+
+impl KeepaliveSetting {
+    pub const fn from_interval_ms(interval_ms: u64) -> Self {
+        if interval_ms < KEEPALIVE_TWO_HOURS_MS {
+            Self::Below2h
+        } else {
+            Self::TwoHoursOrMore
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_through_text_json_and_labels() {
+        for end in End::ALL {
+            assert_eq!(end.as_str().parse::<End>(), Ok(end));
+            let json = serde_json::to_string(&end).unwrap();
+            assert_eq!(json, format!("\"{end}\""));
+            assert_eq!(serde_json::from_str::<End>(&json).unwrap(), end);
+        }
+        assert_eq!(
+            serde_json::to_string(&KeepaliveSetting::TwoHoursOrMore).unwrap(),
+            "\"2h_or_more\""
+        );
+        assert!(serde_json::from_str::<Role>("\"peer\"").is_err());
+    }
+
+    #[test]
+    fn an_unknown_word_says_what_was_expected() {
+        let err = "peer".parse::<Role>().unwrap_err();
+        assert_eq!(err.to_string(), "`peer`: expected server or client");
+        let err = "x".parse::<Signature>().unwrap_err();
+        assert_eq!(err.to_string(), "`x`: expected reset, blackhole or icmp");
+    }
+
+    #[test]
+    fn keepalive_settings_split_at_two_hours() {
+        assert_eq!(
+            KeepaliveSetting::from_interval_ms(60_000),
+            KeepaliveSetting::Below2h
+        );
+        assert_eq!(
+            KeepaliveSetting::from_interval_ms(7_199_500),
+            KeepaliveSetting::TwoHoursOrMore
+        );
+        assert_eq!(
+            KeepaliveSetting::from_interval_ms(7_000_000),
+            KeepaliveSetting::Below2h
+        );
+    }
+}
