@@ -52,14 +52,16 @@ pub struct AgentArgs {
         requires = "cert_file"
     )]
     pub key_file: Option<PathBuf>,
-    /// File holding the bearer token the agent's web config expects
+    /// File holding the bearer token the agent's web config expects (or the token itself in
+    /// IDLECUT_BEARER_TOKEN; never as a flag's value)
     #[arg(long, value_name = "FILE", env = "IDLECUT_BEARER_TOKEN_FILE")]
     pub bearer_token_file: Option<PathBuf>,
     /// User for basic authentication (the password from IDLECUT_BASIC_AUTH_PASSWORD or
     /// --basic-auth-password-file)
     #[arg(long, value_name = "USER", env = "IDLECUT_BASIC_AUTH_USER")]
     pub basic_auth_user: Option<String>,
-    /// File holding the basic-authentication password
+    /// File holding the basic-authentication password (or the password itself in
+    /// IDLECUT_BASIC_AUTH_PASSWORD; never as a flag's value)
     #[arg(long, value_name = "FILE", env = "IDLECUT_BASIC_AUTH_PASSWORD_FILE")]
     pub basic_auth_password_file: Option<PathBuf>,
 }
