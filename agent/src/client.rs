@@ -15,10 +15,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
+use rustls::pki_types::ServerName;
 
 use crate::{
     ConnectionsArgs, config,
+    http::tls::{read_certificates, read_private_key},
     view::{self, ConnectionsResponse},
 };
 
@@ -193,9 +194,7 @@ fn tls_config(
     .with_root_certificates(roots);
     let config = match (&args.cert_file, &args.key_file) {
         (Some(cert_file), Some(key_file)) => {
-            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
-                anyhow::anyhow!("no usable private key in {}: {err}", key_file.display())
-            })?;
+            let key = read_private_key(key_file)?;
             builder
                 .with_client_auth_cert(read_certificates(cert_file)?, key)
                 .with_context(|| {
@@ -214,21 +213,6 @@ fn tls_config(
         None => ServerName::IpAddress(args.agent.addr.ip().into()),
     };
     Ok((Arc::new(config), name))
-}
-
-fn read_certificates(file: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(file)
-        .map_err(|err| anyhow::anyhow!("{err}"))
-        .and_then(|certs| {
-            certs
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| anyhow::anyhow!("{err}"))
-        })
-        .with_context(|| format!("cannot read certificates from {}", file.display()))?;
-    if certs.is_empty() {
-        bail!("no PEM certificate in {}", file.display());
-    }
-    Ok(certs)
 }
 
 /// The Authorization header's value, from the files or environment variables given.

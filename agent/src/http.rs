@@ -11,7 +11,7 @@ mod auth;
 pub mod descriptors;
 mod error_bodies;
 mod server;
-mod tls;
+pub mod tls;
 mod web_config;
 
 pub use server::Limits;

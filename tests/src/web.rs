@@ -35,8 +35,12 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (u16
     let _ = stream.write_all(request);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    split_answer(&String::from_utf8_lossy(&answer))
+}
+
+/// An HTTP answer's status (0 if there is none), head and body.
+fn split_answer(answer: &str) -> (u16, String, String) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
     let status = head
         .split(' ')
         .nth(1)
@@ -265,15 +269,7 @@ impl WebClient {
     /// A minimal HTTP/1.0 GET: status and body. A refused handshake is an error.
     pub fn get(&self, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
         let (answer, _) = self.exchange(addr, path)?;
-        let status = answer
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or(0);
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
+        let (status, _, body) = split_answer(&answer);
         Ok((status, body))
     }
 

@@ -410,17 +410,10 @@ fn replaced_certificate_files_are_used_without_a_restart() {
 
 /// The DER of the first certificate of a PEM file.
 fn pem_der(pem: &[u8]) -> Vec<u8> {
-    use base64::Engine as _;
-    let text = String::from_utf8_lossy(pem);
-    let body: String = text
-        .lines()
-        .skip_while(|line| !line.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|line| !line.starts_with("-----END"))
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .expect("PEM base64")
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    CertificateDer::from_pem_slice(pem)
+        .expect("a PEM certificate")
+        .to_vec()
 }
 
 #[test]

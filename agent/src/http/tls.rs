@@ -1,6 +1,7 @@
 //! TLS on the listener (rustls, ring): a certificate chain and its key from PEM files, and
 //! optionally a CA whose client certificates are verified (mutual TLS). Built anew from the
 //! files whenever they change (see `web_config`), so renewed certificates need no restart.
+//! The PEM readers serve `client` too.
 
 use std::{path::Path, sync::Arc};
 
@@ -36,9 +37,7 @@ pub fn server_config(
 ) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certificates(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(cert_path(key_file)?)
-        .map_err(|err| anyhow::anyhow!("{err}"))
-        .with_context(|| format!("no usable private key in {}", key_file.display()))?;
+    let key = read_private_key(key_file)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -99,6 +98,13 @@ pub fn read_certificates(file: &Path) -> anyhow::Result<Vec<CertificateDer<'stat
         bail!("no PEM certificate in {}", file.display());
     }
     Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn read_private_key(file: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(cert_path(file)?)
+        .map_err(|err| anyhow::anyhow!("{err}"))
+        .with_context(|| format!("no usable private key in {}", file.display()))
 }
 
 /// The file, or an error saying it cannot be read (pki-types' own error does not name it).
