@@ -267,6 +267,71 @@ mod tests {
         }
     }
 
+    /// The layer around a router of stand-in handlers, asked as a client at `peer` would.
+    async fn answer(web: &Arc<WebSettings>, peer: &str, path: &str, token: Option<&str>) -> u16 {
+        use tower::ServiceExt as _;
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(|| async { "metrics" }))
+            .route("/api/v1/paths", axum::routing::get(|| async { "[]" }))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(web.clone(), require));
+        let mut request = Request::builder().uri(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let mut request = request.body(axum::body::Body::empty()).unwrap();
+        request.extensions_mut().insert(Peer {
+            addr: peer.parse().unwrap(),
+            verified_certificate: false,
+        });
+        app.oneshot(request).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn without_authentication_the_api_is_for_loopback_clients_only() {
+        let web = WebSettings::load(None).unwrap();
+        for (peer, path, status) in [
+            ("127.0.0.1:40000", "/api/v1/paths", 200),
+            ("[::1]:40000", "/api/v1/paths", 200),
+            ("192.0.2.7:40000", "/api/v1/paths", 403),
+            ("[2001:db8::7]:40000", "/api/v1/paths", 403),
+            ("192.0.2.7:40000", "/metrics", 200),
+            ("192.0.2.7:40000", "/healthz", 200),
+        ] {
+            assert_eq!(
+                answer(&web, peer, path, None).await,
+                status,
+                "{peer} {path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_token_every_path_but_healthz_needs_it_from_anywhere() {
+        let dir = std::env::temp_dir().join(format!("idlecut-auth-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+        std::fs::write(dir.join("web.toml"), "bearer_token_file = \"token\"\n").unwrap();
+        let web = WebSettings::load(Some(&dir.join("web.toml"))).unwrap();
+        for peer in ["127.0.0.1:40000", "192.0.2.7:40000"] {
+            for path in ["/metrics", "/api/v1/paths", "/nowhere"] {
+                assert_eq!(answer(&web, peer, path, None).await, 401, "{peer} {path}");
+                assert_eq!(
+                    answer(&web, peer, path, Some("s3cre")).await,
+                    401,
+                    "{peer} {path}"
+                );
+            }
+            assert_eq!(
+                answer(&web, peer, "/api/v1/paths", Some("s3cret")).await,
+                200
+            );
+            assert_eq!(answer(&web, peer, "/nowhere", Some("s3cret")).await, 404);
+            assert_eq!(answer(&web, peer, "/healthz", None).await, 200);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_unknown_user_hash_is_well_formed() {
         assert!(UNKNOWN_USER_HASH.parse::<bcrypt::HashParts>().is_ok());
