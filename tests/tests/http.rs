@@ -48,29 +48,37 @@ fn a_half_sent_request_does_not_hold_up_shutdown() {
 }
 
 #[test]
-fn a_client_that_never_finishes_its_request_is_closed() {
+fn clients_that_never_finish_a_request_or_idle_after_one_are_closed() {
     if !require_root() {
         return;
     }
     let agent = Agent::start(&[]);
+    // One client sends half a request; another was served and keeps its connection open
+    // without asking more (idle keep-alive). Both must be closed, in 10 s (the header timeout).
     let mut slow = TcpStream::connect(agent.addr).expect("connect");
-    slow.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("read timeout");
     slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         .expect("half a request");
+    let mut idle = TcpStream::connect(agent.addr).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
     let started = Instant::now();
-    let mut rest = Vec::new();
-    let read = slow.read_to_end(&mut rest);
-    let waited = started.elapsed();
-    eprintln!("closed after {waited:?}: {read:?}");
-    assert!(
-        read.is_ok() && waited < Duration::from_secs(15),
-        "the half-sent request was still open after {waited:?}: {read:?}"
-    );
-    assert!(
-        waited >= Duration::from_secs(5),
-        "closed after {waited:?}, sooner than a slow client deserves"
-    );
+    for (what, mut stream) in [("half-sent request", slow), ("idle keep-alive", idle)] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        let waited = started.elapsed();
+        eprintln!("{what} closed after {waited:?}: {read:?}");
+        assert!(
+            read.is_ok() && waited < Duration::from_secs(15),
+            "the {what} was still open after {waited:?}: {read:?}"
+        );
+        assert!(
+            waited >= Duration::from_secs(5),
+            "{what} closed after {waited:?}, sooner than a slow client deserves"
+        );
+    }
 }
 
 /// Issue 11, item 2: systemd's default soft limit of 1024 and 1,100 idle connections starved
