@@ -15,6 +15,9 @@ pub const SEEDS_MAP: &str = "SEEDS";
 /// Name of the one-entry `u32` array that is non-zero while [`SEEDS_MAP`] may hold entries
 /// (so that programs skip the cookie lookup the rest of the time).
 pub const SEEDING_MAP: &str = "SEEDING";
+/// Name of the map of CLOSE events the ring buffer had no room for, by socket: user space
+/// drains it on its timer, so that a full ring buffer delays an end instead of losing it.
+pub const UNREPORTED_MAP: &str = "UNREPORTED";
 /// Name of the per-CPU `u64` counters indexed by [`counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the global holding the port bitmap ([`PortBitmap`]).
@@ -31,12 +34,13 @@ pub const SOCK_OFFSETS_GLOBAL: &str = "SOCK_OFFSETS";
 
 /// Every map the agent opens or sizes, by name: the built object must have exactly these (plus
 /// aya-log's), which a test of the agent checks against the embedded object.
-pub const MAPS: [&str; 5] = [
+pub const MAPS: [&str; 6] = [
     EVENTS_MAP,
     CONNECTIONS_MAP,
     SEEDS_MAP,
     SEEDING_MAP,
     COUNTERS_MAP,
+    UNREPORTED_MAP,
 ];
 
 /// Every global the agent sets at load time, by name: the built object must have exactly these
@@ -66,6 +70,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: u32 = 65_536;
     /// `--min-idle-gap`, in nanoseconds.
     pub const MIN_IDLE_GAP_NS: u64 = 10_000_000_000;
+    /// CLOSE events that may wait in the UNREPORTED map for user space.
+    pub const UNREPORTED_ENDS: u32 = 4096;
 }
 
 /// Address families as the kernel spells them.
@@ -103,8 +109,8 @@ pub mod event_kind {
     /// The connection reached ESTABLISHED. Addresses and ports are set.
     pub const OPEN: u8 = 1;
     /// The connection reached CLOSE (or, `old_state` 0, its socket was destroyed while the
-    /// programs still held state for it: the CLOSE itself went unreported, a program run the
-    /// kernel skipped or a full ring buffer). Addresses, ports, `old_state`, `flags`, `count`
+    /// programs still held state for it: the kernel skipped the program run on its CLOSE).
+    /// Addresses, ports, `old_state`, `flags`, `count`
     /// (retransmissions), `value_ns` (kernel open time, 0 if unknown) and `aux_ns` (how long
     /// the connection had been stalled, retransmitting without hearing from the peer; 0 if it
     /// was not) are set.

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rustls::pki_types::ServerName;
 
 use crate::{
@@ -272,17 +273,15 @@ pub fn connections(args: &ConnectionsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Percent-encodes a query value (service names and prefixes contain `/` and `:`).
+/// Percent-encodes a query value (service names and prefixes contain `/` and `:`): everything
+/// but RFC 3986's unreserved characters.
 fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(value, RESERVED).to_string()
 }
 
 #[cfg(test)]

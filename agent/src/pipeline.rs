@@ -102,6 +102,10 @@ impl Pipeline {
                     // Programs wake the reader only when the buffer fills up: small volumes
                     // are drained here.
                     self.drain(events.get_mut(), MAX_BATCH, &mut updates);
+                    // Ends the ring buffer had no room for, after everything it did carry.
+                    for end in self.kernel.take_unreported_ends(MAX_BATCH) {
+                        self.model.apply(end, &mut updates);
+                    }
                     self.model.expire(monotonic_now(), &mut updates);
                     self.record(&mut updates);
                     seeding = self.update_seeding(seeding);

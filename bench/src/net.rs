@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use idlecut_integration_tests::Netns;
+use idlecut_integration_tests::{Netns, set_socket_option};
 use socket2::{Domain, Protocol, Socket, Type};
 
 static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
@@ -75,20 +75,12 @@ pub fn listener(addr: SocketAddrV4, backlog: i32) -> anyhow::Result<TcpListener>
 pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     // Pick the port at connect time, per 4-tuple, so that sources do not run out of ports.
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and option buffer of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            std::ptr::from_ref(&on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    set_socket_option(
+        &socket,
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1 as libc::c_int,
+    )?;
     socket.bind(&SocketAddr::V4(SocketAddrV4::new(from, 0)).into())?;
     socket.connect(&SocketAddr::V4(to).into())?;
     socket.set_tcp_nodelay(true)?;

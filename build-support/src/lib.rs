@@ -51,20 +51,40 @@ pub fn build_ebpf(package: &str, crate_dir: &str, object: &str) -> anyhow::Resul
     })
 }
 
-/// The `channel = "..."` of a rust-toolchain.toml.
+/// The `[toolchain] channel` of a rust-toolchain.toml.
 fn pinned_nightly(toolchain_file: &Path) -> anyhow::Result<String> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        toolchain: Toolchain,
+    }
+    #[derive(serde::Deserialize)]
+    struct Toolchain {
+        channel: String,
+    }
     let toolchain_file = toolchain_file.canonicalize()?;
     println!("cargo::rerun-if-changed={}", toolchain_file.display());
-    fs::read_to_string(&toolchain_file)
-        .with_context(|| format!("reading {}", toolchain_file.display()))?
-        .lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_owned())
-        })
-        .ok_or_else(|| anyhow!("no `channel = ...` in {}", toolchain_file.display()))
+    let text = fs::read_to_string(&toolchain_file)
+        .with_context(|| format!("reading {}", toolchain_file.display()))?;
+    let file: File = toml::from_str(&text)
+        .with_context(|| format!("no `[toolchain] channel` in {}", toolchain_file.display()))?;
+    Ok(file.toolchain.channel)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pinned_nightly_is_the_toolchain_files_channel() {
+        let dir = std::env::temp_dir().join(format!("idlecut-toolchain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rust-toolchain.toml");
+        std::fs::write(
+            &file,
+            "# pinned\n[toolchain]\nchannel = \"nightly-2026-07-15\"\ncomponents = [\"rust-src\"]\n",
+        )
+        .unwrap();
+        assert_eq!(super::pinned_nightly(&file).unwrap(), "nightly-2026-07-15");
+        std::fs::write(&file, "[toolchain]\n").unwrap();
+        assert!(super::pinned_nightly(&file).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -68,22 +68,35 @@ impl Agent {
     }
 
     /// Sends SIGTERM and waits up to `within` for the agent to exit: its exit code and how
-    /// long it took, or None if it was still running (then it is killed).
+    /// long it took, or None if it was still running. The process is left to the harness to
+    /// reap (its exit status is read from /proc/PID/stat while it is a zombie).
     pub fn terminate(&mut self, within: Duration) -> Option<(Option<i32>, Duration)> {
         let started = Instant::now();
         let pid = i32::try_from(self.pid()).expect("pid");
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         while started.elapsed() < within {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some((status.code(), started.elapsed()));
+            if let Some(status) = exit_status(pid) {
+                return Some((status, started.elapsed()));
             }
             thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         None
     }
+}
+
+/// The exit code of a child that has exited but is not reaped yet (a zombie): fields 3 (state)
+/// and 52 (exit_code, as waitpid reports it) of /proc/PID/stat. None while it runs; Some(None)
+/// when a signal ended it.
+fn exit_status(pid: i32) -> Option<Option<i32>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields start after the last `)`.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() != Some(&"Z") {
+        return None;
+    }
+    let status: i32 = fields.get(49)?.parse().ok()?;
+    Some((status & 0x7f == 0).then_some((status >> 8) & 0xff))
 }
 
 /// A test PKI written to a directory: a CA, a server certificate for 127.0.0.1 and

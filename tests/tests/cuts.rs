@@ -1,5 +1,5 @@
 //! Where and how a path cuts idle connections: the router namespace plays real middleboxes
-//! (`../shared/reference/middleboxes.md`), scaled down in time. Every scenario asserts the
+//! (`docs/middleboxes.md`), scaled down in time. Every scenario asserts the
 //! signature, the role, and that the reported cut-off interval contains the router's real
 //! timeout.
 //!

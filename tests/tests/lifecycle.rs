@@ -453,3 +453,67 @@ fn retransmissions_during_a_short_outage_are_counted() {
     );
     assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
 }
+
+/// A burst of ends overflows a 4 KiB ring buffer. The ends it has no room for wait in the
+/// kernel until the agent takes them, so every connection it saw open is closed, although no
+/// scan runs and the connections' namespaces are deleted right after (before, such closes were
+/// lost and the connections stayed open for ever).
+#[test]
+fn ends_that_overflow_the_ring_buffer_are_kept_and_outlive_their_namespaces() {
+    if !require_root() {
+        return;
+    }
+    const PAIRS: usize = 300;
+    let agent = Agent::start(&["--ring-buffer-size", "4096", "--scan-interval", "1h"]);
+    let net = Topology::new();
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let target = format!("{}:143", net.server_v4());
+    let pairs: Vec<_> = (0..PAIRS)
+        .map(|_| connect(&net.client, &imap, &target))
+        .collect();
+    let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
+    let sides = [
+        ("server", client_path.clone()),
+        ("client", server_path.clone()),
+    ];
+    let count = |scrape: &Scrape, metric: &str, role: &str, path: &str| {
+        scrape.sum(
+            metric,
+            &[("service", "imap"), ("role", role), ("path", path)],
+        )
+    };
+    let opened = agent.wait_for("the opens", |s| {
+        sides
+            .iter()
+            .all(|(role, path)| count(s, OPENED, role, path) > 0.0)
+    });
+    // Both ends at once, with RSTs: four events per connection in a few milliseconds.
+    for (client, server) in pairs {
+        abort(client);
+        abort(server);
+    }
+    drop(imap);
+    drop(net);
+    let scrape = agent.wait_for("every open connection closed", |s| {
+        sides
+            .iter()
+            .all(|(role, path)| count(s, CLOSED, role, path) >= count(s, OPENED, role, path))
+    });
+    for (role, path) in &sides {
+        assert_eq!(
+            count(&scrape, CLOSED, role, path),
+            count(&scrape, OPENED, role, path),
+            "{role} {path}:\n{}\nopened before the burst: {}",
+            scrape.text,
+            count(&opened, OPENED, role, path)
+        );
+    }
+    // The burst did overflow the ring buffer (resets were lost), so ends were at stake.
+    let lost = scrape.value("idlecut_events_lost_total", &[]);
+    eprintln!("events lost in the burst (resets, not ends): {lost}");
+    assert!(
+        lost > 0.0,
+        "the burst should overflow a 4 KiB ring buffer:\n{}",
+        scrape.text
+    );
+}

@@ -8,7 +8,8 @@ use aya_log_ebpf::warn;
 use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags, event_kind, tcp_state};
 
 use super::{
-    CONNECTIONS, MIN_IDLE_GAP_NS, count, emit, event_for, global, netns_of, now_ns, state_of,
+    CONNECTIONS, MIN_IDLE_GAP_NS, count, emit, emit_end, event_for, global, netns_of, now_ns,
+    state_of,
 };
 
 /// A TCP state change on a watched port: connections open (-> ESTABLISHED) and end (-> CLOSE);
@@ -48,7 +49,7 @@ pub(super) fn state_change<C: EbpfContext>(
             let mut event = event_for(event_kind::OPEN, now, socket, local_port, remote_port);
             event.netns = netns_of(socket);
             addresses(&mut event);
-            let _ = emit(&event);
+            emit(&event);
         }
         tcp_state::CLOSE if tcp_state::was_established(old_state) => {
             close(ctx, socket, (local_port, remote_port), old_state, addresses);
@@ -74,9 +75,7 @@ pub(super) fn state_change<C: EbpfContext>(
     }
 }
 
-/// Reports a connection's end with what its state says. The state is dropped once the event is
-/// out: while it stays (the ring buffer was full), the socket's destruction reports the end
-/// again ([`destroyed`]).
+/// Reports a connection's end with what its state says, and drops the state.
 #[inline(always)]
 fn close<C: EbpfContext>(
     ctx: &C,
@@ -107,14 +106,15 @@ fn close<C: EbpfContext>(
         }
     }
     addresses(&mut event);
-    if emit(&event) && state.is_some() {
+    emit_end(&event);
+    if state.is_some() {
         let _ = CONNECTIONS.remove(&socket);
     }
 }
 
 /// A socket of a watched connection is destroyed. Its state is normally gone by then (its
-/// CLOSE removed it); if it is still there, that CLOSE was never reported, and this reports
-/// the end instead, with the state the connection left unknown (0).
+/// CLOSE removed it); if it is still there, the kernel skipped the program run on that CLOSE,
+/// and this reports the end instead, with the state the connection left unknown (0).
 #[inline(always)]
 pub(super) fn destroyed<C: EbpfContext>(
     ctx: &C,
@@ -169,7 +169,7 @@ pub(super) fn activity<C: EbpfContext>(
                 remote_port,
             );
             event.aux_ns = now.saturating_sub(state.last_sent_ns);
-            let _ = emit(&event);
+            emit(&event);
         }
         if state.stall_started_ns != 0 {
             let mut event = event_for(
@@ -181,7 +181,7 @@ pub(super) fn activity<C: EbpfContext>(
             );
             event.value_ns = now.saturating_sub(state.stall_started_ns);
             state.stall_started_ns = 0;
-            let _ = emit(&event);
+            emit(&event);
         }
     } else {
         state.last_sent_ns = now;
@@ -199,7 +199,7 @@ pub(super) fn activity<C: EbpfContext>(
             event.flags = event_flags::LOCAL_SPOKE_FIRST;
             state.flags |= event_flags::AWAITING_ANSWER;
         }
-        let _ = emit(&event);
+        emit(&event);
     }
 }
 
@@ -208,7 +208,7 @@ pub(super) fn activity<C: EbpfContext>(
 pub(super) fn reset<C: EbpfContext>(ctx: &C, kind: u8, socket: u64, ports: (u16, u16)) {
     // Adopts a scanned connection first, so user space knows the socket.
     let _ = state_of(ctx, socket);
-    let _ = emit(&event_for(kind, now_ns(), socket, ports.0, ports.1));
+    emit(&event_for(kind, now_ns(), socket, ports.0, ports.1));
 }
 
 /// A segment of the socket was retransmitted. The first one since the peer was last heard from
@@ -228,7 +228,7 @@ pub(super) fn retransmit<C: EbpfContext>(ctx: &C, socket: u64, ports: (u16, u16)
         event.count = state.retransmits;
         event.value_ns = now.saturating_sub(state.stall_started_ns);
     }
-    let _ = emit(&event);
+    emit(&event);
 }
 
 /// The error a socket reports to its application (ETIMEDOUT, ECONNRESET, EHOSTUNREACH...),
@@ -238,5 +238,5 @@ pub(super) fn error_report(ports: (u16, u16), error: i32, addresses: impl FnOnce
     let mut event = event_for(event_kind::ERROR_REPORT, now_ns(), 0, ports.0, ports.1);
     event.error = error.unsigned_abs().min(u32::from(u16::MAX)) as u16;
     addresses(&mut event);
-    let _ = emit(&event);
+    emit(&event);
 }

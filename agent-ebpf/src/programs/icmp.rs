@@ -38,7 +38,7 @@ fn icmp_v4(skb: *const u8) -> Option<()> {
     event.local_addr = v4_mapped(local);
     event.remote_addr = v4_mapped(remote);
     event.error = u16::from_be_bytes(type_code);
-    let _ = emit(&event);
+    emit(&event);
     Some(())
 }
 
@@ -69,6 +69,6 @@ fn icmp_v6(skb: *const u8, icmp_type: u8, icmp_code: u8, offset: i32) -> Option<
     event.local_addr = kernel_read(data, 8)?;
     event.remote_addr = kernel_read(data, 24)?;
     event.error = u16::from_be_bytes([icmp_type, icmp_code]);
-    let _ = emit(&event);
+    emit(&event);
     Some(())
 }

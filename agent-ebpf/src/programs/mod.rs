@@ -11,7 +11,8 @@ mod tracepoint;
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
     },
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
@@ -42,6 +43,12 @@ static SEEDS: HashMap<u64, ConnectionState> =
 /// Entry 0 is non-zero while SEEDS may hold entries.
 #[map(name = "SEEDING")]
 static SEEDING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// CLOSE events the ring buffer had no room for, by socket, until user space takes them.
+/// Not preallocated: empty unless the ring buffer overflowed.
+#[map(name = "UNREPORTED")]
+static UNREPORTED: HashMap<u64, RawEvent> =
+    HashMap::with_max_entries(defaults::UNREPORTED_ENDS, BPF_F_NO_PREALLOC);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -96,10 +103,31 @@ fn count(index: u32) {
     }
 }
 
-/// Sends an event to user space; false when the ring buffer was full (the event is lost and
-/// counted).
+/// Sends an event to user space; a full ring buffer loses it (counted).
 #[inline(always)]
-fn emit(event: &RawEvent) -> bool {
+fn emit(event: &RawEvent) {
+    if !try_emit(event) {
+        count(counter::RINGBUF_FULL);
+    }
+}
+
+/// Sends a CLOSE event to user space. If the ring buffer is full it waits in the
+/// UNREPORTED map for user space instead: an end is the one event that must not get lost
+/// (the connection would stay open forever). Lost only if that map is full too.
+#[inline(always)]
+fn emit_end(event: &RawEvent) {
+    if !try_emit(event)
+        && UNREPORTED
+            .insert(&event.socket, event, u64::from(BPF_ANY))
+            .is_err()
+    {
+        count(counter::RINGBUF_FULL);
+    }
+}
+
+/// Sends an event to user space; false when the ring buffer is full.
+#[inline(always)]
+fn try_emit(event: &RawEvent) -> bool {
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut entry) => {
             entry.write(*event);
@@ -112,10 +140,7 @@ fn emit(event: &RawEvent) -> bool {
             entry.submit(u64::from(flags));
             true
         }
-        None => {
-            count(counter::RINGBUF_FULL);
-            false
-        }
+        None => false,
     }
 }
 
@@ -174,7 +199,7 @@ fn state_of<C: EbpfContext>(ctx: &C, socket: u64) -> Option<*mut ConnectionState
     let mut event = event_for(event_kind::ADOPTED, now_ns(), socket, 0, 0);
     event.value_ns = cookie;
     event.netns = netns_of(socket);
-    let _ = emit(&event);
+    emit(&event);
     CONNECTIONS.get_ptr_mut(&socket)
 }
 

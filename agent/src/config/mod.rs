@@ -138,10 +138,15 @@ impl Config {
 fn read_file(path: &Path) -> Result<Flags, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| ConfigError(format!("cannot read config file {}: {err}", path.display())))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|err| {
+    parse_file(path, &text)
+}
+
+/// The settings in a file's text (`path` only names it in errors).
+fn parse_file(path: &Path, text: &str) -> Result<Flags, ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|err| {
         let at = err
             .span()
-            .map(|span| format!(" (line {})", line_of(&text, span.start)))
+            .map(|span| format!(" (line {})", line_of(text, span.start)))
             .unwrap_or_default();
         ConfigError(format!(
             "config file {}{at}: {}",
@@ -151,7 +156,7 @@ fn read_file(path: &Path) -> Result<Flags, ConfigError> {
     })?;
     let mut flags = Flags::default();
     for (key, value) in &table {
-        let at = key_line(&text, key)
+        let at = key_line(text, key)
             .map(|line| format!(" (line {line})"))
             .unwrap_or_default();
         let error = |message: String| {
@@ -305,6 +310,31 @@ mod tests {
             let message = load_file(contents).unwrap_err().to_string();
             assert!(message.contains(expected), "{contents:?} gave {message:?}");
             assert!(!message.contains('\n'), "{message:?} spans lines");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a config file holds, reading it answers with settings or a one-line error
+        /// naming the file, never a panic.
+        #[test]
+        fn any_file_text_gives_settings_or_a_one_line_error(text in "(?s).{0,200}") {
+            if let Err(err) = parse_file(Path::new("idlecut.toml"), &text) {
+                let message = err.to_string();
+                proptest::prop_assert!(message.starts_with("config file idlecut.toml"), "{}", message);
+                proptest::prop_assert!(!message.contains('\n'), "{}", message);
+            }
+        }
+
+        /// Lines of `key = value` with real keys and arbitrary values, the likelier mistakes.
+        #[test]
+        fn any_value_of_a_real_key_parses_or_names_the_key(
+            key in proptest::sample::select(KEYS),
+            value in "[ -~]{0,40}",
+        ) {
+            let text = format!("{key} = {value}\n");
+            if let Err(err) = parse_file(Path::new("idlecut.toml"), &text) {
+                proptest::prop_assert!(!err.to_string().contains('\n'), "{}", err);
+            }
         }
     }
 

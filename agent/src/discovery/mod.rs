@@ -16,7 +16,10 @@ mod namespaces;
 mod processes;
 mod sock_diag;
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 pub use self::{capabilities::has_sys_ptrace, namespaces::Netns, processes::Owner};
 use crate::{config::PortMap, events::Endpoints};
@@ -86,10 +89,19 @@ pub fn scan(ports: &PortMap) -> Scan {
         unreadable,
         ..Scan::default()
     };
-    // Enter each namespace on this thread in turn, then come back.
+    // Enter each other namespace on this thread in turn, then come back. The one the thread
+    // is in (the agent's own, listed first) is read without `setns`, which needs
+    // CAP_SYS_ADMIN even to enter the namespace one is already in.
     let home = namespaces::current();
+    let home_inode = namespaces::inode_of(Path::new("/proc/thread-self/ns/net"));
+    let mut inside = home_inode;
     for ns in all {
-        match namespaces::enter(&ns.path).and_then(|()| sock_diag::dump_tcp(ns.inode, ports)) {
+        let entered = if inside == Some(ns.inode) {
+            Ok(())
+        } else {
+            namespaces::enter(&ns.path).inspect(|()| inside = Some(ns.inode))
+        };
+        match entered.and_then(|()| sock_diag::dump_tcp(ns.inode, ports)) {
             Ok(found) => {
                 scan.complete.insert(ns.inode);
                 scan.connections.extend(found);
@@ -97,7 +109,9 @@ pub fn scan(ports: &PortMap) -> Scan {
             Err(err) => scan.failures.push((ns, err.to_string())),
         }
     }
-    if let Ok(home) = home {
+    if inside != home_inode
+        && let Ok(home) = home
+    {
         let _ = namespaces::enter_file(&home);
     }
     let wanted: HashSet<u32> = scan

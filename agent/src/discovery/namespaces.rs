@@ -59,6 +59,13 @@ pub fn namespaces() -> (Vec<Netns>, usize) {
     (namespaces, unreadable)
 }
 
+/// The inode of the namespace at `path`, if it can be read.
+pub fn inode_of(path: &Path) -> Option<u32> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|meta| u32::try_from(meta.ino()).ok())
+}
+
 /// The calling thread's network namespace, to come back to after visiting others.
 pub fn current() -> io::Result<File> {
     File::open("/proc/thread-self/ns/net")

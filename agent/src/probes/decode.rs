@@ -290,4 +290,34 @@ mod tests {
         bytes.extend(raw_bytes(&open_v4()));
         assert!(decode(&bytes[1..]).is_ok());
     }
+
+    proptest::proptest! {
+        /// Ring buffer records are untrusted: whatever the bytes, decoding answers, never
+        /// panics, and a record of the wrong size is refused.
+        #[test]
+        fn any_record_decodes_or_is_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let decoded = decode(&bytes);
+            if bytes.len() != size_of::<RawEvent>() {
+                proptest::prop_assert_eq!(decoded, Err(DecodeError::WrongSize(bytes.len())));
+            }
+        }
+
+        /// Every kind and family the kernel could write, with any payload.
+        #[test]
+        fn any_event_of_the_right_size_decodes_or_is_refused(
+            kind in proptest::num::u8::ANY,
+            family in proptest::num::u16::ANY,
+            flags in proptest::num::u8::ANY,
+            values in proptest::array::uniform4(proptest::num::u64::ANY),
+            error in proptest::num::u16::ANY,
+        ) {
+            let mut raw = open_v4();
+            raw.kind = kind;
+            raw.family = family;
+            raw.flags = flags;
+            [raw.timestamp_ns, raw.value_ns, raw.aux_ns, raw.socket] = values;
+            raw.error = error;
+            let _ = decode(&raw_bytes(&raw));
+        }
+    }
 }

@@ -4,9 +4,10 @@
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use idlecut_ebpf::{ConnectionState, counter, event_flags};
+use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags};
 
-use crate::events::{Nanos, Seed, Side};
+use super::decode;
+use crate::events::{Event, Nanos, Seed, Side};
 
 /// The kernel's own counters (per CPU, summed on read).
 pub struct KernelCounters(pub(super) PerCpuArray<MapData, u64>);
@@ -40,6 +41,7 @@ pub struct KernelState {
     pub(super) connections: HashMap<MapData, u64, ConnectionState>,
     pub(super) seeds: HashMap<MapData, u64, ConnectionState>,
     pub(super) seeding: Array<MapData, u32>,
+    pub(super) unreported: HashMap<MapData, u64, RawEvent>,
     /// Whether the programs can adopt seeds (they need the cookie's offset from BTF).
     pub can_adopt: bool,
 }
@@ -87,6 +89,27 @@ impl KernelState {
     /// Drops the state of a socket whose close the programs never saw.
     pub fn forget(&mut self, socket: u64) {
         let _ = self.connections.remove(&socket);
+    }
+
+    /// Takes the connection ends the ring buffer had no room for (at most `max`), as events to
+    /// apply after those of the ring buffer. Empty but after an overflow: one syscall then.
+    pub fn take_unreported_ends(&mut self, max: usize) -> Vec<Event> {
+        let sockets: Vec<u64> = self
+            .unreported
+            .keys()
+            .filter_map(Result::ok)
+            .take(max)
+            .collect();
+        let mut ends = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            if let Ok(raw) = self.unreported.get(&socket, 0)
+                && let Ok(event) = decode::from_raw(&raw)
+            {
+                ends.push(event);
+            }
+            let _ = self.unreported.remove(&socket);
+        }
+        ends
     }
 
     /// Tells the programs whether seeds may be waiting (they skip the lookup otherwise).

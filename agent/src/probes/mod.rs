@@ -17,7 +17,7 @@ use aya::{
 use idlecut_ebpf::{
     CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL, PORTS_GLOBAL,
     PortBitmap, SEEDING_MAP, SEEDS_MAP, SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets,
-    SockOffsets, WAKEUP_BYTES_GLOBAL,
+    SockOffsets, UNREPORTED_MAP, WAKEUP_BYTES_GLOBAL,
 };
 use layouts::{
     btf,
@@ -240,6 +240,7 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
         connections: HashMap::try_from(take(CONNECTIONS_MAP)?)?,
         seeds: HashMap::try_from(take(SEEDS_MAP)?)?,
         seeding: Array::try_from(take(SEEDING_MAP)?)?,
+        unreported: HashMap::try_from(take(UNREPORTED_MAP)?)?,
         can_adopt: layouts.sock.is_ok(),
     };
     Ok(Probes {

@@ -1,0 +1,230 @@
+//! The real agent binary, running with its eBPF programs, and what tests ask it.
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{Scrape, free_local_port, http_get, stop};
+
+/// The agent binary, built by `./x test` (which sets IDLECUT_BIN).
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("IDLECUT_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/idlecut");
+    assert!(
+        path.exists(),
+        "{} does not exist: build it with `./x build` or run the tests with `./x test`",
+        path.display()
+    );
+    path
+}
+
+/// The `--hooks` every agent of this test run gets: `IDLECUT_TEST_HOOKS` (`auto`, the default,
+/// or `classic`). `./x test` runs the integration suite once with each, so both kinds of hook
+/// pass it.
+pub fn hooks_under_test() -> String {
+    std::env::var("IDLECUT_TEST_HOOKS").unwrap_or_else(|_| "auto".into())
+}
+
+/// The `kind` label every tracepoint probe should report under [`hooks_under_test`].
+pub fn expected_tracepoint_kind() -> &'static str {
+    match hooks_under_test().as_str() {
+        "classic" => "tracepoint",
+        _ => "tp_btf",
+    }
+}
+
+/// The real agent, with its eBPF programs attached, killed on drop.
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `args` and waits until it serves /healthz.
+    pub fn start(args: &[&str]) -> Self {
+        Self::try_start_as(&[], &agent_binary(), args).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// Starts `binary` with `args` behind `runner` (a command prefix such as `setpriv ...`,
+    /// or nothing) and waits until it serves /healthz; or says, with its log, why it did not.
+    pub fn try_start_as(runner: &[&str], binary: &Path, args: &[&str]) -> Result<Self, String> {
+        let addr = free_local_port();
+        let log = std::env::temp_dir().join(format!("idlecut-agent-{}.log", addr.port()));
+        let log_file = File::create(&log).expect("agent log file");
+        // Scans every 2 s unless the test says otherwise: a close the kernel skipped (another
+        // BPF program was running on that CPU) is then settled within a test's wait.
+        let scan: &[&str] = if args.contains(&"--scan-interval") {
+            &[]
+        } else {
+            &["--scan-interval", "2s"]
+        };
+        let mut command = match runner.split_first() {
+            Some((program, runner_args)) => {
+                let mut command = Command::new(program);
+                command.args(runner_args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(["--hooks", &hooks_under_test()])
+            .args(scan)
+            .args(args)
+            .env(
+                "IDLECUT_LOG",
+                std::env::var("IDLECUT_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting the agent");
+        let mut agent = Self { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = agent.child.try_wait().expect("agent status") {
+                return Err(format!(
+                    "the agent exited with {status} at start-up:\n{}",
+                    agent.log_text()
+                ));
+            }
+            if http_get(addr, "/healthz").is_ok_and(|(status, _)| status == 200) {
+                return Ok(agent);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the agent did not come up within 20 s:\n{}",
+                    agent.log_text()
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The agent's log, without the loader's own debug chatter.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !line.contains(" aya_obj::") && !line.contains(" aya::"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The agent's own health series, for failure messages.
+    pub fn health(&self) -> String {
+        http_get(self.addr, "/metrics")
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|line| {
+                        [
+                            "idlecut_events_",
+                            "idlecut_tracked_",
+                            "idlecut_kernel_",
+                            "idlecut_untracked_",
+                        ]
+                        .iter()
+                        .any(|prefix| line.starts_with(prefix))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_else(|err| format!("(cannot scrape: {err})"))
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        let (status, body) = http_get(self.addr, "/metrics").expect("scraping /metrics");
+        assert_eq!(status, 200, "/metrics answered {status}: {body}");
+        Scrape::parse(&body)
+    }
+
+    /// Waits until `done` holds for a scrape (the agent classifies a close after a short grace
+    /// period), then returns a scrape taken a moment later, so that counts that would overshoot
+    /// are caught too.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let scrape = self.scrape();
+            if done(&scrape) {
+                thread::sleep(Duration::from_millis(300));
+                return self.scrape();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last scrape:\n{}\nagent log:\n{}",
+                scrape.text,
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `/api/v1/paths`, parsed.
+    pub fn paths(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(self.addr, "/api/v1/paths").expect("GET /api/v1/paths");
+        assert_eq!(status, 200, "/api/v1/paths answered {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad JSON ({err}): {body}"))
+    }
+
+    /// The report of one path, if the agent has it.
+    pub fn path(&self, service: &str, role: &str, path: &str) -> Option<serde_json::Value> {
+        self.paths().into_iter().find(|report| {
+            report["service"] == service && report["role"] == role && report["path"] == path
+        })
+    }
+
+    /// Waits until the report of a path satisfies `done`, and returns it.
+    pub fn wait_for_path(
+        &self,
+        service: &str,
+        role: &str,
+        path: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(report) = self.path(service, role, path)
+                && done(&report)
+            {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} on {service}/{role}/{path}; paths:\n{}\nagent health:\n{}\nagent log:\n{}",
+                serde_json::to_string_pretty(&self.paths()).unwrap_or_default(),
+                self.health(),
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if stop(&mut self.child, Duration::from_secs(5)) {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// Whether the agent attached the fentry program that reports ICMP errors (kernels that refuse
+/// BPF trampolines do not get it, and the agent degrades to the socket's soft error).
+pub fn icmp_probe_attached(scrape: &Scrape) -> bool {
+    scrape.value("idlecut_probe_attached", &[("probe", "fentry:tcp_v4_err")]) == 1.0
+}
