@@ -427,3 +427,28 @@ impl Launch {
         LaunchedAgent { agent, client }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{process::Command, thread, time::Duration};
+
+    #[test]
+    fn a_zombies_exit_status_is_read_without_reaping_it() {
+        for (script, expected) in [("exit 3", Some(3)), ("kill -TERM $$", None)] {
+            let mut child = Command::new("sh").args(["-c", script]).spawn().expect("sh");
+            let pid = i32::try_from(child.id()).expect("pid");
+            let mut status = None;
+            for _ in 0..250 {
+                status = super::exit_status(pid);
+                if status.is_some() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(status, Some(expected), "{script}");
+            // Still ours to reap, with the same status.
+            let reaped = child.wait().expect("wait");
+            assert_eq!(reaped.code(), expected, "{script}");
+        }
+    }
+}
