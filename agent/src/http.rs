@@ -1,6 +1,21 @@
 //! HTTP endpoints: `/metrics` for Prometheus (OpenMetrics text), `/api/v1/paths` (JSON, one
 //! object per path with its cut-off and verdict), `/api/v1/connections` (JSON, one object per
 //! connection; see `view`) and `/healthz`.
+//!
+//! Around the router, and independent of what the handlers read: `auth` (who may read what),
+//! `server` (accept loop, connection limits, timeouts, shutdown), `tls` and `web_config` (the
+//! `--web-config` file, reloaded when it changes), `error_bodies` (bodies for hyper's own 4xx
+//! answers) and `descriptors` (the open-files limit).
+
+mod auth;
+pub mod descriptors;
+mod error_bodies;
+mod server;
+pub mod tls;
+mod web_config;
+
+pub use server::Limits;
+pub use web_config::WebSettings;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -35,8 +50,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/paths", get(serve_paths))
         .route("/api/v1/connections", get(serve_connections))
         .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, NOT_FOUND) })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: the agent serves GET (and HEAD) only\n",
+            )
+        })
         .with_state(state)
 }
+
+const NOT_FOUND: &str =
+    "not found: the agent serves /metrics, /healthz, /api/v1/paths and /api/v1/connections\n";
 
 /// How long a reader waits for the pipeline's snapshot.
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
@@ -81,22 +106,34 @@ async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Binds first (so that a taken port is reported at start-up), then serves until shutdown.
-pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen} (set another address with --listen)"))
+/// Binds the listener before anything else starts (no runtime needed), so that a taken port is
+/// reported at once. SO_REUSEADDR, as tokio's own bind sets it: a restarted agent must not fail
+/// on its previous connections in TIME_WAIT.
+pub fn bind(listen: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let context = || format!("listening on {listen} (set another address with --listen)");
+    let socket =
+        Socket::new(Domain::for_address(listen), Type::STREAM, None).with_context(context)?;
+    socket.set_reuse_address(true).with_context(context)?;
+    socket.bind(&listen.into()).with_context(context)?;
+    socket.listen(1024).with_context(context)?;
+    socket.set_nonblocking(true).with_context(context)?;
+    Ok(socket.into())
 }
 
+/// Serves the router behind the access rules of `web`, within `limits`, until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    mut shutdown: watch::Receiver<bool>,
+    web: Arc<WebSettings>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        web.clone(),
+        auth::require,
+    ));
+    server::serve(listener, app, web, limits, shutdown)
         .await
         .context("serving HTTP")
 }

@@ -60,9 +60,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ConnectionsArgs {
-    /// The running agent's HTTP address (its --listen)
-    #[arg(long, value_name = "ADDR:PORT", default_value = config::DEFAULT_LISTEN, value_parser = config::parse_listen)]
-    agent: std::net::SocketAddr,
+    #[command(flatten)]
+    agent: client::AgentArgs,
     /// Only this service (a name from --ports, such as imap)
     #[arg(long)]
     service: Option<String>,
@@ -111,6 +110,38 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    // Usage errors, reported once in the log's format, exit 2.
+    let web = match http::WebSettings::load(config.web_config.0.as_deref()) {
+        Ok(web) => web,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // Before any descriptor is opened, so that the HTTP side is sized from the raised limit.
+    let max_http_connections = match http::descriptors::raise_open_file_limit() {
+        Ok(limit) => {
+            info!(
+                soft = limit.soft,
+                hard = limit.hard,
+                was = limit.soft_before,
+                "open files limit"
+            );
+            http::descriptors::http_connection_capacity(limit.soft)
+        }
+        Err(err) => {
+            tracing::warn!("cannot read or raise the open files limit: {err}");
+            http::descriptors::MIN_HTTP_CONNECTIONS
+        }
+    };
+    // Bound before the programs load, so that a taken port is reported (exit 2) at once.
+    let listener = match http::bind(config.listen) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            return ExitCode::from(2);
+        }
+    };
     // Loaded before the runtime starts its threads: capabilities belong to threads, and the
     // ones only loading needs are dropped here, once, for every thread the agent will have.
     let probes = match probes::load(&config) {
@@ -140,11 +171,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, probes)) {
+    let limits = http::Limits::with_capacity(max_http_connections);
+    match runtime.block_on(run(config, probes, listener, web, limits)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
-            eprintln!("idlecut: error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -217,8 +248,15 @@ fn log_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     tracing_subscriber::EnvFilter::try_new(text).map_err(|err| err.to_string())
 }
 
-async fn run(config: Config, probes: probes::Probes) -> anyhow::Result<()> {
-    let listener = http::bind(config.listen).await?;
+async fn run(
+    config: Config,
+    probes: probes::Probes,
+    listener: std::net::TcpListener,
+    web: Arc<http::WebSettings>,
+    limits: http::Limits,
+) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::from_std(listener).context("serving the HTTP listener")?;
     let services = config
         .ports
         .ports()
@@ -275,12 +313,17 @@ async fn run(config: Config, probes: probes::Probes) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(
         listener,
         http::AppState { metrics, snapshots },
+        web.clone(),
+        limits,
         stopped,
     ));
     info!(
         listen = %config.listen,
         ports = %config.ports,
-        "idlecut is running: metrics at http://{}/metrics",
+        web = %web.describe(),
+        max_http_connections = limits.max_connections,
+        "idlecut is running: metrics at {}://{}/metrics",
+        if web.current().tls.is_some() { "https" } else { "http" },
         config.listen
     );
 

@@ -8,6 +8,10 @@ use std::{
 
 /// A minimal HTTP/1.0 GET: status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    // An agent started with `web::Launch::client` (TLS, credentials) is asked through it.
+    if let Some(client) = crate::web::client_for(addr) {
+        return client.get(addr, path);
+    }
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;

@@ -12,5 +12,8 @@ mod prometheus;
 mod sockets;
 mod system;
 mod topology;
+/// The agent's HTTP side: TLS clients, a test PKI, agents with a web config or an open-files
+/// limit (`web::Launch`).
+pub mod web;
 
 pub use self::{agent::*, http::*, prometheus::*, sockets::*, system::*, topology::*};

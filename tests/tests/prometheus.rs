@@ -4,8 +4,9 @@
 //! - The dashboard JSON's import contract: `${datasource}` everywhere, the template
 //!   variables, unique panel ids (no root).
 //! - A live check (root): a real Prometheus (the Debian package's binary, on a loopback port)
-//!   scrapes the agent every second and evaluates the rules file while the namespaces play a
-//!   middlebox that black-holes IPv4 flows idle for more than 3 s and lets IPv6 through. The
+//!   scrapes the agent every second, over TLS with a bearer token (README's scrape config;
+//!   the agent answers 401 without it), and evaluates the rules file while the namespaces play
+//!   a middlebox that black-holes IPv4 flows idle for more than 3 s and lets IPv6 through. The
 //!   REQ-5 alert must fire for the cut path and not for the compliant one, and every panel
 //!   query of the dashboard must return data, but for the short list below.
 
@@ -21,8 +22,9 @@ use std::{
 };
 
 use idlecut_integration_tests::{
-    Agent, Topology, abort, close_gracefully, connect, exchange, free_local_port, http_get,
+    Topology, abort, close_gracefully, connect, exchange, free_local_port, http_get,
     icmp_probe_attached, listen, require_root, set_keepalive, set_user_timeout, stop,
+    web::{Launch, TestPki},
 };
 use serde_json::Value;
 
@@ -303,14 +305,22 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(agent: SocketAddr) -> Self {
+    /// Scrapes `agent` over TLS (trusting `pki`'s CA) with the bearer token in `pki`'s `token`
+    /// file, as README's scrape config says.
+    fn start(agent: SocketAddr, pki: &TestPki) -> Self {
         let dir = TempDir::new("prometheus");
         fs::write(dir.0.join("rules.yml"), rules_for_live_check()).expect("writing rules");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - rules.yml\n\
-             scrape_configs:\n  - job_name: idlecut\n    static_configs:\n      - targets: ['{agent}']\n"
+             scrape_configs:\n  - job_name: idlecut\n    scheme: https\n\
+             \x20   tls_config:\n      ca_file: {ca}\n      server_name: idlecut.test\n\
+             \x20   authorization:\n      credentials_file: {token}\n\
+             \x20   static_configs:\n      - targets: ['{agent}']\n",
+            ca = pki.path("ca.pem").display(),
+            token = pki.path("token").display(),
         );
+        eprintln!("prometheus.yml:\n{config}");
         fs::write(dir.0.join("prometheus.yml"), config).expect("writing the config");
         let addr = free_local_port();
         let log = fs::File::create(dir.0.join("prometheus.log")).expect("log file");
@@ -487,8 +497,29 @@ fn live_prometheus_fires_req5_for_the_cut_path_only_and_every_panel_has_data() {
     net.router_conntrack(TIMEOUT_S, false);
     net.router_rules("meta nfproto ipv4 ct state invalid drop");
     // Socket tables read every second, so that the keepalive audit sees the idle connections.
-    let agent = Agent::start(&["--min-idle-gap", "1s", "--scan-interval", "1s"]);
-    let prometheus = Prometheus::start(agent.addr);
+    // The agent serves TLS and asks for a token (issue 14): Prometheus presents both.
+    let pki = TestPki::new("prometheus-pki");
+    pki.write("token", "prometheus-scrape-token\n");
+    let web_config = pki.write(
+        "web.toml",
+        "bearer_token_file = \"token\"\n[tls_server_config]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n",
+    );
+    let agent = Launch::new(&[
+        "--min-idle-gap",
+        "1s",
+        "--scan-interval",
+        "1s",
+        "--web-config",
+        web_config.to_str().expect("utf-8 path"),
+    ])
+    .client(pki.client().bearer("prometheus-scrape-token"))
+    .start();
+    let (status, body) = pki
+        .client()
+        .get(agent.addr, "/metrics")
+        .expect("GET /metrics without a token");
+    assert_eq!(status, 401, "{body}");
+    let prometheus = Prometheus::start(agent.addr, &pki);
     let instance = agent.addr.to_string();
     let context = |what: &str| {
         format!(

@@ -109,6 +109,8 @@ settings! {
         "Cuts below --req5-threshold on a path before it is reported as violating REQ-5";
     scan_interval: std::time::Duration, parse_scan_interval, "30s", "DURATION",
         "How often the kernel's socket tables are read (in every network namespace) for keepalive settings, owners, and connections the probes missed";
+    web_config: WebConfigPath, parse_web_config, "none", "FILE",
+        "TOML file with the HTTP side's TLS certificate, client CA, bearer token file and basic-auth users (README, \"Who may read what\"); reloaded when it changes. Without it: plain HTTP, /api/v1 for loopback clients only";
 }
 
 fn with_default(help: &str, default: &str) -> String {

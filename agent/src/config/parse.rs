@@ -302,3 +302,15 @@ mod tests {
         assert_eq!(parse_ports("8143").unwrap().service(8143), Some("8143"));
     }
 }
+
+/// `--web-config`: the web configuration file, or `none` (plain HTTP, no authentication).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WebConfigPath(pub Option<std::path::PathBuf>);
+
+pub fn parse_web_config(value: &str) -> Result<WebConfigPath, String> {
+    match value.trim() {
+        "" => Err("an empty path is not a web config file (write none for no file)".into()),
+        "none" => Ok(WebConfigPath(None)),
+        path => Ok(WebConfigPath(Some(path.into()))),
+    }
+}
