@@ -13,4 +13,7 @@ mod sockets;
 mod system;
 mod topology;
 
+/// The agent's answer types and words, for typed reads of its API.
+pub use idlecut_api as api;
+
 pub use self::{agent::*, http::*, prometheus::*, sockets::*, system::*, topology::*};
