@@ -11,10 +11,9 @@
 use std::{
     collections::{HashMap, VecDeque},
     fmt::Write as _,
-    sync::Arc,
 };
 
-use serde::Serialize;
+pub use idlecut_api::paths::{CutCounts, PathReport, Verdict};
 
 use crate::{
     duration_text::with_seconds,
@@ -47,71 +46,12 @@ pub struct Settings {
     pub min_cuts: usize,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    ViolatesReq5,
-    Ok,
-    Unknown,
-}
-
 /// The cut-off interval: the path cuts idle connections after more than `lower` and at most
 /// `upper` seconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Cutoff {
     pub lower: Option<f64>,
     pub upper: Option<f64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct CutCounts {
-    pub reset: u64,
-    pub blackhole: u64,
-    pub icmp: u64,
-}
-
-impl CutCounts {
-    pub fn get(&self, signature: Signature) -> u64 {
-        match signature {
-            Signature::Reset => self.reset,
-            Signature::Blackhole => self.blackhole,
-            Signature::Icmp => self.icmp,
-        }
-    }
-
-    fn add(&mut self, signature: Signature) {
-        let count = match signature {
-            Signature::Reset => &mut self.reset,
-            Signature::Blackhole => &mut self.blackhole,
-            Signature::Icmp => &mut self.icmp,
-        };
-        *count += 1;
-    }
-
-    pub fn total(&self) -> u64 {
-        Signature::ALL.into_iter().map(|s| self.get(s)).sum()
-    }
-}
-
-/// What `/api/v1/paths` says about one path.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PathReport {
-    pub service: Arc<str>,
-    pub role: Role,
-    pub path: Arc<str>,
-    pub open_connections: i64,
-    pub survived_gaps: u64,
-    pub longest_survived_gap_seconds: Option<f64>,
-    pub cuts: CutCounts,
-    pub cuts_below_req5: u64,
-    pub cutoff_lower_seconds: Option<f64>,
-    pub cutoff_upper_seconds: Option<f64>,
-    pub verdict: Verdict,
-    pub duration_limit_seconds: Option<f64>,
-    /// The interval of the application's own keepalives, when the survived gaps are clearly
-    /// periodic (Dovecot's "* OK Still here" every 2 minutes, an IDLE refresh...).
-    pub keepalive_interval_seconds: Option<f64>,
-    pub explanation: String,
 }
 
 #[derive(Debug, Default)]
@@ -439,6 +379,8 @@ fn plural(n: u64) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::model::Identity;
 

@@ -19,12 +19,13 @@ mod privileges;
 mod probes;
 mod snapshot;
 mod view;
-mod vocabulary;
 
 use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
+// The words of the API and metrics, shared with the tests: `crate::vocabulary` everywhere.
+use idlecut_api::vocabulary;
 use tokio::sync::watch;
 use tracing::info;
 

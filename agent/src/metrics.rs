@@ -11,7 +11,7 @@ type GaugeF64 = Gauge<f64, AtomicU64>;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
 
 use crate::{
@@ -100,6 +100,23 @@ struct VersionLabels {
     version: &'static str,
 }
 
+/// Registers `metric` under `name` and returns it, for the caller to keep.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Like `register`, for a metric in seconds (`_seconds` is appended to its name).
+fn register_seconds<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register_with_unit(name, help, Unit::Seconds, metric.clone());
+    metric
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
@@ -141,191 +158,179 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(services: impl IntoIterator<Item = Arc<str>>) -> Self {
         let mut registry = Registry::with_prefix("idlecut");
-        let opened = Family::<PathKey, Counter>::default();
-        registry.register(
+        let opened = register(
+            &mut registry,
             "connections_opened",
             "Connections that reached ESTABLISHED on a watched port",
-            opened.clone(),
+            Family::<PathKey, Counter>::default(),
         );
-        let discovered = Family::<PathKey, Counter>::default();
-        registry.register(
+        let discovered = register(
+            &mut registry,
             "connections_discovered",
             "Connections found already open by a scan of the kernel's socket tables (at start-up, or missed)",
-            discovered.clone(),
+            Family::<PathKey, Counter>::default(),
         );
-        let keepalive = Family::<KeepaliveLabels, Gauge>::default();
-        registry.register(
+        let keepalive = register(
+            &mut registry,
             "keepalive_connections",
             "Open connections by TCP keepalive setting: off, below_2h (probes more often than RFC 1122 and RFC 5383 allow), 2h_or_more",
-            keepalive.clone(),
+            Family::<KeepaliveLabels, Gauge>::default(),
         );
-        let keepalive_interval = Family::<PathKey, GaugeF64>::default();
-        registry.register_with_unit(
+        let keepalive_interval = register_seconds(
+            &mut registry,
             "path_keepalive_interval",
             "Typical interval of the application's own keepalives on the path (survived idle gaps that are clearly periodic)",
-            Unit::Seconds,
-            keepalive_interval.clone(),
+            Family::<PathKey, GaugeF64>::default(),
         );
-        let closed = Family::<EndLabels, Counter>::default();
-        registry.register(
+        let closed = register(
+            &mut registry,
             "connections_closed",
             "Connections that ended, by how they ended (fin, reset_received, reset_sent, timeout, error, unknown)",
-            closed.clone(),
+            Family::<EndLabels, Counter>::default(),
         );
-        let open = Family::<ServiceLabels, Gauge>::default();
-        registry.register(
+        let open = register(
+            &mut registry,
             "connections_open",
             "Connections open now (seen opening, or found by a scan)",
-            open.clone(),
+            Family::<ServiceLabels, Gauge>::default(),
         );
-        let duration: Family<EndLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(duration_histogram);
-        registry.register_with_unit(
+        let duration: Family<EndLabels, Histogram, fn() -> Histogram> = register_seconds(
+            &mut registry,
             "connection_duration",
             "Lifetime of connections whose start was seen, by how they ended",
-            Unit::Seconds,
-            duration.clone(),
+            Family::new_with_constructor(duration_histogram),
         );
-        let resets = Family::<ResetLabels, Counter>::default();
-        registry.register(
+        let resets = register(
+            &mut registry,
             "resets",
             "TCP resets on watched connections, received from the path or sent by this host",
-            resets.clone(),
+            Family::<ResetLabels, Counter>::default(),
         );
-        let retransmits = Family::<PathKey, Counter>::default();
-        registry.register(
+        let retransmits = register(
+            &mut registry,
             "retransmits",
             "Segments retransmitted on watched connections",
-            retransmits.clone(),
+            Family::<PathKey, Counter>::default(),
         );
-        let idle_gap: Family<PathKey, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(duration_histogram);
-        registry.register_with_unit(
+        let idle_gap: Family<PathKey, Histogram, fn() -> Histogram> = register_seconds(
+            &mut registry,
             "idle_gap",
             "Idle gaps (neither side sending) that the path let through: the peer was heard again",
-            Unit::Seconds,
-            idle_gap.clone(),
+            Family::new_with_constructor(duration_histogram),
         );
-        let cuts = Family::<CutLabels, Counter>::default();
-        registry.register(
+        let cuts = register(
+            &mut registry,
             "cuts",
             "Connections the path cut after an idle gap, by signature (reset, blackhole, icmp)",
-            cuts.clone(),
+            Family::<CutLabels, Counter>::default(),
         );
-        let idle_before_cut: Family<CutLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(duration_histogram);
-        registry.register_with_unit(
+        let idle_before_cut: Family<CutLabels, Histogram, fn() -> Histogram> = register_seconds(
+            &mut registry,
             "idle_before_cut",
             "How long connections had been idle when the path cut them",
-            Unit::Seconds,
-            idle_before_cut.clone(),
+            Family::new_with_constructor(duration_histogram),
         );
-        let cutoff_lower = Family::<PathKey, GaugeF64>::default();
-        registry.register_with_unit(
+        let cutoff_lower = register_seconds(
+            &mut registry,
             "path_cutoff_lower",
             "The path cuts idle connections after more than this (longest survived idle gap)",
-            Unit::Seconds,
-            cutoff_lower.clone(),
+            Family::<PathKey, GaugeF64>::default(),
         );
-        let cutoff_upper = Family::<PathKey, GaugeF64>::default();
-        registry.register_with_unit(
+        let cutoff_upper = register_seconds(
+            &mut registry,
             "path_cutoff_upper",
             "The path cuts idle connections after at most this (shortest idle gap followed by a cut); absent until a cut",
-            Unit::Seconds,
-            cutoff_upper.clone(),
+            Family::<PathKey, GaugeF64>::default(),
         );
-        let req5_violation = Family::<PathKey, Gauge>::default();
-        registry.register(
+        let req5_violation = register(
+            &mut registry,
             "path_req5_violation",
             "1 when the path cut at least --min-cuts connections idle for less than --req5-threshold (RFC 5382 REQ-5: 7440 s)",
-            req5_violation.clone(),
+            Family::<PathKey, Gauge>::default(),
         );
-        let duration_limit = Family::<PathKey, GaugeF64>::default();
-        registry.register_with_unit(
+        let duration_limit = register_seconds(
+            &mut registry,
             "path_duration_limit",
             "Age at which active connections on the path die, when such deaths cluster (RFC 5383 section 4.1)",
-            Unit::Seconds,
-            duration_limit.clone(),
+            Family::<PathKey, GaugeF64>::default(),
         );
-        let stall: Family<StallLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(duration_histogram);
-        registry.register_with_unit(
+        let stall: Family<StallLabels, Histogram, fn() -> Histogram> = register_seconds(
+            &mut registry,
             "stall",
             "Retransmissions without hearing from the peer, by outcome (recovered, fatal)",
-            Unit::Seconds,
-            stall.clone(),
+            Family::new_with_constructor(duration_histogram),
         );
-        let icmp_errors = Family::<IcmpLabels, Counter>::default();
-        registry.register(
+        let icmp_errors = register(
+            &mut registry,
             "icmp_errors",
             "ICMP errors received for watched connections, by ICMP type and code",
-            icmp_errors.clone(),
+            Family::<IcmpLabels, Counter>::default(),
         );
-        let events_lost = Counter::default();
-        registry.register(
+        let events_lost = register(
+            &mut registry,
             "events_lost",
             "Kernel events lost: the ring buffer was full (raise --ring-buffer-size), or the kernel skipped a program run because another BPF program was running on that CPU",
-            events_lost.clone(),
+            Counter::default(),
         );
-        let ends_delayed = Counter::default();
-        registry.register(
+        let ends_delayed = register(
+            &mut registry,
             "ends_delayed",
             "Connection ends the ring buffer had no room for, which waited in the kernel until the agent took them (none lost; a ring buffer too small for bursts)",
-            ends_delayed.clone(),
+            Counter::default(),
         );
-        let events_malformed = Counter::default();
-        registry.register(
+        let events_malformed = register(
+            &mut registry,
             "events_malformed",
             "Kernel events the agent could not decode, skipped",
-            events_malformed.clone(),
+            Counter::default(),
         );
-        let tracked_connections = Gauge::default();
-        registry.register(
+        let tracked_connections = register(
+            &mut registry,
             "tracked_connections",
             "Connections the agent follows now",
-            tracked_connections.clone(),
+            Gauge::default(),
         );
-        let probe_attached = Family::<ProbeLabels, Gauge>::default();
-        registry.register(
+        let probe_attached = register(
+            &mut registry,
             "probe_attached",
             "1 when the kernel program on this tracepoint is attached, 0 when this kernel lacks it",
-            probe_attached.clone(),
+            Family::<ProbeLabels, Gauge>::default(),
         );
-        let probe_verified_instructions = Family::<ProbeLabels, Gauge>::default();
-        registry.register(
+        let probe_verified_instructions = register(
+            &mut registry,
             "probe_verified_instructions",
             "Instructions the kernel's verifier walked for each attached program: its size and worst-case path",
-            probe_verified_instructions.clone(),
+            Family::<ProbeLabels, Gauge>::default(),
         );
-        let probe_hook = Family::<ProbeHookLabels, Gauge>::default();
-        registry.register(
+        let probe_hook = register(
+            &mut registry,
             "probe_hook",
             "1 for the kind of kernel hook that serves each attached probe: tp_btf (BTF tracepoint), tracepoint (classic) or fentry",
-            probe_hook.clone(),
+            Family::<ProbeHookLabels, Gauge>::default(),
         );
-        let untracked_closes = Counter::default();
-        registry.register(
+        let untracked_closes = register(
+            &mut registry,
             "untracked_closes",
             "Connections that closed without the agent having seen them open (older than the agent)",
-            untracked_closes.clone(),
+            Counter::default(),
         );
-        let kernel_state_evictions = Counter::default();
-        registry.register(
+        let kernel_state_evictions = register(
+            &mut registry,
             "kernel_state_evictions",
             "Connections whose kernel state was evicted under LRU pressure (raise --max-connections)",
-            kernel_state_evictions.clone(),
+            Counter::default(),
         );
-        let kernel_state_insert_failures = Counter::default();
-        registry.register(
+        let kernel_state_insert_failures = register(
+            &mut registry,
             "kernel_state_insert_failures",
             "Connections the kernel could not start tracking",
-            kernel_state_insert_failures.clone(),
+            Counter::default(),
         );
-        let paths = Gauge::default();
-        registry.register(
+        let paths = register(
+            &mut registry,
             "paths",
             "Paths with their own label (at most --max-paths; the rest are path=\"other\")",
-            paths.clone(),
+            Gauge::default(),
         );
         registry.register(
             "build",

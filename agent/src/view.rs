@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, fmt::Write as _, time::Duration};
 
-use serde::{Deserialize, Serialize};
+pub use idlecut_api::connections::{ConnectionRow, ConnectionsResponse};
 
 use crate::{
     config::parse_duration,
@@ -16,45 +16,11 @@ use crate::{
     model::{ConnectionInfo, ConnectionModel},
     paths::PathTable,
     probes::KernelState,
-    vocabulary::{ConnectionState, End, KeepaliveSetting, Role},
+    vocabulary::{ConnectionState, Role},
 };
 
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ConnectionsResponse {
-    /// Rows that matched the filter (all of them, not only those returned).
-    pub total: usize,
-    pub limit: usize,
-    pub truncated: bool,
-    pub connections: Vec<ConnectionRow>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ConnectionRow {
-    pub local: String,
-    pub remote: String,
-    pub service: String,
-    pub role: Role,
-    pub path: String,
-    /// Inode of the network namespace (as `ls -iL /proc/PID/ns/net` shows), when known.
-    pub netns: Option<u32>,
-    pub pid: Option<u32>,
-    pub cgroup: Option<String>,
-    pub state: ConnectionState,
-    /// None when the connection was already open when the agent found it.
-    pub age_seconds: Option<f64>,
-    /// Since the last segment in either direction.
-    pub idle_seconds: Option<f64>,
-    /// None until a scan has seen it.
-    pub keepalive: Option<KeepaliveSetting>,
-    pub keepalive_interval_seconds: Option<f64>,
-    pub retransmits: u32,
-    /// For closed connections: how they ended.
-    pub end: Option<End>,
-    pub closed_seconds_ago: Option<f64>,
-}
 
 /// Which rows to return.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -285,6 +251,7 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vocabulary::KeepaliveSetting;
 
     fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

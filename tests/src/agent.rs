@@ -9,6 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use idlecut_api::{connections::ConnectionsResponse, paths::PathReport};
+use serde::de::DeserializeOwned;
+
 use crate::{Scrape, free_local_port, http_get, stop};
 
 /// The agent binary, built by `./x test` (which sets IDLECUT_BIN).
@@ -173,11 +176,35 @@ impl Agent {
         }
     }
 
-    /// `/api/v1/paths`, parsed.
+    /// An API answer: `GET target` must answer 200 with JSON that reads as `T` (one of the
+    /// agent's own answer types from `idlecut_api`, or `serde_json::Value`).
+    pub fn api<T: DeserializeOwned>(&self, target: &str) -> T {
+        parse_json(target, &self.api_text(target))
+    }
+
+    fn api_text(&self, target: &str) -> String {
+        let (status, body) =
+            http_get(self.addr, target).unwrap_or_else(|err| panic!("GET {target}: {err}"));
+        assert_eq!(status, 200, "{target} answered {status}: {body}");
+        body
+    }
+
+    /// `/api/v1/paths`, parsed; the answer must also read as the agent's own types.
     pub fn paths(&self) -> Vec<serde_json::Value> {
-        let (status, body) = http_get(self.addr, "/api/v1/paths").expect("GET /api/v1/paths");
-        assert_eq!(status, 200, "/api/v1/paths answered {status}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad JSON ({err}): {body}"))
+        let target = "/api/v1/paths";
+        let body = self.api_text(target);
+        let _: Vec<PathReport> = parse_json(target, &body);
+        parse_json(target, &body)
+    }
+
+    /// `/api/v1/paths`, as the agent's own types.
+    pub fn path_reports(&self) -> Vec<PathReport> {
+        self.api("/api/v1/paths")
+    }
+
+    /// `/api/v1/connections?{query}`, as the agent's own types.
+    pub fn connection_view(&self, query: &str) -> ConnectionsResponse {
+        self.api(&format!("/api/v1/connections?{query}"))
     }
 
     /// The report of one path, if the agent has it.
@@ -221,6 +248,11 @@ impl Drop for Agent {
             let _ = std::fs::remove_file(&self.log);
         }
     }
+}
+
+fn parse_json<T: DeserializeOwned>(target: &str, body: &str) -> T {
+    serde_json::from_str(body)
+        .unwrap_or_else(|err| panic!("bad JSON from {target} ({err}): {body}"))
 }
 
 /// Whether the agent attached the fentry program that reports ICMP errors (kernels that refuse

@@ -16,4 +16,7 @@ mod topology;
 /// limit (`web::Launch`).
 pub mod web;
 
+/// The agent's answer types and words, for typed reads of its API.
+pub use idlecut_api as api;
+
 pub use self::{agent::*, http::*, prometheus::*, sockets::*, system::*, topology::*};

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use idlecut_integration_tests::api::connections::ConnectionsResponse;
 use idlecut_integration_tests::{
     Agent, Netns, Topology, agent_binary, close_gracefully, connect, exchange, http_get, listen,
     require_root, set_keepalive,
@@ -27,6 +28,9 @@ fn connections(agent: &Agent, query: &str) -> Value {
     let (status, body) = http_get(agent.addr, &format!("/api/v1/connections?{query}"))
         .expect("GET /api/v1/connections");
     assert_eq!(status, 200, "{body}");
+    // The answer reads as the agent's own type too: the typed API stays true.
+    serde_json::from_str::<ConnectionsResponse>(&body)
+        .unwrap_or_else(|err| panic!("not a ConnectionsResponse ({err}): {body}"));
     serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad JSON ({err}): {body}"))
 }
 

@@ -18,34 +18,6 @@ const MAX_LINES: usize = 200;
 
 use crate::vocabulary::MailProtocol;
 
-impl MailProtocol {
-    /// The protocol a greeting speaks: IMAP greets with `* OK`, SMTP with `220`.
-    pub fn of_greeting(line: &str) -> Option<Self> {
-        if line.starts_with("* ") {
-            Some(Self::Imap)
-        } else if line.starts_with("220") {
-            Some(Self::Smtp)
-        } else {
-            None
-        }
-    }
-
-    /// The service name the agent's paths use for this protocol's usual port.
-    pub const fn service(self) -> &'static str {
-        match self {
-            Self::Imap => "imap",
-            Self::Smtp => "submission",
-        }
-    }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Imap => "IMAP",
-            Self::Smtp => "SMTP",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DialogError {
     #[error("the server closed the connection")]

@@ -11,30 +11,6 @@ use crate::{
     vocabulary::{CheckName, CheckStatus, MailProtocol},
 };
 
-impl CheckStatus {
-    /// The word in the table: a failure stands out.
-    pub const fn word(self) -> &'static str {
-        match self {
-            Self::Pass => "pass",
-            Self::Fail => "FAIL",
-            Self::CouldNotTell => "could not tell",
-        }
-    }
-}
-
-impl CheckName {
-    /// The name in the table.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Reachability => "reachability",
-            Self::Identity => "identity",
-            Self::Extensions => "extensions",
-            Self::IdleCutoff => "idle cut-off",
-            Self::Keepalive => "keepalive",
-        }
-    }
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     pub check: CheckName,

@@ -7,7 +7,6 @@
 
 use std::{fmt, str::FromStr};
 
-use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Defines a closed set of words: the enum, `ALL`, `as_str`, `Display`, `FromStr`, serde as
@@ -68,8 +67,12 @@ macro_rules! words {
             }
         }
 
-        impl EncodeLabelValue for $name {
-            fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        #[cfg(feature = "prometheus")]
+        impl prometheus_client::encoding::EncodeLabelValue for $name {
+            fn encode(
+                &self,
+                encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+            ) -> fmt::Result {
                 fmt::Write::write_str(encoder, self.as_str())
             }
         }
@@ -209,8 +212,60 @@ words! {
     }
 }
 
+impl MailProtocol {
+    /// The protocol a greeting speaks: IMAP greets with `* OK`, SMTP with `220`.
+    pub fn of_greeting(line: &str) -> Option<Self> {
+        if line.starts_with("* ") {
+            Some(Self::Imap)
+        } else if line.starts_with("220") {
+            Some(Self::Smtp)
+        } else {
+            None
+        }
+    }
+
+    /// The service name the agent's paths use for this protocol's usual port.
+    pub const fn service(self) -> &'static str {
+        match self {
+            Self::Imap => "imap",
+            Self::Smtp => "submission",
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Imap => "IMAP",
+            Self::Smtp => "SMTP",
+        }
+    }
+}
+
+impl CheckStatus {
+    /// The word in the table: a failure stands out.
+    pub const fn word(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "FAIL",
+            Self::CouldNotTell => "could not tell",
+        }
+    }
+}
+
+impl CheckName {
+    /// The name in the table.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Reachability => "reachability",
+            Self::Identity => "identity",
+            Self::Extensions => "extensions",
+            Self::IdleCutoff => "idle cut-off",
+            Self::Keepalive => "keepalive",
+        }
+    }
+}
+
 /// RFC 1122 4.2.3.6 and RFC 5383 4.2: keepalive should not probe more often than every two
-/// hours. The interval is estimated from the keepalive timer (see `discovery`), so a minute of
+/// hours. The agent estimates the interval from the keepalive timer, so a minute of
 /// slack keeps a 2 h setting on the right side.
 const KEEPALIVE_TWO_HOURS_MS: u64 = 7_200_000 - 60_000;
 
