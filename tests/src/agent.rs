@@ -35,6 +35,18 @@ pub fn hooks_under_test() -> String {
     std::env::var("IDLECUT_TEST_HOOKS").unwrap_or_else(|_| "auto".into())
 }
 
+/// Every tracepoint probe, as `idlecut_probe_attached` labels it: all attach on our kernels.
+pub const TRACEPOINT_PROBES: [&str; 8] = [
+    "sock:inet_sock_set_state",
+    "tcp:tcp_probe",
+    "sock:sock_send_length",
+    "tcp:tcp_receive_reset",
+    "tcp:tcp_send_reset",
+    "tcp:tcp_retransmit_skb",
+    "sock:inet_sk_error_report",
+    "tcp:tcp_destroy_sock",
+];
+
 /// The `kind` label every tracepoint probe should report under [`hooks_under_test`].
 pub fn expected_tracepoint_kind() -> &'static str {
     match hooks_under_test().as_str() {

@@ -8,8 +8,8 @@
 use std::{thread, time::Duration};
 
 use idlecut_integration_tests::{
-    Agent, Scrape, Topology, abort, close_gracefully, connect, exchange, expected_tracepoint_kind,
-    listen, require_root,
+    Agent, Scrape, TRACEPOINT_PROBES, Topology, abort, close_gracefully, connect, exchange,
+    expected_tracepoint_kind, listen, require_root,
 };
 
 const OPENED: &str = "idlecut_connections_opened_total";
@@ -129,16 +129,7 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
     );
     // Every probe attaches on this kernel, with the kind of hook under test; a silently missing
     // one would hide a feature.
-    for probe in [
-        "sock:inet_sock_set_state",
-        "tcp:tcp_probe",
-        "sock:sock_send_length",
-        "tcp:tcp_receive_reset",
-        "tcp:tcp_send_reset",
-        "tcp:tcp_retransmit_skb",
-        "sock:inet_sk_error_report",
-        "tcp:tcp_destroy_sock",
-    ] {
+    for probe in TRACEPOINT_PROBES {
         assert_eq!(
             scrape.get("idlecut_probe_attached", &[("probe", probe)]),
             Some(1.0),

@@ -5,8 +5,8 @@
 use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
 
 use idlecut_integration_tests::{
-    Agent, Topology, agent_binary, close_gracefully, connect, exchange, expected_tracepoint_kind,
-    hooks_under_test, listen, require_root,
+    Agent, TRACEPOINT_PROBES, Topology, agent_binary, close_gracefully, connect, exchange,
+    expected_tracepoint_kind, hooks_under_test, listen, require_root,
 };
 
 /// README's list, as setpriv spells it.
@@ -119,16 +119,7 @@ fn runs_as_a_non_root_user_with_exactly_the_documented_capabilities() {
         "capabilities after start-up (CapEff)"
     );
     let scrape = agent.scrape();
-    for probe in [
-        "sock:inet_sock_set_state",
-        "tcp:tcp_probe",
-        "sock:sock_send_length",
-        "tcp:tcp_receive_reset",
-        "tcp:tcp_send_reset",
-        "tcp:tcp_retransmit_skb",
-        "sock:inet_sk_error_report",
-        "tcp:tcp_destroy_sock",
-    ] {
+    for probe in TRACEPOINT_PROBES {
         assert_eq!(
             scrape.get(
                 "idlecut_probe_hook",
