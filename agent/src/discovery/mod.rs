@@ -19,6 +19,7 @@ mod sock_diag;
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
+    sync::Arc,
 };
 
 pub use self::{capabilities::has_sys_ptrace, namespaces::Netns, processes::Owner};
@@ -69,7 +70,7 @@ pub enum KeepaliveObservation {
 pub struct Scan {
     pub connections: Vec<Scanned>,
     /// Socket inode -> owning process and its cgroup, for the watched connections found.
-    pub owners: HashMap<u32, Owner>,
+    pub owners: HashMap<u32, Arc<Owner>>,
     /// Namespaces that could not be read, with why.
     pub failures: Vec<(Netns, String)>,
     pub namespaces: usize,

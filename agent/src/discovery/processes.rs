@@ -4,6 +4,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
+    sync::Arc,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,8 +14,9 @@ pub struct Owner {
 }
 
 /// Finds the processes that hold the given socket inodes, and their cgroups, by reading
-/// /proc/*/fd. Sockets nobody holds (already closed by their application) are left out.
-pub fn owners(wanted: &HashSet<u32>) -> HashMap<u32, Owner> {
+/// /proc/*/fd. Sockets nobody holds (already closed by their application) are left out. The
+/// sockets of one process share one `Owner` (the model keeps it with each connection).
+pub fn owners(wanted: &HashSet<u32>) -> HashMap<u32, Arc<Owner>> {
     let mut owners = HashMap::new();
     if wanted.is_empty() {
         return owners;
@@ -29,6 +31,7 @@ pub fn owners(wanted: &HashSet<u32>) -> HashMap<u32, Owner> {
         let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
             continue;
         };
+        let mut owner: Option<Arc<Owner>> = None;
         for fd in fds.filter_map(Result::ok) {
             let Some(inode) = std::fs::read_link(fd.path())
                 .ok()
@@ -37,13 +40,13 @@ pub fn owners(wanted: &HashSet<u32>) -> HashMap<u32, Owner> {
                 continue;
             };
             if wanted.contains(&inode) && !owners.contains_key(&inode) {
-                owners.insert(
-                    inode,
-                    Owner {
+                let owner = owner.get_or_insert_with(|| {
+                    Arc::new(Owner {
                         pid,
                         cgroup: cgroup_of(pid),
-                    },
-                );
+                    })
+                });
+                owners.insert(inode, Arc::clone(owner));
             }
         }
         if owners.len() == wanted.len() {

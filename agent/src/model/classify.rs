@@ -4,7 +4,7 @@
 
 use idlecut_ebpf::tcp_state;
 
-use super::{ClosedRecord, Update, table::Connection, table::UnansweredGap};
+use super::{ClosedRecord, Services, Update, table::Connection, table::UnansweredGap};
 use crate::{
     events::Nanos,
     vocabulary::{End, Signature, StallOutcome},
@@ -28,14 +28,15 @@ pub struct Closing {
 impl Closing {
     /// Classifies the connection: pushes what its end says about its path, then `Closed`;
     /// returns its record for the per-connection view.
-    pub fn settle(self, out: &mut Vec<Update>) -> ClosedRecord {
+    pub fn settle(self, services: &Services, out: &mut Vec<Update>) -> ClosedRecord {
         let Self {
             connection,
             closed_at,
             old_state,
             stalled_for,
         } = self;
-        let errno = connection.error.map(|(_, errno)| errno);
+        let transient = connection.transient();
+        let errno = transient.error.map(|(_, errno)| errno);
         let end = classify_end(
             connection.reset_received,
             connection.reset_sent,
@@ -43,8 +44,8 @@ impl Closing {
             old_state,
         );
         let abnormal = end != End::Fin;
-        let identity = &connection.identity;
-        let cut = connection
+        let identity = &connection.identity(services);
+        let cut = transient
             .unanswered
             .filter(|_| abnormal)
             .and_then(|unanswered| {
@@ -86,7 +87,7 @@ impl Closing {
             keepalive: connection.keepalive.map(|k| k.setting),
         });
         ClosedRecord {
-            info: connection.info(None),
+            info: connection.info(services, None),
             closed_at,
             end,
         }

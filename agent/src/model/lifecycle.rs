@@ -4,7 +4,7 @@
 //! is settled by `classify`.
 
 use super::{
-    CLOSE_GRACE_NS, ConnectionModel, RECENTLY_CLOSED_MAX, Update,
+    CLOSE_GRACE_NS, ConnectionModel, RECENTLY_CLOSED_MAX, Services, Update,
     classify::Closing,
     table::{Connection, Key, UnansweredGap},
 };
@@ -64,12 +64,14 @@ impl ConnectionModel {
             }
             Event::ResetSent { socket, .. } => self.reset(socket, Direction::Sent, out),
             Event::Retransmit { socket, .. } => {
-                if let Some(connection) = self.find_mut(socket) {
+                if let Some((connection, services)) = self.find_mut(socket) {
                     connection.retransmits = connection.retransmits.saturating_add(1);
-                    if let Some(unanswered) = &mut connection.unanswered {
-                        unanswered.retransmitted = true;
-                    }
-                    out.push(Update::Retransmit(connection.identity.clone()));
+                    connection.edit_transient(|t| {
+                        if let Some(unanswered) = &mut t.unanswered {
+                            unanswered.retransmitted = true;
+                        }
+                    });
+                    out.push(Update::Retransmit(connection.identity(services)));
                 }
             }
             Event::ErrorReport {
@@ -85,10 +87,10 @@ impl ConnectionModel {
             } => self.idle_gap_end(socket, at, gap, first, out),
             Event::GapAnswered { socket, .. } => {
                 if let Some(connection) = self.table.get_mut(Key::Socket(socket))
-                    && let Some(unanswered) = connection.unanswered.take()
+                    && let Some(unanswered) = connection.edit_transient(|t| t.unanswered.take())
                 {
                     out.push(Update::IdleGapSurvived(
-                        connection.identity.clone(),
+                        connection.identity(&self.services),
                         unanswered.gap,
                     ));
                 }
@@ -100,7 +102,7 @@ impl ConnectionModel {
             } => {
                 if let Some(connection) = self.table.get_mut(Key::Socket(socket)) {
                     out.push(Update::Stall {
-                        identity: connection.identity.clone(),
+                        identity: connection.identity(&self.services),
                         duration: stalled_for,
                         outcome: StallOutcome::Recovered,
                     });
@@ -116,11 +118,13 @@ impl ConnectionModel {
                     return;
                 };
                 if let Some(connection) = self.table.get_mut(key) {
-                    if let Some(unanswered) = &mut connection.unanswered {
-                        unanswered.icmp = true;
-                    }
+                    connection.edit_transient(|t| {
+                        if let Some(unanswered) = &mut t.unanswered {
+                            unanswered.icmp = true;
+                        }
+                    });
                     out.push(Update::IcmpError {
-                        identity: connection.identity.clone(),
+                        identity: connection.identity(&self.services),
                         icmp_type,
                         code,
                     });
@@ -141,15 +145,15 @@ impl ConnectionModel {
         for socket in due {
             self.finish(socket, out);
         }
-        let table = &mut self.table;
+        let (table, services) = (&mut self.table, &self.services);
         self.peer_ended_gaps.retain(|&socket| {
             let Some(connection) = table.get_mut(Key::Socket(socket)) else {
                 return false;
             };
-            match connection.peer_ended_gap {
+            match connection.transient().peer_ended_gap {
                 Some((at, gap)) if now >= at.saturating_add(CLOSE_GRACE_NS) => {
-                    connection.peer_ended_gap = None;
-                    out.push(Update::IdleGapSurvived(connection.identity.clone(), gap));
+                    connection.edit_transient(|t| t.peer_ended_gap = None);
+                    out.push(Update::IdleGapSurvived(connection.identity(services), gap));
                     false
                 }
                 Some(_) => true,
@@ -169,20 +173,16 @@ impl ConnectionModel {
         // A socket address is reused only after its previous connection closed: settle that
         // one first so that late facts are not attributed to the new connection.
         self.finish(socket, out);
-        let Some(identity) = self.identify(&endpoints) else {
+        let Some(kind) = self.services.kind(&endpoints) else {
             return;
         };
-        let connection = Connection::new(
-            identity.clone(),
-            endpoints,
-            netns,
-            opened_at,
-            opened_at.unwrap_or(0),
-        );
+        let connection =
+            Connection::new(kind, &endpoints, netns, opened_at, opened_at.unwrap_or(0));
+        let identity = connection.identity(&self.services);
         if let Some(previous) = self.table.insert(Key::Socket(socket), connection) {
             // Its close was lost and nothing is known of when: it ended, we cannot say how.
             out.push(Update::Closed {
-                identity: previous.identity,
+                identity: previous.identity(&self.services),
                 end: End::Unknown,
                 duration: None,
                 keepalive: previous.keepalive.map(|k| k.setting),
@@ -211,8 +211,11 @@ impl ConnectionModel {
         let connection = match self.table.remove(Key::Socket(socket)) {
             Some(mut connection) => {
                 // A gap the peer ended just before the close is settled by the close itself.
-                if let Some((_, gap)) = connection.peer_ended_gap.take() {
-                    out.push(Update::IdleGapSurvived(connection.identity.clone(), gap));
+                if let Some((_, gap)) = connection.edit_transient(|t| t.peer_ended_gap.take()) {
+                    out.push(Update::IdleGapSurvived(
+                        connection.identity(&self.services),
+                        gap,
+                    ));
                 }
                 // A seen start with no kernel state left: the LRU map evicted it. (Scanned
                 // connections have no start and may legitimately have no state.)
@@ -270,16 +273,14 @@ impl ConnectionModel {
         let Some(connection) = self.table.get_mut(Key::Socket(socket)) else {
             return;
         };
-        let gap = match (
-            connection.peer_ended_gap.take(),
-            connection.unanswered.take(),
-        ) {
-            (Some((_, gap)), _) | (None, Some(UnansweredGap { gap, .. })) => gap,
-            (None, None) => return,
-        };
+        let gap =
+            match connection.edit_transient(|t| (t.peer_ended_gap.take(), t.unanswered.take())) {
+                (Some((_, gap)), _) | (None, Some(UnansweredGap { gap, .. })) => gap,
+                (None, None) => return,
+            };
         connection.cut_after_idle = true;
         out.push(Update::Cut {
-            identity: connection.identity.clone(),
+            identity: connection.identity(&self.services),
             gap,
             signature: Signature::Reset,
         });
@@ -299,9 +300,11 @@ impl ConnectionModel {
         match first {
             Side::Remote => {
                 // An earlier one still in its grace period is settled first.
-                if let Some((_, earlier)) = connection.peer_ended_gap.replace((at, gap)) {
+                if let Some((_, earlier)) =
+                    connection.edit_transient(|t| t.peer_ended_gap.replace((at, gap)))
+                {
                     out.push(Update::IdleGapSurvived(
-                        connection.identity.clone(),
+                        connection.identity(&self.services),
                         earlier,
                     ));
                 } else {
@@ -311,29 +314,30 @@ impl ConnectionModel {
             // The first silence this host broke and that is still unanswered is the one that
             // tells when the path gave up.
             Side::Local => {
-                connection.unanswered.get_or_insert(UnansweredGap {
-                    gap,
-                    retransmitted: false,
-                    icmp: false,
+                connection.edit_transient(|t| {
+                    t.unanswered.get_or_insert(UnansweredGap {
+                        gap,
+                        retransmitted: false,
+                        icmp: false,
+                    });
                 });
             }
         }
     }
 
     /// An open connection, or one in its close grace period, by socket. (Scanned connections
-    /// are adopted before any event refers to their socket.)
-    fn find_mut(&mut self, socket: u64) -> Option<&mut Connection> {
-        match self.table.get_mut(Key::Socket(socket)) {
-            Some(connection) => Some(connection),
-            None => self
-                .closing
-                .get_mut(&socket)
-                .map(|closing| &mut closing.connection),
-        }
+    /// are adopted before any event refers to their socket.) With the services, to tell its
+    /// identity.
+    fn find_mut(&mut self, socket: u64) -> Option<(&mut Connection, &Services)> {
+        let connection = match self.table.get_mut(Key::Socket(socket)) {
+            Some(connection) => connection,
+            None => &mut self.closing.get_mut(&socket)?.connection,
+        };
+        Some((connection, &self.services))
     }
 
     fn reset(&mut self, socket: u64, direction: Direction, out: &mut Vec<Update>) {
-        let Some(connection) = self.find_mut(socket) else {
+        let Some((connection, services)) = self.find_mut(socket) else {
             return;
         };
         let already = match direction {
@@ -341,7 +345,7 @@ impl ConnectionModel {
             Direction::Sent => std::mem::replace(&mut connection.reset_sent, true),
         };
         if !already {
-            out.push(Update::Reset(connection.identity.clone(), direction));
+            out.push(Update::Reset(connection.identity(services), direction));
         }
     }
 
@@ -351,11 +355,13 @@ impl ConnectionModel {
             .values_mut()
             .find(|closing| closing.connection.endpoints() == endpoints)
         {
-            closing.connection.error = Some((at, errno));
+            closing
+                .connection
+                .edit_transient(|t| t.error = Some((at, errno)));
         } else if let Some(key) = self.table.find(&endpoints, 0)
             && let Some(connection) = self.table.get_mut(key)
         {
-            connection.error = Some((at, errno));
+            connection.edit_transient(|t| t.error = Some((at, errno)));
         }
     }
 }

@@ -45,6 +45,67 @@ pub struct Identity {
     pub remote: IpAddr,
 }
 
+/// A connection's service and role, as the model keeps them: with its remote address (in its
+/// endpoints) they make its identity. Four bytes per connection instead of an identity's
+/// forty; made only by `Services::kind`, so its service is always one of the model's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kind {
+    service: u16,
+    role: Role,
+}
+
+/// The watched services by port, each name once: the identities of all the connections of a
+/// service share its name.
+#[derive(Debug)]
+pub struct Services {
+    names: Vec<Arc<str>>,
+    by_port: HashMap<u16, u16>,
+}
+
+impl Services {
+    pub fn new(ports: &PortMap) -> Self {
+        let mut names: Vec<Arc<str>> = Vec::new();
+        let mut by_port = HashMap::new();
+        for port in ports.ports() {
+            let Some(name) = ports.service(port) else {
+                continue;
+            };
+            let index = match names.iter().position(|known| **known == *name) {
+                Some(index) => index,
+                None => {
+                    names.push(Arc::from(name));
+                    names.len() - 1
+                }
+            };
+            // At most one name per port, and there are 65535 ports.
+            if let Ok(index) = u16::try_from(index) {
+                by_port.insert(port, index);
+            }
+        }
+        Self { names, by_port }
+    }
+
+    /// Which service a connection is and in which role, or None if neither port is watched.
+    pub fn kind(&self, endpoints: &Endpoints) -> Option<Kind> {
+        let local = self.by_port.get(&endpoints.local.port());
+        let (&service, role) = match local {
+            Some(service) => (service, Role::Server),
+            None => (self.by_port.get(&endpoints.remote.port())?, Role::Client),
+        };
+        Some(Kind { service, role })
+    }
+
+    /// The identity of a connection of this kind with this remote address.
+    pub fn identity(&self, kind: Kind, remote: IpAddr) -> Identity {
+        Identity {
+            // In range: `kind` made it from `names` (see `Kind`).
+            service: Arc::clone(&self.names[usize::from(kind.service)]),
+            role: kind.role,
+            remote,
+        }
+    }
+}
+
 /// What the model tells the layers after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
@@ -142,7 +203,7 @@ pub struct ConnectionInfo {
     pub netns: u32,
     pub socket: Option<u64>,
     pub cookie: Option<u64>,
-    pub owner: Option<Owner>,
+    pub owner: Option<Arc<Owner>>,
     pub opened_at: Option<Nanos>,
     pub keepalive: Option<Keepalive>,
     pub retransmits: u32,
@@ -153,7 +214,7 @@ pub struct ConnectionInfo {
 /// program, by cookie), recently closed ones in their grace period, and a short history.
 #[derive(Debug)]
 pub struct ConnectionModel {
-    ports: PortMap,
+    services: Services,
     table: ConnectionTable,
     /// Closed connections in their grace period, by socket.
     closing: HashMap<u64, Closing>,
@@ -168,7 +229,7 @@ pub struct ConnectionModel {
 impl ConnectionModel {
     pub fn new(ports: PortMap) -> Self {
         Self {
-            ports,
+            services: Services::new(&ports),
             table: ConnectionTable::default(),
             closing: HashMap::new(),
             peer_ended_gaps: Vec::new(),
@@ -189,17 +250,10 @@ impl ConnectionModel {
     }
 
     /// Which service a connection is and in which role, or None if neither port is watched.
+    #[cfg(test)]
     pub fn identify(&self, endpoints: &Endpoints) -> Option<Identity> {
-        let (service, role) = if let Some(service) = self.ports.service(endpoints.local.port()) {
-            (service, Role::Server)
-        } else {
-            (self.ports.service(endpoints.remote.port())?, Role::Client)
-        };
-        Some(Identity {
-            service: Arc::from(service),
-            role,
-            remote: endpoints.remote.ip(),
-        })
+        let kind = self.services.kind(endpoints)?;
+        Some(self.services.identity(kind, endpoints.remote.ip()))
     }
 
     /// Every open connection (adopted or not) and the recently closed ones, for the view.
@@ -209,7 +263,7 @@ impl ConnectionModel {
                 table::Key::Socket(socket) => Some(socket),
                 table::Key::Cookie(_) => None,
             };
-            connection.info(socket)
+            connection.info(&self.services, socket)
         })
     }
 
@@ -235,7 +289,7 @@ impl ConnectionModel {
     /// The one way a connection ends in the model, its close seen or not: classified, then
     /// kept for the view for a while.
     fn settle(&mut self, closing: Closing, out: &mut Vec<Update>) {
-        let record = closing.settle(out);
+        let record = closing.settle(&self.services, out);
         let closed_at = record.closed_at;
         self.recently_closed.push_back(record);
         while self.recently_closed.len() > RECENTLY_CLOSED_MAX

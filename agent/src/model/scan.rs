@@ -62,7 +62,6 @@ impl ConnectionModel {
                 continue;
             };
             connection.cookie = Some(scanned.cookie);
-            connection.inode = Some(scanned.inode);
             if owner.is_some() {
                 connection.owner = owner;
             }
@@ -71,7 +70,7 @@ impl ConnectionModel {
                 let previous = connection.keepalive.replace(observed);
                 if previous.map(|k| k.setting) != Some(observed.setting) {
                     out.push(Update::KeepaliveChanged {
-                        identity: connection.identity.clone(),
+                        identity: connection.identity(&self.services),
                         from: previous.map(|k| k.setting),
                         to: observed.setting,
                     });
@@ -97,16 +96,11 @@ impl ConnectionModel {
         if closed_meanwhile || self.table.contains(key) {
             return false;
         }
-        let Some(identity) = self.identify(&scanned.endpoints) else {
+        let Some(kind) = self.services.kind(&scanned.endpoints) else {
             return false;
         };
-        let connection = Connection::new(
-            identity.clone(),
-            scanned.endpoints,
-            scanned.netns,
-            None,
-            finished,
-        );
+        let connection = Connection::new(kind, &scanned.endpoints, scanned.netns, None, finished);
+        let identity = connection.identity(&self.services);
         self.table.insert(key, connection);
         out.push(Update::Discovered(identity));
         true
@@ -154,8 +148,10 @@ impl ConnectionModel {
                 // Never met by a program: no kernel state to tell.
                 Key::Cookie(_) => None,
             };
-            if stalled_for.is_some() && connection.error.is_none() {
-                connection.error = Some((finished, ETIMEDOUT));
+            if stalled_for.is_some() {
+                connection.edit_transient(|t| {
+                    t.error.get_or_insert((finished, ETIMEDOUT));
+                });
             }
             self.settle(
                 Closing {

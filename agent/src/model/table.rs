@@ -1,13 +1,24 @@
 //! The open connections: those the kernel programs follow, by socket address, and those only a
 //! scan has found so far, by cookie, with one index by endpoints over both.
 //!
-//! The index is the table's invariant: every connection is indexed under its endpoints and
-//! namespace, and nothing else is. Only `insert`, `remove` and `set_netns` change either, so a
-//! connection's endpoints and namespace are readable but not writable outside this module.
+//! The index is the table's invariant: every connection is indexed under its endpoints, and
+//! nothing else is. Only `insert` and `remove` change either, so a connection's endpoints are
+//! readable but not writable outside this module (nor its namespace, which `find` matches).
+//!
+//! Compact, because the agent follows every connection of the host's mail ports: the
+//! connections sit in one dense vector (a removal moves the last one into the hole), and both
+//! indexes hold only 4-byte positions in it, hashed by key and by endpoints, which they read
+//! from the connection itself. See `the_cost_of_a_connection` in the tests for the arithmetic.
 
-use std::collections::HashMap;
+use std::{
+    hash::{BuildHasher, RandomState},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
-use super::{ConnectionInfo, Identity, Keepalive};
+use hashbrown::HashTable;
+
+use super::{ConnectionInfo, Identity, Keepalive, Kind, Services};
 use crate::{
     discovery::Owner,
     events::{Endpoints, Nanos},
@@ -22,27 +33,81 @@ pub enum Key {
 }
 
 /// An idle gap this host ended by speaking, not answered yet.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnansweredGap {
     pub gap: Nanos,
     pub retransmitted: bool,
     pub icmp: bool,
 }
 
+/// What a connection has only for a while (an unanswered gap until the answer, a peer-ended
+/// gap for its grace period) or only at its end (an error). Boxed, and only while one is set,
+/// so that the connections without any (nearly all) do not pay its 64 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transient {
+    /// An error reported while the connection was still open, with when.
+    pub error: Option<(Nanos, u16)>,
+    pub unanswered: Option<UnansweredGap>,
+    /// A gap the peer ended at this time, survived unless a RST follows within the grace.
+    pub peer_ended_gap: Option<(Nanos, Nanos)>,
+}
+
+/// `Endpoints` in 38 bytes instead of 64: both addresses as IPv6 (IPv4 mapped, and flagged so
+/// that it comes back as IPv4) and both ports. Lossless for every `Endpoints` the agent makes:
+/// built from an address and a port, their IPv6 addresses carry no flow label nor scope id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PackedEndpoints {
+    addresses: [[u8; 16]; 2],
+    ports: [u16; 2],
+    v4: [bool; 2],
+}
+
+impl PackedEndpoints {
+    pub fn new(endpoints: &Endpoints) -> Self {
+        let pack = |addr: &SocketAddr| match addr.ip() {
+            IpAddr::V4(ip) => (ip.to_ipv6_mapped().octets(), true),
+            IpAddr::V6(ip) => (ip.octets(), false),
+        };
+        let (local, local_v4) = pack(&endpoints.local);
+        let (remote, remote_v4) = pack(&endpoints.remote);
+        Self {
+            addresses: [local, remote],
+            ports: [endpoints.local.port(), endpoints.remote.port()],
+            v4: [local_v4, remote_v4],
+        }
+    }
+
+    pub fn unpack(&self) -> Endpoints {
+        Endpoints {
+            local: SocketAddr::new(self.ip(0), self.ports[0]),
+            remote: SocketAddr::new(self.ip(1), self.ports[1]),
+        }
+    }
+
+    fn ip(&self, side: usize) -> IpAddr {
+        let ip = Ipv6Addr::from(self.addresses[side]);
+        match ip.to_ipv4_mapped() {
+            Some(v4) if self.v4[side] => IpAddr::V4(v4),
+            _ => IpAddr::V6(ip),
+        }
+    }
+}
+
 /// What the model knows of one connection.
 #[derive(Clone, Debug)]
 pub struct Connection {
-    pub identity: Identity,
     /// Indexed: see the module documentation.
-    endpoints: Endpoints,
-    /// Inode of its network namespace, 0 when unknown. Indexed.
+    endpoints: PackedEndpoints,
+    /// Inode of its network namespace, 0 when unknown.
     netns: u32,
+    /// Its service and role; its identity is derived from them and its remote address.
+    kind: Kind,
     pub opened_at: Option<Nanos>,
     /// When the model learned of it (its open, or the scan that found it).
     pub known_since: Nanos,
     pub cookie: Option<u64>,
-    pub inode: Option<u32>,
-    pub owner: Option<Owner>,
+    /// Shared by the connections of one process (see `discovery::processes`).
+    pub owner: Option<Arc<Owner>>,
     pub keepalive: Option<Keepalive>,
     pub retransmits: u32,
     /// Idle clocks from the last scan (kernel time of the last segment received and sent),
@@ -50,58 +115,76 @@ pub struct Connection {
     pub scanned_clocks: Option<(Nanos, Nanos)>,
     pub reset_received: bool,
     pub reset_sent: bool,
-    /// An error reported while the connection was still open, with when.
-    pub error: Option<(Nanos, u16)>,
-    pub unanswered: Option<UnansweredGap>,
-    /// A gap the peer ended at this time, survived unless a RST follows within the grace.
-    pub peer_ended_gap: Option<(Nanos, Nanos)>,
     /// A cut after idle was reported for it: its death is not evidence of an age limit.
     pub cut_after_idle: bool,
+    /// None while nothing transient is set: see `Transient`.
+    transient: Option<Box<Transient>>,
 }
 
 impl Connection {
     /// A connection the model just learned of, with nothing yet seen of it.
     pub fn new(
-        identity: Identity,
-        endpoints: Endpoints,
+        kind: Kind,
+        endpoints: &Endpoints,
         netns: u32,
         opened_at: Option<Nanos>,
         known_since: Nanos,
     ) -> Self {
         Self {
-            identity,
-            endpoints,
+            endpoints: PackedEndpoints::new(endpoints),
             netns,
+            kind,
             opened_at,
             known_since,
             cookie: None,
-            inode: None,
             owner: None,
             keepalive: None,
             retransmits: 0,
             scanned_clocks: None,
             reset_received: false,
             reset_sent: false,
-            error: None,
-            unanswered: None,
-            peer_ended_gap: None,
             cut_after_idle: false,
+            transient: None,
         }
     }
 
     pub fn endpoints(&self) -> Endpoints {
-        self.endpoints
+        self.endpoints.unpack()
     }
 
     pub fn netns(&self) -> u32 {
         self.netns
     }
 
+    pub fn identity(&self, services: &Services) -> Identity {
+        services.identity(self.kind, self.endpoints.ip(1))
+    }
+
+    /// Its transient facts (all None for most connections).
+    pub fn transient(&self) -> Transient {
+        self.transient.as_deref().copied().unwrap_or_default()
+    }
+
+    /// Changes its transient facts with `change`; the box is made when the first is set and
+    /// given back when the last is cleared.
+    pub fn edit_transient<R>(&mut self, change: impl FnOnce(&mut Transient) -> R) -> R {
+        let mut transient = self.transient();
+        let result = change(&mut transient);
+        if transient == Transient::default() {
+            self.transient = None;
+        } else if let Some(boxed) = &mut self.transient {
+            **boxed = transient;
+        } else {
+            self.transient = Some(Box::new(transient));
+        }
+        result
+    }
+
     /// What the per-connection view shows of it; `socket` when a program follows it.
-    pub fn info(&self, socket: Option<u64>) -> ConnectionInfo {
+    pub fn info(&self, services: &Services, socket: Option<u64>) -> ConnectionInfo {
         ConnectionInfo {
-            identity: self.identity.clone(),
-            endpoints: self.endpoints,
+            identity: self.identity(services),
+            endpoints: self.endpoints(),
             netns: self.netns,
             socket,
             cookie: self.cookie,
@@ -114,132 +197,198 @@ impl Connection {
     }
 }
 
+/// A connection and the key it is filed under.
+#[derive(Clone, Debug)]
+struct Slot {
+    key: Key,
+    connection: Connection,
+}
+
+/// Below this many slots of capacity nothing is given back.
+const MIN_SHRINK: usize = 1024;
+
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
-    by_socket: HashMap<u64, Connection>,
-    by_cookie: HashMap<u64, Connection>,
-    by_endpoints: HashMap<Endpoints, Vec<(u32, Key)>>,
+    /// Every connection, densely (see the module documentation).
+    slots: Vec<Slot>,
+    /// Positions in `slots`, hashed by key.
+    by_key: HashTable<u32>,
+    /// Positions in `slots`, hashed by endpoints: connections with the same endpoints (in
+    /// different namespaces) have an entry each.
+    by_endpoints: HashTable<u32>,
+    hasher: RandomState,
+    /// How many are filed by cookie.
+    cookies: usize,
 }
 
 impl ConnectionTable {
     /// Connections found by a scan that no kernel program has met yet.
     pub fn unadopted(&self) -> usize {
-        self.by_cookie.len()
+        self.cookies
     }
 
     pub fn len(&self) -> usize {
-        self.by_socket.len() + self.by_cookie.len()
+        self.slots.len()
     }
 
     pub fn contains(&self, key: Key) -> bool {
-        self.map(key).contains_key(&key.id())
+        self.position(key).is_some()
     }
 
     /// Puts `connection` under `key`; returns the one it replaces.
     pub fn insert(&mut self, key: Key, connection: Connection) -> Option<Connection> {
         let previous = self.remove(key);
-        self.by_endpoints
-            .entry(connection.endpoints)
-            .or_default()
-            .push((connection.netns, key));
-        self.map_mut(key).insert(key.id(), connection);
+        // Four billion connections would not fit in memory first.
+        let Ok(position) = u32::try_from(self.slots.len()) else {
+            return previous;
+        };
+        let Self {
+            slots,
+            by_key,
+            by_endpoints,
+            hasher,
+            cookies,
+        } = self;
+        let endpoints = connection.endpoints;
+        slots.push(Slot { key, connection });
+        by_key.insert_unique(hasher.hash_one(key), position, |&p| {
+            hasher.hash_one(slot(slots, p).key)
+        });
+        by_endpoints.insert_unique(hasher.hash_one(endpoints), position, |&p| {
+            hasher.hash_one(slot(slots, p).connection.endpoints)
+        });
+        if let Key::Cookie(_) = key {
+            *cookies += 1;
+        }
         previous
     }
 
     pub fn remove(&mut self, key: Key) -> Option<Connection> {
-        let connection = self.map_mut(key).remove(&key.id())?;
-        self.unindex(&connection.endpoints, key);
-        Some(connection)
+        let Self {
+            slots,
+            by_key,
+            by_endpoints,
+            hasher,
+            cookies,
+        } = self;
+        let (position, _) = by_key
+            .find_entry(hasher.hash_one(key), |&p| slot(slots, p).key == key)
+            .ok()?
+            .remove();
+        let removed = slots.swap_remove(position as usize);
+        if let Ok(entry) = by_endpoints
+            .find_entry(hasher.hash_one(removed.connection.endpoints), |&p| {
+                p == position
+            })
+        {
+            entry.remove();
+        }
+        // The last one moved into the hole: its index entries follow it.
+        if let Some(moved) = slots.get(position as usize) {
+            let from = slots.len() as u32;
+            if let Some(p) = by_key.find_mut(hasher.hash_one(moved.key), |&p| p == from) {
+                *p = position;
+            }
+            let endpoints = moved.connection.endpoints;
+            if let Some(p) = by_endpoints.find_mut(hasher.hash_one(endpoints), |&p| p == from) {
+                *p = position;
+            }
+        }
+        if let Key::Cookie(_) = key {
+            *cookies -= 1;
+        }
+        self.give_back();
+        Some(removed.connection)
     }
 
     pub fn get_mut(&mut self, key: Key) -> Option<&mut Connection> {
-        self.map_mut(key).get_mut(&key.id())
+        let position = self.position(key)?;
+        self.slots
+            .get_mut(position)
+            .map(|slot| &mut slot.connection)
     }
 
     /// Learns the namespace of a connection that had none.
     pub fn set_netns(&mut self, key: Key, netns: u32) {
-        let Some(connection) = self.map_mut(key).get_mut(&key.id()) else {
-            return;
-        };
-        connection.netns = netns;
-        let endpoints = connection.endpoints;
-        if let Some(entry) = self
-            .by_endpoints
-            .get_mut(&endpoints)
-            .and_then(|entries| entries.iter_mut().find(|(_, k)| *k == key))
-        {
-            entry.0 = netns;
+        if let Some(connection) = self.get_mut(key) {
+            connection.netns = netns;
         }
     }
 
     /// The connection with these endpoints in this namespace. A namespace of 0 (unknown, on
     /// kernels without BTF) matches any.
     pub fn find(&self, endpoints: &Endpoints, netns: u32) -> Option<Key> {
-        self.by_endpoints.get(endpoints).and_then(|entries| {
-            entries
-                .iter()
-                .find(|&&(n, _)| n == netns || n == 0 || netns == 0)
-                .map(|&(_, key)| key)
-        })
+        let packed = PackedEndpoints::new(endpoints);
+        self.by_endpoints
+            .iter_hash(self.hasher.hash_one(packed))
+            .map(|&p| slot(&self.slots, p))
+            .find(|slot| {
+                let connection = &slot.connection;
+                connection.endpoints == packed
+                    && (connection.netns == netns || connection.netns == 0 || netns == 0)
+            })
+            .map(|slot| slot.key)
     }
 
     /// Every connection, with its key.
     pub fn iter(&self) -> impl Iterator<Item = (Key, &Connection)> {
-        let sockets = self.by_socket.iter().map(|(&s, c)| (Key::Socket(s), c));
-        let cookies = self.by_cookie.iter().map(|(&k, c)| (Key::Cookie(k), c));
-        sockets.chain(cookies)
+        self.slots.iter().map(|slot| (slot.key, &slot.connection))
     }
 
-    fn unindex(&mut self, endpoints: &Endpoints, key: Key) {
-        if let Some(entries) = self.by_endpoints.get_mut(endpoints) {
-            entries.retain(|&(_, k)| k != key);
-            if entries.is_empty() {
-                self.by_endpoints.remove(endpoints);
-            }
+    fn position(&self, key: Key) -> Option<usize> {
+        self.by_key
+            .find(self.hasher.hash_one(key), |&p| {
+                slot(&self.slots, p).key == key
+            })
+            .map(|&p| p as usize)
+    }
+
+    /// Gives memory back once most of it is unused (after many connections closed): a part at
+    /// a quarter of its capacity shrinks to twice what it holds, so that it does not shrink
+    /// and grow back and forth.
+    fn give_back(&mut self) {
+        let len = self.slots.len();
+        let Self {
+            slots,
+            by_key,
+            by_endpoints,
+            hasher,
+            ..
+        } = self;
+        let wasteful = |capacity: usize| capacity > MIN_SHRINK && len < capacity / 4;
+        if wasteful(slots.capacity()) {
+            slots.shrink_to(len * 2);
         }
-    }
-
-    fn map(&self, key: Key) -> &HashMap<u64, Connection> {
-        match key {
-            Key::Socket(_) => &self.by_socket,
-            Key::Cookie(_) => &self.by_cookie,
+        if wasteful(by_key.capacity()) {
+            by_key.shrink_to(len * 2, |&p| hasher.hash_one(slot(slots, p).key));
         }
-    }
-
-    fn map_mut(&mut self, key: Key) -> &mut HashMap<u64, Connection> {
-        match key {
-            Key::Socket(_) => &mut self.by_socket,
-            Key::Cookie(_) => &mut self.by_cookie,
+        if wasteful(by_endpoints.capacity()) {
+            by_endpoints.shrink_to(len * 2, |&p| {
+                hasher.hash_one(slot(slots, p).connection.endpoints)
+            });
         }
     }
 }
 
-impl Key {
-    fn id(self) -> u64 {
-        match self {
-            Self::Socket(id) | Self::Cookie(id) => id,
-        }
-    }
+/// The slot at an index position. Every position in the indexes is one of `slots`: `insert`
+/// and `remove` keep them so.
+fn slot(slots: &[Slot], position: u32) -> &Slot {
+    &slots[position as usize]
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::vocabulary::Role;
+    use crate::config::parse_ports;
 
     fn connection(remote_port: u16, netns: u32) -> Connection {
         let endpoints = Endpoints {
             local: "10.0.2.2:143".parse().unwrap(),
             remote: format!("10.0.1.2:{remote_port}").parse().unwrap(),
         };
-        let identity = Identity {
-            service: Arc::from("imap"),
-            role: Role::Server,
-            remote: endpoints.remote.ip(),
-        };
-        Connection::new(identity, endpoints, netns, None, 0)
+        let services = Services::new(&parse_ports("143=imap").unwrap());
+        let kind = services.kind(&endpoints).unwrap();
+        Connection::new(kind, &endpoints, netns, None, 0)
     }
 
     #[test]
