@@ -9,6 +9,7 @@ mod config;
 mod discovery;
 mod duration_text;
 mod events;
+mod heap;
 mod http;
 mod inference;
 mod metrics;
@@ -110,6 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    heap::tune();
     init_logging(config.log_format);
     // Usage errors, reported once in the log's format, exit 2.
     let web = match http::WebSettings::load(config.web_config.0.as_deref()) {
