@@ -44,7 +44,7 @@ impl Closing {
             old_state,
         );
         let abnormal = end != End::Fin;
-        let identity = &connection.identity(services);
+        let identity = connection.identity(services);
         let cut = transient
             .unanswered
             .filter(|_| abnormal)
