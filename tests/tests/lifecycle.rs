@@ -16,7 +16,7 @@ const OPENED: &str = "idlecut_connections_opened_total";
 const CLOSED: &str = "idlecut_connections_closed_total";
 const RESETS: &str = "idlecut_resets_total";
 /// Most instructions the verifier may walk for one of our programs.
-const VERIFIER_BUDGET: f64 = 30_000.0;
+const VERIFIER_BUDGET: f64 = 50_000.0;
 
 fn opened(scrape: &Scrape, service: &str, role: &str, path: &str) -> f64 {
     scrape.value(
@@ -145,9 +145,11 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
             expected_tracepoint_kind(),
             scrape.text
         );
-        // The kernel side stays small: a budget on what the verifier walks (the most complex
-        // program, on state changes, walked about 17.5k instructions when this was written; the
-        // kernel's own limit is 1M).
+        // The kernel side stays small: a budget on what the verifier walks (the kernel's own
+        // limit is 1M). The most complex programs report ends (the classic
+        // inet_sock_set_state and tcp_destroy_sock, about 38.7k and 36.8k after ends gained
+        // their fallback map on 2026-11-30; their BTF twins about 19k and 17k). Raised from 30k
+        // then; the next step is to verify the close path once, as a global function.
         let verified = scrape
             .get("idlecut_probe_verified_instructions", &[("probe", probe)])
             .unwrap_or_else(|| panic!("no verifier count for {probe}"));

@@ -4,7 +4,6 @@
 //! exactly the same events.
 
 use aya_ebpf::{EbpfContext, bindings::BPF_ANY};
-use aya_log_ebpf::warn;
 use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags, event_kind, tcp_state};
 
 use super::{
@@ -40,11 +39,10 @@ pub(super) fn state_change<C: EbpfContext>(
                 .insert(&socket, &state, u64::from(BPF_ANY))
                 .is_err()
             {
+                // Counted, and reported by user space as
+                // idlecut_kernel_state_insert_failures_total; a log statement here would cost
+                // this program thousands of verified instructions.
                 count(counter::STATE_INSERT_FAILED);
-                warn!(
-                    ctx,
-                    "cannot track socket {:x}: state map insert failed", socket
-                );
             }
             let mut event = event_for(event_kind::OPEN, now, socket, local_port, remote_port);
             event.netns = netns_of(socket);
