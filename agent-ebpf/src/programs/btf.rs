@@ -128,14 +128,9 @@ pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let Some(socket) = socket_id(&ctx) else {
         return 0;
     };
-    facts::state_change(
-        &ctx,
-        socket,
-        ports,
-        old_state as u8,
-        new_state as u8,
-        |event| fill_addresses(sk, event),
-    );
+    facts::state_change(socket, ports, old_state as u8, new_state as u8, |event| {
+        fill_addresses(sk, event)
+    });
     0
 }
 
@@ -147,7 +142,7 @@ pub fn btf_tcp_probe(ctx: BtfTracePointContext) -> u32 {
     if let Some(ports) = mail_ports(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::activity(&ctx, socket, ports, Side::Remote);
+        facts::activity(socket, ports, Side::Remote);
     }
     0
 }
@@ -166,7 +161,7 @@ pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
         && is_tcp(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::activity(&ctx, socket, (0, 0), Side::Local);
+        facts::activity(socket, (0, 0), Side::Local);
     }
     0
 }
@@ -178,7 +173,7 @@ pub fn btf_tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
     if let Some(ports) = ports_of_closing(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::reset(&ctx, event_kind::RESET_RECEIVED, socket, ports);
+        facts::reset(event_kind::RESET_RECEIVED, socket, ports);
     }
     0
 }
@@ -194,7 +189,7 @@ pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
     if let Some(ports) = ports_of_closing(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::reset(&ctx, event_kind::RESET_SENT, socket, ports);
+        facts::reset(event_kind::RESET_SENT, socket, ports);
     }
     0
 }
@@ -206,7 +201,7 @@ pub fn btf_tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
     if let Some(ports) = mail_ports(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::retransmit(&ctx, socket, ports);
+        facts::retransmit(socket, ports);
     }
     0
 }
@@ -235,7 +230,7 @@ pub fn btf_tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
     if let Some(ports) = ports_of_closing(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::destroyed(&ctx, socket, ports, |event| fill_addresses(sk, event));
+        facts::destroyed(socket, ports, |event| fill_addresses(sk, event));
     }
     0
 }

@@ -3,7 +3,7 @@
 //! ports, updates the connection's state and emits the facts. Both hook kinds therefore report
 //! exactly the same events.
 
-use aya_ebpf::{EbpfContext, bindings::BPF_ANY};
+use aya_ebpf::bindings::BPF_ANY;
 use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags, event_kind, tcp_state};
 
 use super::{
@@ -15,8 +15,7 @@ use super::{
 /// who sent the first FIN is remembered on the way. `addresses` fills in the family and
 /// addresses, only for the events that carry them.
 #[inline(always)]
-pub(super) fn state_change<C: EbpfContext>(
-    ctx: &C,
+pub(super) fn state_change(
     socket: u64,
     (local_port, remote_port): (u16, u16),
     old_state: u8,
@@ -50,10 +49,10 @@ pub(super) fn state_change<C: EbpfContext>(
             emit(&event);
         }
         tcp_state::CLOSE if tcp_state::was_established(old_state) => {
-            close(ctx, socket, (local_port, remote_port), old_state, addresses);
+            close(socket, (local_port, remote_port), old_state, addresses);
         }
         tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT => {
-            if let Some(state) = state_of(ctx, socket) {
+            if let Some(state) = state_of(socket) {
                 // SAFETY: pointer from a successful lookup. Only flags of this connection are
                 // written, and only on its own state transitions.
                 let state = unsafe { &mut *state };
@@ -75,8 +74,7 @@ pub(super) fn state_change<C: EbpfContext>(
 
 /// Reports a connection's end with what its state says, and drops the state.
 #[inline(always)]
-fn close<C: EbpfContext>(
-    ctx: &C,
+fn close(
     socket: u64,
     (local_port, remote_port): (u16, u16),
     old_state: u8,
@@ -86,7 +84,7 @@ fn close<C: EbpfContext>(
     let mut event = event_for(event_kind::CLOSE, now, socket, local_port, remote_port);
     event.old_state = old_state;
     event.netns = netns_of(socket);
-    let state = state_of(ctx, socket);
+    let state = state_of(socket);
     match state {
         Some(state) => {
             // SAFETY: pointer from a successful lookup, read once.
@@ -114,14 +112,9 @@ fn close<C: EbpfContext>(
 /// CLOSE removed it); if it is still there, the kernel skipped the program run on that CLOSE,
 /// and this reports the end instead, with the state the connection left unknown (0).
 #[inline(always)]
-pub(super) fn destroyed<C: EbpfContext>(
-    ctx: &C,
-    socket: u64,
-    ports: (u16, u16),
-    addresses: impl FnOnce(&mut RawEvent),
-) {
+pub(super) fn destroyed(socket: u64, ports: (u16, u16), addresses: impl FnOnce(&mut RawEvent)) {
     if CONNECTIONS.get_ptr(&socket).is_some() {
-        close(ctx, socket, ports, 0, addresses);
+        close(socket, ports, 0, addresses);
     }
 }
 
@@ -135,13 +128,8 @@ pub(super) enum Side {
 /// answers a pending gap, ends a stall. `ports` are (0, 0) where the hook does not have them
 /// (user space knows the connection by its socket).
 #[inline(always)]
-pub(super) fn activity<C: EbpfContext>(
-    ctx: &C,
-    socket: u64,
-    (local_port, remote_port): (u16, u16),
-    side: Side,
-) {
-    let Some(state) = state_of(ctx, socket) else {
+pub(super) fn activity(socket: u64, (local_port, remote_port): (u16, u16), side: Side) {
+    let Some(state) = state_of(socket) else {
         return;
     };
     let now = now_ns();
@@ -203,19 +191,19 @@ pub(super) fn activity<C: EbpfContext>(
 
 /// A RST received or sent (`kind`) on a socket of a watched connection.
 #[inline(always)]
-pub(super) fn reset<C: EbpfContext>(ctx: &C, kind: u8, socket: u64, ports: (u16, u16)) {
+pub(super) fn reset(kind: u8, socket: u64, ports: (u16, u16)) {
     // Adopts a scanned connection first, so user space knows the socket.
-    let _ = state_of(ctx, socket);
+    let _ = state_of(socket);
     emit(&event_for(kind, now_ns(), socket, ports.0, ports.1));
 }
 
 /// A segment of the socket was retransmitted. The first one since the peer was last heard from
 /// starts a stall.
 #[inline(always)]
-pub(super) fn retransmit<C: EbpfContext>(ctx: &C, socket: u64, ports: (u16, u16)) {
+pub(super) fn retransmit(socket: u64, ports: (u16, u16)) {
     let now = now_ns();
     let mut event = event_for(event_kind::RETRANSMIT, now, socket, ports.0, ports.1);
-    if let Some(state) = state_of(ctx, socket) {
+    if let Some(state) = state_of(socket) {
         // SAFETY: pointer from a successful lookup.
         let state = unsafe { &mut *state };
         state.retransmits = state.retransmits.saturating_add(1);

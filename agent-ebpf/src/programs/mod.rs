@@ -9,7 +9,6 @@ mod icmp;
 mod tracepoint;
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
         BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
         BPF_RB_NO_WAKEUP,
@@ -164,7 +163,7 @@ fn event_for(kind: u8, now: u64, socket: u64, local_port: u16, remote_port: u16)
 /// first time a program meets its socket: its seeded state moves from SEEDS (by cookie) to
 /// CONNECTIONS (by socket), and user space is told which socket it is.
 #[inline(always)]
-fn state_of<C: EbpfContext>(ctx: &C, socket: u64) -> Option<*mut ConnectionState> {
+fn state_of(socket: u64) -> Option<*mut ConnectionState> {
     if let Some(state) = CONNECTIONS.get_ptr_mut(&socket) {
         return Some(state);
     }

@@ -91,14 +91,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
-    facts::state_change(
-        &ctx,
-        socket,
-        ports,
-        old_state as u8,
-        new_state as u8,
-        |event| fill_addresses(&ctx, &off, event),
-    );
+    facts::state_change(socket, ports, old_state as u8, new_state as u8, |event| {
+        fill_addresses(&ctx, &off, event)
+    });
     0
 }
 
@@ -111,7 +106,7 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
-        facts::activity(&ctx, socket, ports, Side::Remote);
+        facts::activity(socket, ports, Side::Remote);
     }
     0
 }
@@ -155,7 +150,7 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    facts::activity(&ctx, socket, (0, 0), Side::Local);
+    facts::activity(socket, (0, 0), Side::Local);
     0
 }
 
@@ -189,7 +184,7 @@ fn reset(ctx: &TracePointContext, off: &FieldOffsets, kind: u8) {
     };
     // A RST sent in reply to a segment that matches no socket has no socket: not ours.
     if let Some(socket) = read::<u64>(ctx, off.skaddr).filter(|&socket| socket != 0) {
-        facts::reset(ctx, kind, socket, ports);
+        facts::reset(kind, socket, ports);
     }
 }
 
@@ -201,7 +196,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
-        facts::retransmit(&ctx, socket, ports);
+        facts::retransmit(socket, ports);
     }
     0
 }
@@ -230,9 +225,7 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
-        facts::destroyed(&ctx, socket, ports, |event| {
-            fill_addresses(&ctx, &off, event)
-        });
+        facts::destroyed(socket, ports, |event| fill_addresses(&ctx, &off, event));
     }
     0
 }
