@@ -106,7 +106,8 @@ pub mod tcp_state {
 /// What a [`RawEvent`] reports. Plain `u8` constants rather than an enum: the bytes come from
 /// the kernel, and user space must reject an unknown value instead of trusting it.
 pub mod event_kind {
-    /// The connection reached ESTABLISHED. Addresses and ports are set.
+    /// The connection reached ESTABLISHED. Addresses, ports and `old_state` (SYN_SENT when this
+    /// host connected, SYN_RECV when it accepted) are set.
     pub const OPEN: u8 = 1;
     /// The connection reached CLOSE (or, `old_state` 0, its socket was destroyed while the
     /// programs still held state for it: the kernel skipped the program run on its CLOSE).

@@ -22,6 +22,9 @@ pub enum Event {
         endpoints: Endpoints,
         /// Inode of the network namespace, 0 when unknown.
         netns: u32,
+        /// Which side sent the SYN, when the kernel said (`Local`: this host connected, it is
+        /// the client), so that the role does not depend on which port happens to be watched.
+        initiated_by: Option<Side>,
     },
     Close {
         at: Nanos,

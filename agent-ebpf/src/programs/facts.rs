@@ -44,6 +44,8 @@ pub(super) fn state_change(
                 count(counter::STATE_INSERT_FAILED);
             }
             let mut event = event_for(event_kind::OPEN, now, socket, local_port, remote_port);
+            // SYN_SENT: this host connected; SYN_RECV: it accepted.
+            event.old_state = old_state;
             event.netns = netns_of(socket);
             addresses(&mut event);
             emit(&event);

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     events::{Endpoints, Event, Nanos, Side},
-    vocabulary::{Direction, End, Signature, StallOutcome},
+    vocabulary::{Direction, End, Role, Signature, StallOutcome},
 };
 
 /// What a close event says, as the model uses it.
@@ -33,7 +33,14 @@ impl ConnectionModel {
                 socket,
                 endpoints,
                 netns,
-            } => self.open(socket, endpoints, netns, Some(at), out),
+                initiated_by,
+            } => {
+                let role = initiated_by.map(|side| match side {
+                    Side::Local => Role::Client,
+                    Side::Remote => Role::Server,
+                });
+                self.open(socket, endpoints, netns, Some(at), role, out);
+            }
             Event::Adopted { socket, cookie, .. } => self.adopt(socket, cookie),
             Event::Close {
                 at,
@@ -168,12 +175,13 @@ impl ConnectionModel {
         endpoints: Endpoints,
         netns: u32,
         opened_at: Option<Nanos>,
+        role: Option<Role>,
         out: &mut Vec<Update>,
     ) {
         // A socket address is reused only after its previous connection closed: settle that
         // one first so that late facts are not attributed to the new connection.
         self.finish(socket, out);
-        let Some(kind) = self.services.kind(&endpoints) else {
+        let Some(kind) = self.services.kind_as(&endpoints, role) else {
             return;
         };
         let connection =
@@ -227,7 +235,7 @@ impl ConnectionModel {
             }
             // The kernel saw it open but its OPEN event was lost: count it now, whole.
             None if kernel_opened_at.is_some() => {
-                self.open(socket, endpoints, netns, kernel_opened_at, out);
+                self.open(socket, endpoints, netns, kernel_opened_at, None, out);
                 let Some(connection) = self.table.remove(Key::Socket(socket)) else {
                     return;
                 };

@@ -87,6 +87,24 @@ impl Services {
 
     /// Which service a connection is and in which role, or None if neither port is watched.
     pub fn kind(&self, endpoints: &Endpoints) -> Option<Kind> {
+        self.kind_as(endpoints, None)
+    }
+
+    /// The same, in the role the kernel saw, when it saw it: a client whose ephemeral port
+    /// happens to be a watched one (4190, sieve) is still the client of the remote service.
+    pub fn kind_as(&self, endpoints: &Endpoints, role: Option<Role>) -> Option<Kind> {
+        let by_role = |role: Role| {
+            let port = match role {
+                Role::Server => endpoints.local.port(),
+                Role::Client => endpoints.remote.port(),
+            };
+            self.by_port
+                .get(&port)
+                .map(|&service| Kind { service, role })
+        };
+        if let Some(role) = role {
+            return by_role(role);
+        }
         let local = self.by_port.get(&endpoints.local.port());
         let (&service, role) = match local {
             Some(service) => (service, Role::Server),

@@ -40,6 +40,7 @@ pub(super) fn open(at: Nanos) -> Event {
         socket: SOCK,
         endpoints: server_side(),
         netns: NETNS,
+        initiated_by: Some(Side::Remote),
     }
 }
 
@@ -98,6 +99,73 @@ fn role_follows_the_service_port() {
         remote: "10.0.2.2:8143".parse().unwrap(),
     };
     assert_eq!(model.identify(&neither), None);
+}
+
+/// Replays what the benchmark's churn saw (1 connection in 10k-40k uncounted): a client on
+/// loopback whose ephemeral port happened to be 4190, a watched port (sieve). Judged by ports
+/// alone, its end was `sieve` server; the kernel says which side connected, and that decides.
+#[test]
+fn a_client_whose_ephemeral_port_is_a_watched_one_stays_the_client() {
+    let mut model = ConnectionModel::new(parse_ports("143=imap,4190=sieve").unwrap());
+    let client_end = Endpoints {
+        local: "127.0.0.1:4190".parse().unwrap(),
+        remote: "127.0.0.1:143".parse().unwrap(),
+    };
+    let server_end = Endpoints {
+        local: client_end.remote,
+        remote: client_end.local,
+    };
+    let (client_socket, server_socket) = (SOCK, SOCK + 0x100);
+    let event = |socket, endpoints, initiated_by| Event::Open {
+        at: SECOND,
+        socket,
+        endpoints,
+        netns: NETNS,
+        initiated_by: Some(initiated_by),
+    };
+    let closed = |socket, endpoints, old_state| Event::Close {
+        at: 2 * SECOND,
+        socket,
+        endpoints,
+        netns: NETNS,
+        old_state,
+        opened_at: Some(SECOND),
+        retransmits: 0,
+        first_fin: None,
+        stalled_for: None,
+        awaiting_answer: false,
+    };
+    let mut out = Vec::new();
+    for e in [
+        event(client_socket, client_end, Side::Local),
+        event(server_socket, server_end, Side::Remote),
+        closed(client_socket, client_end, tcp_state::FIN_WAIT2),
+        closed(server_socket, server_end, tcp_state::LAST_ACK),
+    ] {
+        model.apply(e, &mut out);
+    }
+    model.flush(&mut out);
+    let imap = |role| identity("imap", role, "127.0.0.1");
+    let opened: Vec<&Identity> = out
+        .iter()
+        .filter_map(|u| match u {
+            Update::Opened(identity) => Some(identity),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, [&imap(Role::Client), &imap(Role::Server)]);
+    let closed: Vec<&Identity> = out
+        .iter()
+        .filter_map(|u| match u {
+            Update::Closed { identity, .. } => Some(identity),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 2, "{out:?}");
+    assert!(
+        closed.iter().all(|identity| &*identity.service == "imap"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use idlecut_ebpf::{AF_INET, AF_INET6, RawEvent, event_flags, event_kind};
+use idlecut_ebpf::{AF_INET, AF_INET6, RawEvent, event_flags, event_kind, tcp_state};
 
 use crate::events::{Endpoints, Event, Side};
 
@@ -48,6 +48,11 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             socket,
             endpoints: endpoints()?,
             netns: raw.netns,
+            initiated_by: match raw.old_state {
+                tcp_state::SYN_SENT => Some(Side::Local),
+                tcp_state::SYN_RECV => Some(Side::Remote),
+                _ => None,
+            },
         },
         event_kind::CLOSE => Event::Close {
             at,
@@ -176,8 +181,25 @@ mod tests {
                     remote: "10.0.1.2:50000".parse().unwrap(),
                 },
                 netns: 4026531840,
+                initiated_by: None,
             }
         );
+    }
+
+    #[test]
+    fn opens_say_which_side_connected() {
+        let mut raw = open_v4();
+        for (old_state, side) in [
+            (tcp_state::SYN_SENT, Some(Side::Local)),
+            (tcp_state::SYN_RECV, Some(Side::Remote)),
+            (0, None),
+        ] {
+            raw.old_state = old_state;
+            let Ok(Event::Open { initiated_by, .. }) = decode(&raw_bytes(&raw)) else {
+                panic!("not an open");
+            };
+            assert_eq!(initiated_by, side);
+        }
     }
 
     #[test]
