@@ -147,11 +147,11 @@ fn main() -> ExitCode {
     };
     // Loaded before the runtime starts its threads: capabilities belong to threads, and the
     // ones only loading needs are dropped here, once, for every thread the agent will have.
+    // Errors from here on are reported once, in the log's format.
     let probes = match probes::load(&config) {
         Ok(probes) => probes,
         Err(err) => {
             tracing::error!("{err:#}");
-            eprintln!("idlecut: error: {err:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -159,7 +159,6 @@ fn main() -> ExitCode {
         Ok(kept) => info!(?kept, "programs attached: capabilities dropped but these"),
         Err(err) => {
             tracing::error!("{err:#}");
-            eprintln!("idlecut: error: {err:#}");
             return ExitCode::FAILURE;
         }
     }
@@ -170,7 +169,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("idlecut: error: starting the runtime: {err}");
+            tracing::error!("starting the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
