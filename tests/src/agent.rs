@@ -35,6 +35,19 @@ pub fn hooks_under_test() -> String {
     std::env::var("IDLECUT_TEST_HOOKS").unwrap_or_else(|_| "auto".into())
 }
 
+/// A copy of the agent binary that `nobody` may execute (the build tree may sit under root's
+/// home), for the tests that run it unprivileged. One per test process.
+pub fn agent_copy_for_nobody() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("idlecut-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let binary = dir.join("idlecut");
+    std::fs::copy(agent_binary(), &binary).expect("copying the agent");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    binary
+}
+
 /// Every tracepoint probe, as `idlecut_probe_attached` labels it: all attach on our kernels.
 pub const TRACEPOINT_PROBES: [&str; 8] = [
     "sock:inet_sock_set_state",

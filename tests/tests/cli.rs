@@ -107,16 +107,10 @@ fn help_documents_every_setting() {
 /// of silencing every line.
 #[test]
 fn without_privileges_the_error_says_which_and_a_bad_log_filter_is_reported() {
-    use std::os::unix::fs::PermissionsExt as _;
     if !idlecut_integration_tests::require_root() {
         return;
     }
-    // A copy nobody may execute (the build tree may sit under root's home).
-    let dir = std::env::temp_dir().join(format!("idlecut-cli-nobody-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let binary = dir.join("idlecut");
-    std::fs::copy(agent_binary(), &binary).expect("copying the agent");
+    let binary = idlecut_integration_tests::agent_copy_for_nobody();
     let output = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .args([
@@ -130,7 +124,6 @@ fn without_privileges_the_error_says_which_and_a_bad_log_filter_is_reported() {
         .env("IDLECUT_LOG", "garbage!!!")
         .output()
         .expect("running idlecut as nobody");
-    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(

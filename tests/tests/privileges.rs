@@ -2,10 +2,10 @@
 //! connections as a non-root user with exactly those capabilities, and once its programs are
 //! attached it keeps only what its running work (the namespace scan) needs.
 
-use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
+use std::process::Command;
 
 use idlecut_integration_tests::{
-    Agent, TRACEPOINT_PROBES, Topology, agent_binary, close_gracefully, connect, exchange,
+    Agent, TRACEPOINT_PROBES, Topology, agent_copy_for_nobody, close_gracefully, connect, exchange,
     expected_tracepoint_kind, hooks_under_test, listen, require_root,
 };
 
@@ -31,17 +31,6 @@ fn as_nobody_with_documented_capabilities() -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec()
-}
-
-/// A copy of the agent that nobody may execute (the build tree may sit under root's home).
-fn agent_copy_for_nobody() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("idlecut-privileges-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let binary = dir.join("idlecut");
-    std::fs::copy(agent_binary(), &binary).expect("copying the agent");
-    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    binary
 }
 
 /// A field of /proc/<pid>/status.

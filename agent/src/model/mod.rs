@@ -102,15 +102,11 @@ impl Services {
                 .get(&port)
                 .map(|&service| Kind { service, role })
         };
-        if let Some(role) = role {
-            return by_role(role);
+        match role {
+            Some(role) => by_role(role),
+            // Unknown direction (a scanned connection): the watched local port wins.
+            None => by_role(Role::Server).or_else(|| by_role(Role::Client)),
         }
-        let local = self.by_port.get(&endpoints.local.port());
-        let (&service, role) = match local {
-            Some(service) => (service, Role::Server),
-            None => (self.by_port.get(&endpoints.remote.port())?, Role::Client),
-        };
-        Some(Kind { service, role })
     }
 
     /// The identity of a connection of this kind with this remote address.
