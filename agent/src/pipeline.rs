@@ -179,6 +179,13 @@ impl Pipeline {
         let (seeds, vanished) = self
             .model
             .apply_scan(scan, started, finished, &stall_of, updates);
+        if !vanished.is_empty() {
+            debug!(
+                connections = vanished.len(),
+                complete = scan.complete.len(),
+                "settled connections the scan no longer found"
+            );
+        }
         for socket in vanished {
             self.kernel.forget(socket);
         }

@@ -184,6 +184,12 @@ impl Topology {
         }
         router.sysctl("net.ipv4.ip_forward", "1");
         router.sysctl("net.ipv6.conf.all.forwarding", "1");
+        // The middlebox answers every packet it rejects: with Linux's ICMP rate limit (one per
+        // second per destination after a burst of six), keepalives and retransmissions of one
+        // connection could use up another's error, and which connection hears "unreachable"
+        // would depend on timing.
+        router.sysctl("net.ipv4.icmp_ratelimit", "0");
+        router.sysctl("net.ipv6.icmp.ratelimit", "0");
         Self {
             k,
             client,

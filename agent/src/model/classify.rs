@@ -58,6 +58,15 @@ impl Closing {
                 signature,
             });
         }
+        // This host broke a silence, then closed before the answer showed: the answer came
+        // while its FIN was out, where no probe sees segments (an IMAP client's LOGOUT after
+        // IDLE). A FIN exchange that completed acknowledged that FIN, and with it every byte
+        // sent before it: the path carried the connection past the gap.
+        if end == End::Fin
+            && let Some(unanswered) = transient.unanswered
+        {
+            out.push(Update::IdleGapSurvived(identity.clone(), unanswered.gap));
+        }
         if let Some(duration) = stalled_for.filter(|_| abnormal) {
             out.push(Update::Stall {
                 identity: identity.clone(),

@@ -443,6 +443,33 @@ fn a_gap_this_host_ended_and_the_peer_answered_is_survived() {
 }
 
 #[test]
+fn a_gap_this_host_ended_then_closed_with_a_fin_exchange_is_survived() {
+    // IMAP LOGOUT after IDLE: the answer arrives while this host's FIN is out, where no probe
+    // sees it; the completed FIN exchange acknowledged the bytes sent after the gap.
+    for closed_from in [
+        tcp_state::FIN_WAIT2,
+        tcp_state::TIME_WAIT,
+        tcp_state::LAST_ACK,
+    ] {
+        let updates = run(&[
+            open(0),
+            gap_end(300 * SECOND, 290 * SECOND, Side::Local),
+            close(300 * SECOND + 2, closed_from, Some(0)),
+        ]);
+        assert_eq!(survived(&updates), vec![290 * SECOND], "from {closed_from}");
+        assert!(cuts(&updates).is_empty());
+    }
+    // Closed before anything acknowledged the FIN: nobody knows whether the path carried it.
+    let updates = run(&[
+        open(0),
+        gap_end(300 * SECOND, 290 * SECOND, Side::Local),
+        close(300 * SECOND + 2, tcp_state::FIN_WAIT1, Some(0)),
+    ]);
+    assert!(survived(&updates).is_empty());
+    assert!(cuts(&updates).is_empty());
+}
+
+#[test]
 fn a_gap_the_peer_ended_is_survived_after_the_grace_period() {
     let mut model = model();
     let mut out = Vec::new();
