@@ -116,7 +116,8 @@ pub mod event_kind {
     /// the connection had been stalled, retransmitting without hearing from the peer; 0 if it
     /// was not) are set.
     pub const CLOSE: u8 = 2;
-    /// A valid RST arrived for the socket (tcp:tcp_receive_reset).
+    /// A valid RST arrived for the socket (tcp:tcp_receive_reset). `peer_ttl` and `reset_ttl`
+    /// tell who sent it, when the RST came through tcp:tcp_probe (an established socket).
     pub const RESET_RECEIVED: u8 = 3;
     /// The socket sent a RST (tcp:tcp_send_reset).
     pub const RESET_SENT: u8 = 4;
@@ -206,7 +207,12 @@ pub struct RawEvent {
     pub count: u32,
     /// OPEN, CLOSE, ADOPTED: inode of the socket's network namespace (0 when unknown).
     pub netns: u32,
-    pub _reserved: u32,
+    /// RESET_RECEIVED: the IP TTL (IPv6 hop limit) of the peer's last segment before the RST,
+    /// and the RST's own; 0 when not seen. A RST the peer sent arrives with the same TTL as its
+    /// other segments; one forged by a middlebox, with another.
+    pub peer_ttl: u8,
+    pub reset_ttl: u8,
+    pub _reserved: u16,
 }
 
 impl RawEvent {
@@ -228,6 +234,8 @@ impl RawEvent {
             error: 0,
             count: 0,
             netns: 0,
+            peer_ttl: 0,
+            reset_ttl: 0,
             _reserved: 0,
         }
     }
@@ -249,7 +257,11 @@ pub struct ConnectionState {
     pub retransmits: u32,
     /// Bits of [`event_flags`] gathered along the way (who closed first, awaiting an answer).
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// IP TTL (IPv6 hop limit) of the last segment from the peer, 0 until one is seen.
+    pub peer_ttl: u8,
+    /// IP TTL of a RST received on the connection, 0 until one arrives.
+    pub reset_ttl: u8,
+    pub _pad: [u8; 1],
 }
 
 /// Where the fields of `struct sock` that the programs read sit, from the kernel's BTF. The
@@ -306,14 +318,31 @@ impl SockOffsets {
     }
 }
 
-/// Offsets of the `struct sk_buff` fields the ICMP error programs read, from the kernel's BTF.
+/// Offsets of the `struct sk_buff` fields the programs read, from the kernel's BTF: the ICMP
+/// error programs, and tcp_probe for each received segment's TTL and RST flag. All 0 when BTF
+/// could not tell (`data` is never at offset 0 in a real `sk_buff`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SkbOffsets {
     pub head: u16,
     pub data: u16,
     pub transport_header: u16,
-    pub _pad: u16,
+    pub network_header: u16,
+}
+
+impl SkbOffsets {
+    pub const fn unknown() -> Self {
+        Self {
+            head: 0,
+            data: 0,
+            transport_header: 0,
+            network_header: 0,
+        }
+    }
+
+    pub const fn known(&self) -> bool {
+        self.data != 0
+    }
 }
 
 /// Where the fields the programs read sit in a tracepoint's record, read from tracefs at
@@ -338,6 +367,8 @@ pub struct FieldOffsets {
     pub ports_in_sockaddr: u16,
     /// sock:sock_send_length's return value (bytes sent, or a negative errno).
     pub ret: u16,
+    /// tcp:tcp_probe's `skbaddr`: the segment received.
+    pub skbaddr: u16,
 }
 
 impl FieldOffsets {
@@ -357,6 +388,7 @@ impl FieldOffsets {
             error: Self::ABSENT,
             ports_in_sockaddr: 0,
             ret: Self::ABSENT,
+            skbaddr: Self::ABSENT,
         }
     }
 }
@@ -382,7 +414,7 @@ const _: () = {
     assert!(core::mem::size_of::<RawEvent>() == 88);
     assert!(core::mem::align_of::<RawEvent>() == 8);
     assert!(core::mem::size_of::<ConnectionState>() == 40);
-    assert!(core::mem::size_of::<FieldOffsets>() == 24);
+    assert!(core::mem::size_of::<FieldOffsets>() == 26);
     assert!(core::mem::size_of::<SockOffsets>() == 26);
     assert!(core::mem::size_of::<SkbOffsets>() == 8);
     assert!(core::mem::size_of::<PortBitmap>() == 8192);
@@ -423,7 +455,8 @@ mod tests {
         assert_eq!(offset_of!(RawEvent, count), 76);
         assert_eq!(offset_of!(RawEvent, netns), 80);
         // No implicit padding: the fields add up to the size.
-        let fields = 8 * 4 + 16 * 2 + 2 * 3 + 4 + 2 + 4 * 3; // u64s, addresses, u16s, u8s, error, u32s
+        assert_eq!(offset_of!(RawEvent, peer_ttl), 84);
+        let fields = 8 * 4 + 16 * 2 + 2 * 3 + 4 + 2 + 4 * 2 + 2 + 2; // u64s, addresses, u16s, u8s, error, u32s, TTLs, reserved
         assert_eq!(fields, size_of::<RawEvent>());
     }
 
@@ -432,6 +465,8 @@ mod tests {
         assert_eq!(size_of::<ConnectionState>(), 40);
         assert_eq!(offset_of!(ConnectionState, retransmits), 32);
         assert_eq!(offset_of!(ConnectionState, flags), 36);
+        assert_eq!(offset_of!(ConnectionState, peer_ttl), 37);
+        assert_eq!(offset_of!(ConnectionState, reset_ttl), 38);
     }
 
     #[test]
@@ -442,7 +477,7 @@ mod tests {
 
     #[test]
     fn field_offsets_layout_is_pinned() {
-        assert_eq!(size_of::<FieldOffsets>(), 24);
+        assert_eq!(size_of::<FieldOffsets>(), 26);
         assert_eq!(align_of::<FieldOffsets>(), 2);
     }
 

@@ -46,6 +46,7 @@ pub enum Event {
     ResetReceived {
         at: Nanos,
         socket: u64,
+        ttls: ResetTtls,
     },
     ResetSent {
         at: Nanos,
@@ -110,4 +111,12 @@ pub struct Seed {
     pub last_sent: Nanos,
     /// Who had sent the first FIN when the scan saw it, if anyone had.
     pub first_fin: Option<Side>,
+}
+
+/// The IP TTLs (IPv6 hop limits) a received RST is judged by: the peer's last segment's and the
+/// RST's own, `None` when not seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetTtls {
+    pub peer: Option<u8>,
+    pub reset: Option<u8>,
 }

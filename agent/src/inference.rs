@@ -13,14 +13,14 @@ use std::{
     fmt::Write as _,
 };
 
-pub use idlecut_api::paths::{CutCounts, PathReport, Verdict};
+pub use idlecut_api::paths::{CutCounts, ForgedReset, PathReport, ResetOrigins, Verdict};
 
 use crate::{
     duration_text::with_seconds,
     events::Nanos,
-    model::Update,
+    model::{ResetVerdict, Update},
     paths::PathKey,
-    vocabulary::{Role, Signature},
+    vocabulary::{Direction, ResetOrigin, Role, Signature},
 };
 
 /// Recent samples kept per path: bounded memory, and estimates that follow a middlebox whose
@@ -67,6 +67,8 @@ struct PathStats {
     cutoff: Cutoff,
     duration_limit: Option<f64>,
     keepalive_interval: Option<f64>,
+    resets_received: ResetOrigins,
+    last_forged_reset: Option<ResetVerdict>,
 }
 
 /// The inference for every path. Owned by the pipeline task; reports are read by HTTP.
@@ -117,6 +119,13 @@ impl Inference {
                 stats.cutoff = cutoff(&stats.survived, &stats.cuts);
                 true
             }
+            Update::Reset(_, Direction::Received, verdict) => {
+                stats.resets_received.add(verdict.origin);
+                if verdict.origin == ResetOrigin::Path {
+                    stats.last_forged_reset = Some(*verdict);
+                }
+                true
+            }
             Update::DiedWhileActive { age, .. } => {
                 push_bounded(
                     &mut stats.deaths_while_active,
@@ -164,6 +173,12 @@ impl Inference {
             verdict,
             duration_limit_seconds: stats.duration_limit,
             keepalive_interval_seconds: stats.keepalive_interval,
+            resets_received: stats.resets_received.clone(),
+            forged_reset: stats.last_forged_reset.map(|verdict| ForgedReset {
+                hops_from_host: verdict.sender_hops(),
+                peer_hops: verdict.peer_hops(),
+                ttl_difference: verdict.ttl_difference(),
+            }),
             explanation: explain(key, stats, verdict, self.settings),
         }
     }
@@ -362,6 +377,33 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
             with_seconds(interval)
         );
     }
+    let resets = &stats.resets_received;
+    if resets.path > 0 {
+        let _ = write!(
+            sentence,
+            " {} of the {} resets it received came from the path, not from the peer",
+            resets.path,
+            resets.path + resets.peer + resets.unknown,
+        );
+        match stats
+            .last_forged_reset
+            .and_then(|v| Some((v.sender_hops()?, v.peer_hops()?)))
+        {
+            Some((forger, peer)) => {
+                let _ = write!(
+                    sentence,
+                    ": reset by the path, about {forger} hop{} from this host (the peer is {peer}).",
+                    plural(u64::from(forger))
+                );
+            }
+            None => sentence.push('.'),
+        }
+    } else if resets.peer > 0 {
+        let _ = write!(
+            sentence,
+            " The resets it received came from the peer itself (the TTL of its segments)."
+        );
+    }
     if let Some(limit) = stats.duration_limit {
         let _ = write!(
             sentence,
@@ -382,7 +424,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::model::Identity;
+    use crate::model::{CutContext, Identity};
 
     const S: Nanos = 1_000_000_000;
 
@@ -492,7 +534,53 @@ mod tests {
             identity: identity(),
             gap: gap * S,
             signature,
+            context: CutContext::default(),
         }
+    }
+
+    #[test]
+    fn resets_forged_by_the_path_are_told_apart_from_the_peers() {
+        let mut inference = inference();
+        let reset = |peer, reset| {
+            Update::Reset(
+                identity(),
+                Direction::Received,
+                ResetVerdict::received(crate::events::ResetTtls {
+                    peer: Some(peer),
+                    reset: Some(reset),
+                }),
+            )
+        };
+        inference.record(&key(), &reset(61, 61));
+        let report = inference.report(&key()).unwrap();
+        assert_eq!(report.resets_received.peer, 1);
+        assert_eq!(report.forged_reset, None);
+        assert!(
+            report.explanation.contains("came from the peer itself"),
+            "{}",
+            report.explanation
+        );
+        inference.record(&key(), &reset(63, 64));
+        let report = inference.report(&key()).unwrap();
+        assert_eq!(
+            (report.resets_received.path, report.resets_received.peer),
+            (1, 1)
+        );
+        assert_eq!(
+            report.forged_reset,
+            Some(ForgedReset {
+                hops_from_host: Some(1),
+                peer_hops: Some(2),
+                ttl_difference: Some(1),
+            })
+        );
+        assert!(
+            report
+                .explanation
+                .contains("1 of the 2 resets it received came from the path, not from the peer: reset by the path, about 1 hop from this host (the peer is 2)."),
+            "{}",
+            report.explanation
+        );
     }
 
     #[test]

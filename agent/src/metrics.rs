@@ -19,7 +19,7 @@ use crate::{
     inference::{PathReport, Verdict},
     model::Update,
     paths::PathKey,
-    vocabulary::{Direction, End, KeepaliveSetting, Role, Signature, StallOutcome},
+    vocabulary::{Direction, End, KeepaliveSetting, ResetOrigin, Role, Signature, StallOutcome},
 };
 
 /// Histogram edges in seconds for durations and idle gaps: fine below a minute, then the
@@ -45,6 +45,8 @@ struct ResetLabels {
     #[prometheus(flatten)]
     path: PathKey,
     direction: Direction,
+    /// Who sent it: `peer`, `path` or `unknown` for received ones, `local` for sent ones.
+    origin: ResetOrigin,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -435,11 +437,12 @@ impl Metrics {
                         .observe(seconds(*duration));
                 }
             }
-            Update::Reset(_, direction) => {
+            Update::Reset(_, direction, verdict) => {
                 self.resets
                     .get_or_create(&ResetLabels {
                         path: key.clone(),
                         direction: *direction,
+                        origin: verdict.origin,
                     })
                     .inc();
             }
@@ -496,10 +499,19 @@ impl Metrics {
                 signature,
             });
         }
-        for direction in Direction::ALL {
+        let origins = ResetOrigin::ALL.into_iter().map(|origin| {
+            let direction = if origin == ResetOrigin::Local {
+                Direction::Sent
+            } else {
+                Direction::Received
+            };
+            (direction, origin)
+        });
+        for (direction, origin) in origins {
             let _ = self.resets.get_or_create(&ResetLabels {
                 path: key.clone(),
                 direction,
+                origin,
             });
         }
         for end in End::ALL {
@@ -590,8 +602,9 @@ impl KernelCounterSync {
 mod tests {
     use super::*;
     use crate::{
-        inference::{CutCounts, PathReport},
-        model::Identity,
+        events::ResetTtls,
+        inference::{CutCounts, PathReport, ResetOrigins},
+        model::{CutContext, Identity, ResetVerdict},
         paths::PathTable,
     };
 
@@ -631,7 +644,14 @@ mod tests {
         for update in [
             Update::Opened(identity("192.0.2.1")),
             Update::Opened(identity("198.51.100.1")),
-            Update::Reset(identity("192.0.2.1"), Direction::Received),
+            Update::Reset(
+                identity("192.0.2.1"),
+                Direction::Received,
+                ResetVerdict::received(ResetTtls {
+                    peer: Some(63),
+                    reset: Some(64),
+                }),
+            ),
             Update::Closed {
                 identity: identity("192.0.2.1"),
                 end: End::ResetReceived,
@@ -642,6 +662,7 @@ mod tests {
                 identity: identity("192.0.2.1"),
                 gap: 300_000_000_000,
                 signature: Signature::Reset,
+                context: CutContext::default(),
             },
             Update::IcmpError {
                 identity: identity("192.0.2.1"),
@@ -659,7 +680,7 @@ mod tests {
             r#"idlecut_connections_closed_total{service="imap",role="client",path="192.0.2.0/24",end="reset_received"} 1"#,
             r#"idlecut_connections_open{service="imap",role="client"} 1"#,
             r#"idlecut_connections_open{service="imap",role="server"} 0"#,
-            r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="received"} 1"#,
+            r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="received",origin="path"} 1"#,
             r#"idlecut_connection_duration_seconds_bucket{le="350.0",service="imap",role="client",path="192.0.2.0/24",end="reset_received"} 1"#,
             r#"idlecut_connection_duration_seconds_bucket{le="300.0",service="imap",role="client",path="192.0.2.0/24",end="reset_received"} 0"#,
             r#"idlecut_build_info{version=""#,
@@ -669,7 +690,8 @@ mod tests {
             r#"idlecut_icmp_errors_total{service="imap",role="client",path="192.0.2.0/24",type="3",code="1"} 1"#,
             // A path's counters exist from its first connection on, at 0.
             r#"idlecut_cuts_total{service="imap",role="client",path="192.0.2.0/24",signature="blackhole"} 0"#,
-            r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="sent"} 0"#,
+            r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="sent",origin="local"} 0"#,
+            r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="received",origin="peer"} 0"#,
             r#"idlecut_connections_closed_total{service="imap",role="client",path="192.0.2.0/24",end="timeout"} 0"#,
             "# EOF",
         ] {
@@ -694,6 +716,8 @@ mod tests {
             verdict: Verdict::ViolatesReq5,
             duration_limit_seconds: None,
             keepalive_interval_seconds: None,
+            resets_received: ResetOrigins::default(),
+            forged_reset: None,
             explanation: String::new(),
         };
         metrics.set_path_estimates(&report);

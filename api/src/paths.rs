@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocabulary::{Role, Signature};
+use crate::vocabulary::{ResetOrigin, Role, Signature};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +44,36 @@ impl CutCounts {
     }
 }
 
+/// Resets received on a path's connections, by who sent them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResetOrigins {
+    pub peer: u64,
+    pub path: u64,
+    pub unknown: u64,
+}
+
+impl ResetOrigins {
+    pub fn add(&mut self, origin: ResetOrigin) {
+        match origin {
+            ResetOrigin::Peer => self.peer += 1,
+            ResetOrigin::Path => self.path += 1,
+            ResetOrigin::Unknown => self.unknown += 1,
+            ResetOrigin::Local => {}
+        }
+    }
+}
+
+/// The last reset a path forged, as its TTL tells.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForgedReset {
+    /// About how many hops from this host the forger sits (1: the next router).
+    pub hops_from_host: Option<u8>,
+    /// About how many hops away the peer is.
+    pub peer_hops: Option<u8>,
+    /// The RST's TTL (IPv6 hop limit) less that of the peer's segments.
+    pub ttl_difference: Option<i16>,
+}
+
 /// What `/api/v1/paths` says about one path.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PathReport {
@@ -62,5 +92,10 @@ pub struct PathReport {
     /// The interval of the application's own keepalives, when the survived gaps are clearly
     /// periodic (Dovecot's "* OK Still here" every 2 minutes, an IDLE refresh...).
     pub keepalive_interval_seconds: Option<f64>,
+    /// Resets received, by origin (`peer`: same TTL as the peer's segments; `path`: forged by
+    /// a middlebox; `unknown`).
+    pub resets_received: ResetOrigins,
+    /// The last reset that came from the path, if one did.
+    pub forged_reset: Option<ForgedReset>,
     pub explanation: String,
 }

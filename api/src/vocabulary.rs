@@ -151,6 +151,22 @@ words! {
 }
 
 words! {
+    /// Who sent a RST, told by its IP TTL (IPv6 hop limit): a RST the peer sent arrives with
+    /// the TTL of the peer's other segments, one forged by a middlebox with another.
+    pub enum ResetOrigin {
+        /// The same TTL as the peer's segments: the peer sent it (its own idle timeout, an
+        /// application that aborted).
+        Peer = "peer",
+        /// Another TTL: something on the path forged it (a NAT or firewall that forgot the flow).
+        Path = "path",
+        /// No segment of the peer seen before it, or the RST's TTL could not be read.
+        Unknown = "unknown",
+        /// This host sent it.
+        Local = "local",
+    }
+}
+
+words! {
     /// Which way a RST went.
     pub enum Direction {
         Received = "received",

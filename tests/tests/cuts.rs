@@ -18,7 +18,7 @@ use idlecut_integration_tests::{
     Agent, Netns, Scrape, Topology, abort, close_gracefully, connect, exchange,
     icmp_probe_attached, listen, require_root, set_user_timeout,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The middlebox's idle timeout.
 const TIMEOUT_S: u32 = 3;
@@ -312,7 +312,133 @@ fn reset_after_conntrack_expiry_like_an_aws_nat_gateway_ipv4_and_ipv6() {
         let scrape = agent.scrape();
         assert_cut_metrics(&scrape, service, "client", &client_path, "reset", 2.0);
         assert_cut_metrics(&scrape, service, "server", &server_path, "reset", 2.0);
+        // The router next to each end forged the RSTs (TTL or hop limit 64, undecremented);
+        // the peer's segments came through it (63).
+        for (role, path, report) in [
+            ("client", &client_path, client),
+            ("server", &server_path, server),
+        ] {
+            assert_eq!(
+                report["resets_received"],
+                json!({"peer": 0, "path": 2, "unknown": 0}),
+                "{report:#}"
+            );
+            assert_eq!(
+                report["forged_reset"],
+                json!({"hops_from_host": 1, "peer_hops": 2, "ttl_difference": 1}),
+                "{report:#}"
+            );
+            let explanation = report["explanation"].as_str().unwrap_or_default();
+            assert!(
+                explanation.contains("reset by the path, about 1 hop from this host"),
+                "{explanation}"
+            );
+            assert_eq!(
+                scrape.value(
+                    "idlecut_resets_total",
+                    &reset_labels(service, role, path, "path")
+                ),
+                2.0,
+                "{}",
+                scrape.text
+            );
+        }
     }
+}
+
+fn reset_labels<'a>(
+    service: &'a str,
+    role: &'a str,
+    path: &'a str,
+    origin: &'a str,
+) -> [(&'a str, &'a str); 5] {
+    [
+        ("service", service),
+        ("role", role),
+        ("path", path),
+        ("direction", "received"),
+        ("origin", origin),
+    ]
+}
+
+#[test]
+fn a_reset_the_peer_sends_is_told_from_one_the_path_forges() {
+    if !require_root() {
+        return;
+    }
+    // A plain router: every RST here comes from the server, by SO_LINGER 0.
+    let net = Topology::new();
+    let agent = start_agent();
+    let imap4 = listen(&net.server, "0.0.0.0:143");
+    let imap6 = listen(&net.server, "[::]:587");
+    for (listener, target) in [
+        (&imap4, format!("{}:143", net.server_v4())),
+        (&imap6, format!("[{}]:587", net.server_v6())),
+    ] {
+        // The client has heard the server before its RST: same TTL, the peer's.
+        let (mut client, mut server) = connect(&net.client, listener, &target);
+        exchange(&mut client, &mut server);
+        abort(server);
+        let mut buf = [0u8; 16];
+        assert!(client.read(&mut buf).is_err(), "the RST reaches the client");
+    }
+    // The RST is the first segment the client gets on the established connection: nothing to
+    // compare it with.
+    let (mut client, server) = connect(&net.client, &imap4, &format!("{}:143", net.server_v4()));
+    abort(server);
+    let mut buf = [0u8; 16];
+    assert!(client.read(&mut buf).is_err(), "the RST reaches the client");
+
+    let (v4, v6) = (net.server_path_v4(), net.server_path_v6());
+    let report = agent.wait_for_path("imap", "client", &v4, "two resets received", |r| {
+        r["resets_received"]["peer"] == 1 && r["resets_received"]["unknown"] == 1
+    });
+    assert_eq!(report["resets_received"]["path"], 0, "{report:#}");
+    assert_eq!(report["forged_reset"], Value::Null, "{report:#}");
+    let explanation = report["explanation"].as_str().unwrap_or_default();
+    assert!(
+        explanation.contains("came from the peer itself"),
+        "{explanation}"
+    );
+    let v6_report =
+        agent.wait_for_path("submission", "client", &v6, "a reset from the peer", |r| {
+            r["resets_received"]["peer"] == 1
+        });
+    eprintln!("v4: {report:#}\nv6: {v6_report:#}");
+    let scrape = agent.scrape();
+    for (service, path, origin, count) in [
+        ("imap", &v4, "peer", 1.0),
+        ("imap", &v4, "unknown", 1.0),
+        ("imap", &v4, "path", 0.0),
+        ("submission", &v6, "peer", 1.0),
+        ("submission", &v6, "path", 0.0),
+    ] {
+        assert_eq!(
+            scrape.value(
+                "idlecut_resets_total",
+                &reset_labels(service, "client", path, origin)
+            ),
+            count,
+            "{service} {origin}: {}",
+            scrape.text
+        );
+    }
+    // The server sent them.
+    assert_eq!(
+        scrape.value(
+            "idlecut_resets_total",
+            &[
+                ("service", "imap"),
+                ("role", "server"),
+                ("path", &net.client_path_v4()),
+                ("direction", "sent"),
+                ("origin", "local"),
+            ]
+        ),
+        2.0,
+        "{}",
+        scrape.text
+    );
 }
 
 #[test]

@@ -9,11 +9,13 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_probe_read_kernel, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use idlecut_ebpf::{AF_INET, IPPROTO_TCP, RawEvent, SockOffsets, event_kind, tcp_state};
+use idlecut_ebpf::{
+    AF_INET, IPPROTO_TCP, RawEvent, SkbOffsets, SockOffsets, event_kind, tcp_state,
+};
 
 use super::{
-    SOCK_OFFSETS,
-    facts::{self, Side},
+    SKB_OFFSETS, SOCK_OFFSETS,
+    facts::{self, Segment, Side},
     kernel_read, v4_mapped, watched,
 };
 
@@ -142,9 +144,25 @@ pub fn btf_tcp_probe(ctx: BtfTracePointContext) -> u32 {
     if let Some(ports) = mail_ports(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::activity(socket, ports, Side::Remote);
+        let skb: *const u8 = ctx.arg(1);
+        facts::activity(socket, ports, Side::Remote(segment(skb)));
     }
     0
+}
+
+/// The TTL and RST flag of a received segment. `skb` is typed (`struct sk_buff *`), so its
+/// header offsets are plain loads, checked like the socket's (see [`load`]); `head` and `data`
+/// are pointers to bytes, which the verifier hands over as numbers, read through the checked
+/// read.
+#[inline(always)]
+fn segment(skb: *const u8) -> Segment {
+    let offsets: SkbOffsets = super::global(&SKB_OFFSETS);
+    if !offsets.known() {
+        return Segment::UNREAD;
+    }
+    let head = load::<u64>(skb, offsets.head) as *const u8;
+    let data = load::<u64>(skb, offsets.data) as *const u8;
+    facts::segment_at(head, load::<u16>(skb, offsets.network_header), data)
 }
 
 /// sock_send_length(struct sock *sk, int ret, int flags): every send on every socket of the

@@ -7,8 +7,8 @@ use aya_ebpf::bindings::BPF_ANY;
 use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags, event_kind, tcp_state};
 
 use super::{
-    CONNECTIONS, MIN_IDLE_GAP_NS, count, emit, emit_end, event_for, global, netns_of, now_ns,
-    state_of,
+    CONNECTIONS, MIN_IDLE_GAP_NS, count, emit, emit_end, event_for, global, kernel_read, netns_of,
+    now_ns, state_of,
 };
 
 /// A TCP state change on a watched port: connections open (-> ESTABLISHED) and end (-> CLOSE);
@@ -32,7 +32,9 @@ pub(super) fn state_change(
                 stall_started_ns: 0,
                 retransmits: 0,
                 flags: 0,
-                _pad: [0; 3],
+                peer_ttl: 0,
+                reset_ttl: 0,
+                _pad: [0; 1],
             };
             if CONNECTIONS
                 .insert(&socket, &state, u64::from(BPF_ANY))
@@ -120,15 +122,50 @@ pub(super) fn destroyed(socket: u64, ports: (u16, u16), addresses: impl FnOnce(&
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Who a burst of traffic on a connection came from: this host (a send), or the peer (a
+/// received segment, with what tcp_probe could read of it).
+#[derive(Clone, Copy)]
 pub(super) enum Side {
     Local,
-    Remote,
+    Remote(Segment),
+}
+
+/// What a received segment says beyond its arrival. `ttl` is 0 when it could not be read.
+#[derive(Clone, Copy)]
+pub(super) struct Segment {
+    /// IP TTL, or IPv6 hop limit.
+    pub ttl: u8,
+    pub rst: bool,
+}
+
+impl Segment {
+    /// A segment whose headers could not be read (no `sk_buff` layout from BTF).
+    pub const UNREAD: Self = Self { ttl: 0, rst: false };
+}
+
+/// Reads the TTL and the RST flag of a segment tcp_probe saw: the IP header sits at
+/// `head + network_header`, and `data` points at the TCP header (the IP layer pulled its own
+/// before handing the segment to TCP). Two small reads, only for segments of watched
+/// connections.
+#[inline(always)]
+pub(super) fn segment_at(head: *const u8, network_header: u16, data: *const u8) -> Segment {
+    const TCP_FLAGS: u16 = 13;
+    const RST: u8 = 0x04;
+    // Version in the top nibble of byte 0; the IPv6 hop limit is byte 7, the IPv4 TTL byte 8.
+    let ttl = match kernel_read::<[u8; 9]>(head, network_header) {
+        Some(ip) if ip[0] >> 4 == 4 => ip[8],
+        Some(ip) if ip[0] >> 4 == 6 => ip[7],
+        _ => 0,
+    };
+    let rst = kernel_read::<u8>(data, TCP_FLAGS).is_some_and(|flags| flags & RST != 0);
+    Segment { ttl, rst }
 }
 
 /// Traffic on a tracked connection: ends an idle gap if the connection was silent long enough,
-/// answers a pending gap, ends a stall. `ports` are (0, 0) where the hook does not have them
-/// (user space knows the connection by its socket).
+/// answers a pending gap, ends a stall, and remembers the TTL the peer's segments arrive with.
+/// A received RST does none of the middle two (it is no answer: the connection ends, and
+/// tcp_receive_reset reports it with its TTL, kept here). `ports` are (0, 0) where the hook
+/// does not have them (user space knows the connection by its socket).
 #[inline(always)]
 pub(super) fn activity(socket: u64, (local_port, remote_port): (u16, u16), side: Side) {
     let Some(state) = state_of(socket) else {
@@ -145,34 +182,39 @@ pub(super) fn activity(socket: u64, (local_port, remote_port): (u16, u16), side:
         state.last_sent_ns
     };
     let gap = now.saturating_sub(last);
-    if side == Side::Remote {
-        state.last_received_ns = now;
-        if state.flags & event_flags::AWAITING_ANSWER != 0 {
-            state.flags &= !event_flags::AWAITING_ANSWER;
-            let mut event = event_for(
-                event_kind::GAP_ANSWERED,
-                now,
-                socket,
-                local_port,
-                remote_port,
-            );
-            event.aux_ns = now.saturating_sub(state.last_sent_ns);
-            emit(&event);
+    match side {
+        Side::Remote(segment) if segment.rst => state.reset_ttl = segment.ttl,
+        Side::Remote(segment) => {
+            if segment.ttl != 0 {
+                state.peer_ttl = segment.ttl;
+            }
+            state.last_received_ns = now;
+            if state.flags & event_flags::AWAITING_ANSWER != 0 {
+                state.flags &= !event_flags::AWAITING_ANSWER;
+                let mut event = event_for(
+                    event_kind::GAP_ANSWERED,
+                    now,
+                    socket,
+                    local_port,
+                    remote_port,
+                );
+                event.aux_ns = now.saturating_sub(state.last_sent_ns);
+                emit(&event);
+            }
+            if state.stall_started_ns != 0 {
+                let mut event = event_for(
+                    event_kind::STALL_RECOVERED,
+                    now,
+                    socket,
+                    local_port,
+                    remote_port,
+                );
+                event.value_ns = now.saturating_sub(state.stall_started_ns);
+                state.stall_started_ns = 0;
+                emit(&event);
+            }
         }
-        if state.stall_started_ns != 0 {
-            let mut event = event_for(
-                event_kind::STALL_RECOVERED,
-                now,
-                socket,
-                local_port,
-                remote_port,
-            );
-            event.value_ns = now.saturating_sub(state.stall_started_ns);
-            state.stall_started_ns = 0;
-            emit(&event);
-        }
-    } else {
-        state.last_sent_ns = now;
+        Side::Local => state.last_sent_ns = now,
     }
     if gap >= global(&MIN_IDLE_GAP_NS) {
         let mut event = event_for(
@@ -183,7 +225,7 @@ pub(super) fn activity(socket: u64, (local_port, remote_port): (u16, u16), side:
             remote_port,
         );
         event.value_ns = gap;
-        if side == Side::Local {
+        if matches!(side, Side::Local) {
             event.flags = event_flags::LOCAL_SPOKE_FIRST;
             state.flags |= event_flags::AWAITING_ANSWER;
         }
@@ -195,8 +237,17 @@ pub(super) fn activity(socket: u64, (local_port, remote_port): (u16, u16), side:
 #[inline(always)]
 pub(super) fn reset(kind: u8, socket: u64, ports: (u16, u16)) {
     // Adopts a scanned connection first, so user space knows the socket.
-    let _ = state_of(socket);
-    emit(&event_for(kind, now_ns(), socket, ports.0, ports.1));
+    let state = state_of(socket);
+    let mut event = event_for(kind, now_ns(), socket, ports.0, ports.1);
+    if kind == event_kind::RESET_RECEIVED
+        && let Some(state) = state
+    {
+        // SAFETY: pointer from a successful lookup, read once.
+        let state = unsafe { *state };
+        event.peer_ttl = state.peer_ttl;
+        event.reset_ttl = state.reset_ttl;
+    }
+    emit(&event);
 }
 
 /// A segment of the socket was retransmitted. The first one since the peer was last heard from

@@ -65,12 +65,7 @@ static WAKEUP_BYTES: u64 = DEFAULT_RING_BUFFER_BYTES as u64 / 4;
 #[unsafe(no_mangle)]
 static SOCK_OFFSETS: SockOffsets = SockOffsets::unknown();
 #[unsafe(no_mangle)]
-static SKB_OFFSETS: SkbOffsets = SkbOffsets {
-    head: 0,
-    data: 0,
-    transport_header: 0,
-    _pad: 0,
-};
+static SKB_OFFSETS: SkbOffsets = SkbOffsets::unknown();
 
 /// A global's value as the agent set it.
 #[inline(always)]

@@ -7,8 +7,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use idlecut_ebpf::{FieldOffsets, IPPROTO_TCP, RawEvent, event_kind};
 
 use super::{
-    SOCK_OFFSETS,
-    facts::{self, Side},
+    SKB_OFFSETS, SOCK_OFFSETS,
+    facts::{self, Segment, Side},
     global, kernel_read, watched,
 };
 
@@ -106,9 +106,30 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
-        facts::activity(socket, ports, Side::Remote);
+        let segment =
+            read::<u64>(&ctx, off.skbaddr).map_or(Segment::UNREAD, |skb| segment(skb as *const u8));
+        facts::activity(socket, ports, Side::Remote(segment));
     }
     0
+}
+
+/// The TTL and RST flag of a received segment, where BTF told the `sk_buff` layout.
+#[inline(always)]
+fn segment(skb: *const u8) -> Segment {
+    let offsets = global(&SKB_OFFSETS);
+    if !offsets.known() {
+        return Segment::UNREAD;
+    }
+    match (
+        kernel_read::<u64>(skb, offsets.head),
+        kernel_read::<u16>(skb, offsets.network_header),
+        kernel_read::<u64>(skb, offsets.data),
+    ) {
+        (Some(head), Some(network_header), Some(data)) => {
+            facts::segment_at(head as *const u8, network_header, data as *const u8)
+        }
+        _ => Segment::UNREAD,
+    }
 }
 
 /// sock:sock_send_length: an application sent data on a socket. The record has no ports: they

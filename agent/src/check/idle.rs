@@ -22,7 +22,7 @@ use super::{
 use crate::{
     duration_text::with_seconds,
     inference::{Inference, Settings, Verdict},
-    model::{Identity, Update},
+    model::{CutContext, Identity, Update},
     paths::PathKey,
     vocabulary::{CheckName, CheckStatus, IdleSession, MailProtocol, Role, Signature},
 };
@@ -201,6 +201,7 @@ pub async fn search(
                             identity: identity.clone(),
                             gap,
                             signature: *signature,
+                            context: CutContext::default(),
                         },
                     );
                 }

@@ -56,6 +56,7 @@ impl Closing {
                 identity: identity.clone(),
                 gap,
                 signature,
+                context: connection.cut_context(closed_at, signature),
             });
         }
         // This host broke a silence, then closed before the answer showed: the answer came

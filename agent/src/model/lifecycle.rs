@@ -4,7 +4,7 @@
 //! is settled by `classify`.
 
 use super::{
-    CLOSE_GRACE_NS, ConnectionModel, RECENTLY_CLOSED_MAX, Services, Update,
+    CLOSE_GRACE_NS, ConnectionModel, RECENTLY_CLOSED_MAX, ResetVerdict, Services, Update,
     classify::Closing,
     table::{Connection, Key, UnansweredGap},
 };
@@ -65,11 +65,14 @@ impl ConnectionModel {
                 },
                 out,
             ),
-            Event::ResetReceived { socket, .. } => {
-                self.cut_by_reset(socket, out);
-                self.reset(socket, Direction::Received, out);
+            Event::ResetReceived { at, socket, ttls } => {
+                let verdict = ResetVerdict::received(ttls);
+                self.reset(socket, Direction::Received, verdict, out);
+                self.cut_by_reset(socket, at, out);
             }
-            Event::ResetSent { socket, .. } => self.reset(socket, Direction::Sent, out),
+            Event::ResetSent { socket, .. } => {
+                self.reset(socket, Direction::Sent, ResetVerdict::sent(), out);
+            }
             Event::Retransmit { socket, .. } => {
                 if let Some((connection, services)) = self.find_mut(socket) {
                     connection.retransmits = connection.retransmits.saturating_add(1);
@@ -277,7 +280,7 @@ impl ConnectionModel {
 
     /// A RST right after the silence ended, or in answer to this host's first segments after
     /// it: the path cut the connection for being idle.
-    fn cut_by_reset(&mut self, socket: u64, out: &mut Vec<Update>) {
+    fn cut_by_reset(&mut self, socket: u64, at: Nanos, out: &mut Vec<Update>) {
         let Some(connection) = self.table.get_mut(Key::Socket(socket)) else {
             return;
         };
@@ -291,6 +294,7 @@ impl ConnectionModel {
             identity: connection.identity(&self.services),
             gap,
             signature: Signature::Reset,
+            context: connection.cut_context(at, Signature::Reset),
         });
     }
 
@@ -344,7 +348,13 @@ impl ConnectionModel {
         Some((connection, &self.services))
     }
 
-    fn reset(&mut self, socket: u64, direction: Direction, out: &mut Vec<Update>) {
+    fn reset(
+        &mut self,
+        socket: u64,
+        direction: Direction,
+        verdict: ResetVerdict,
+        out: &mut Vec<Update>,
+    ) {
         let Some((connection, services)) = self.find_mut(socket) else {
             return;
         };
@@ -353,7 +363,14 @@ impl ConnectionModel {
             Direction::Sent => std::mem::replace(&mut connection.reset_sent, true),
         };
         if !already {
-            out.push(Update::Reset(connection.identity(services), direction));
+            if direction == Direction::Received {
+                connection.edit_transient(|t| t.reset = Some(verdict));
+            }
+            out.push(Update::Reset(
+                connection.identity(services),
+                direction,
+                verdict,
+            ));
         }
     }
 

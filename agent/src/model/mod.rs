@@ -10,6 +10,7 @@
 
 mod classify;
 mod lifecycle;
+mod origin;
 mod scan;
 mod table;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::{
     sync::Arc,
 };
 
+pub use self::origin::ResetVerdict;
 use self::{classify::Closing, table::ConnectionTable};
 use crate::{
     config::PortMap,
@@ -132,7 +134,8 @@ pub enum Update {
         from: Option<KeepaliveSetting>,
         to: KeepaliveSetting,
     },
-    Reset(Identity, Direction),
+    /// A RST went `Direction`; the verdict says who sent it.
+    Reset(Identity, Direction, ResetVerdict),
     Retransmit(Identity),
     /// The peer was heard from after a silence of `gap`: the path let the connection through.
     IdleGapSurvived(Identity, Nanos),
@@ -141,6 +144,7 @@ pub enum Update {
         identity: Identity,
         gap: Nanos,
         signature: Signature,
+        context: CutContext,
     },
     /// Retransmissions without hearing from the peer, for `duration`, and how that ended.
     Stall {
@@ -180,7 +184,7 @@ impl Update {
             Self::Opened(identity)
             | Self::Discovered(identity)
             | Self::KeepaliveChanged { identity, .. }
-            | Self::Reset(identity, _)
+            | Self::Reset(identity, ..)
             | Self::Retransmit(identity)
             | Self::IdleGapSurvived(identity, _)
             | Self::Cut { identity, .. }
@@ -198,6 +202,20 @@ impl Update {
 pub struct Keepalive {
     pub setting: KeepaliveSetting,
     pub interval_ms: Option<u64>,
+}
+
+/// Which connection a cut ended, and when: what the log of recent cuts shows and the exemplars
+/// of the idle-before-cut histogram carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CutContext {
+    /// When the model learned of the cut (kernel time).
+    pub at: Nanos,
+    /// None where no connection of this host was cut (`idlecut check` reports its own).
+    pub endpoints: Option<Endpoints>,
+    pub netns: u32,
+    pub owner: Option<Arc<Owner>>,
+    /// For a cut by a RST: who sent it.
+    pub reset: Option<ResetVerdict>,
 }
 
 /// A connection that ended recently, for the per-connection view.

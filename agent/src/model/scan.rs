@@ -194,7 +194,7 @@ fn keepalive(observation: KeepaliveObservation) -> Option<Keepalive> {
 mod tests {
     use super::*;
     use crate::{
-        events::Event,
+        events::{Event, ResetTtls},
         model::{ConnectionInfo, tests::*},
         vocabulary::{End, Signature},
     };
@@ -286,6 +286,7 @@ mod tests {
             Event::ResetReceived {
                 at: 400 * SECOND,
                 socket: SOCK,
+                ttls: ResetTtls::default(),
             },
             &mut out,
         );

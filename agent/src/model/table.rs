@@ -18,10 +18,11 @@ use std::{
 
 use hashbrown::HashTable;
 
-use super::{ConnectionInfo, Identity, Keepalive, Kind, Services};
+use super::{ConnectionInfo, CutContext, Identity, Keepalive, Kind, ResetVerdict, Services};
 use crate::{
     discovery::Owner,
     events::{Endpoints, Nanos},
+    vocabulary::Signature,
 };
 
 /// How the kernel programs and the model refer to a connection: its socket address once a
@@ -42,7 +43,7 @@ pub struct UnansweredGap {
 
 /// What a connection has only for a while (an unanswered gap until the answer, a peer-ended
 /// gap for its grace period) or only at its end (an error). Boxed, and only while one is set,
-/// so that the connections without any (nearly all) do not pay its 64 bytes.
+/// so that the connections without any (nearly all) do not pay its 72 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Transient {
     /// An error reported while the connection was still open, with when.
@@ -50,6 +51,8 @@ pub struct Transient {
     pub unanswered: Option<UnansweredGap>,
     /// A gap the peer ended at this time, survived unless a RST follows within the grace.
     pub peer_ended_gap: Option<(Nanos, Nanos)>,
+    /// Who sent the RST the connection received, once one did.
+    pub reset: Option<ResetVerdict>,
 }
 
 /// `Endpoints` in 38 bytes instead of 64: both addresses as IPv6 (IPv4 mapped, and flagged so
@@ -154,6 +157,21 @@ impl Connection {
 
     pub fn netns(&self) -> u32 {
         self.netns
+    }
+
+    /// Where and when a cut of this connection happened, for the log and the exemplars; with
+    /// who sent the RST when a RST cut it.
+    pub fn cut_context(&self, at: Nanos, signature: Signature) -> CutContext {
+        CutContext {
+            at,
+            endpoints: Some(self.endpoints()),
+            netns: self.netns,
+            owner: self.owner.clone(),
+            reset: self
+                .transient()
+                .reset
+                .filter(|_| signature == Signature::Reset),
+        }
     }
 
     pub fn identity(&self, services: &Services) -> Identity {
@@ -552,7 +570,7 @@ mod tests {
     ///   buckets a power of two at most 7/8 full: at 100,000 connections 131,072 buckets, so
     ///   5 x 1.31 = 6.6 B per connection per index.
     /// - So 176 + 2 x 6.6 = 189 B at 100,000 connections (at most 176 + 2 x 5 x 2.29 = 199 B
-    ///   just past a doubling), plus what only some have: the `Transient` box (64 B and
+    ///   just past a doubling), plus what only some have: the `Transient` box (72 B and
     ///   malloc's 16) while a fact is set; the `Owner`, shared by a process's connections.
     #[test]
     fn the_cost_of_a_connection() {
@@ -560,7 +578,7 @@ mod tests {
         assert_eq!(size_of::<Kind>(), 4);
         assert_eq!(size_of::<Connection>(), 160);
         assert_eq!(size_of::<Slot>(), 176);
-        assert_eq!(size_of::<Transient>(), 64);
+        assert_eq!(size_of::<Transient>(), 72);
         let mut table = ConnectionTable::default();
         let count = 100_000;
         for (socket, connection) in (0..).zip(many(count)) {

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     config::parse_ports,
-    events::{Event, Side},
+    events::{Event, ResetTtls, Side},
 };
 
 pub(super) const SOCK: u64 = 0xffff_0000_0000_1000;
@@ -197,6 +197,7 @@ fn reset_received_before_close_is_classified_at_once() {
         Event::ResetReceived {
             at: 1,
             socket: SOCK,
+            ttls: ResetTtls::default(),
         },
         &mut out,
     );
@@ -238,7 +239,8 @@ fn abort_reset_sent_after_close_is_waited_for() {
     assert_eq!(ends(&out), vec![End::ResetSent]);
     assert!(out.contains(&Update::Reset(
         identity("imap", Role::Server, "10.0.1.2"),
-        Direction::Sent
+        Direction::Sent,
+        ResetVerdict::sent(),
     )));
 }
 
@@ -347,7 +349,11 @@ fn reused_socket_address_settles_the_previous_connection_first() {
 fn events_for_unknown_sockets_are_ignored() {
     assert_eq!(
         run(&[
-            Event::ResetReceived { at: 1, socket: 7 },
+            Event::ResetReceived {
+                at: 1,
+                socket: 7,
+                ttls: ResetTtls::default(),
+            },
             Event::Retransmit {
                 at: 1,
                 socket: 7,
@@ -493,6 +499,7 @@ fn a_rst_that_ends_the_silence_is_a_cut_not_a_survived_gap() {
         Event::ResetReceived {
             at: 240 * SECOND,
             socket: SOCK,
+            ttls: ResetTtls::default(),
         },
         close(240 * SECOND, tcp_state::ESTABLISHED, Some(0)),
     ]);
@@ -516,6 +523,7 @@ fn a_rst_in_answer_to_the_first_segment_after_the_gap_is_a_reset_cut() {
         Event::ResetReceived {
             at: 400 * SECOND + 1,
             socket: SOCK,
+            ttls: ResetTtls::default(),
         },
         close(400 * SECOND + 2, tcp_state::ESTABLISHED, Some(0)),
     ]);

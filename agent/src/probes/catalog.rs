@@ -101,7 +101,7 @@ pub const PROBES: [ProbeSpec; 10] = [
     tracepoint(
         "tcp:tcp_probe",
         ("tcp", "tcp_probe", "btf_tcp_probe"),
-        Needs::SocketAndPorts,
+        Needs::SocketPortsAndSegment,
         offsets_global::TCP_PROBE,
         "segments received (idle gaps, answers after a gap, stall recoveries)",
     ),

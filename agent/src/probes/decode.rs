@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use idlecut_ebpf::{AF_INET, AF_INET6, RawEvent, event_flags, event_kind, tcp_state};
 
-use crate::events::{Endpoints, Event, Side};
+use crate::events::{Endpoints, Event, ResetTtls, Side};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -73,7 +73,14 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             stalled_for: (raw.aux_ns != 0).then_some(raw.aux_ns),
             awaiting_answer: raw.flags & event_flags::AWAITING_ANSWER != 0,
         },
-        event_kind::RESET_RECEIVED => Event::ResetReceived { at, socket },
+        event_kind::RESET_RECEIVED => Event::ResetReceived {
+            at,
+            socket,
+            ttls: ResetTtls {
+                peer: Some(raw.peer_ttl).filter(|&ttl| ttl != 0),
+                reset: Some(raw.reset_ttl).filter(|&ttl| ttl != 0),
+            },
+        },
         event_kind::RESET_SENT => Event::ResetSent { at, socket },
         event_kind::RETRANSMIT => Event::Retransmit {
             at,

@@ -79,7 +79,9 @@ impl KernelState {
                 Some(Side::Remote) => event_flags::REMOTE_CLOSED_FIRST,
                 None => 0,
             },
-            _pad: [0; 3],
+            peer_ttl: 0,
+            reset_ttl: 0,
+            _pad: [0; 1],
         };
         self.seeds
             .insert(&seed.cookie, &state, 0)

@@ -17,7 +17,7 @@ pub fn vmlinux() -> anyhow::Result<Btf> {
     Btf::from_file(VMLINUX).map_err(|err| anyhow!("parsing {VMLINUX}: {err}"))
 }
 
-/// Where `head`, `data` and `transport_header` sit in `struct sk_buff`.
+/// Where `head`, `data`, `transport_header` and `network_header` sit in `struct sk_buff`.
 pub fn skb_offsets(btf: &Btf) -> anyhow::Result<SkbOffsets> {
     let sk_buff = btf
         .resolve_types_by_name("sk_buff")
@@ -40,7 +40,7 @@ pub fn skb_offsets(btf: &Btf) -> anyhow::Result<SkbOffsets> {
         head: byte_offset("head")?,
         data: byte_offset("data")?,
         transport_header: byte_offset("transport_header")?,
-        _pad: 0,
+        network_header: byte_offset("network_header")?,
     })
 }
 

@@ -143,8 +143,11 @@ impl Format {
 pub enum Needs {
     /// sock:inet_sock_set_state
     StateChange,
-    /// Socket pointer and host-order ports (tcp_probe, tcp_receive_reset, tcp_retransmit_skb).
+    /// Socket pointer and host-order ports (tcp_receive_reset, tcp_retransmit_skb).
     SocketAndPorts,
+    /// Socket pointer, ports and the segment, when the record has it (tcp_probe: the segment's
+    /// TTL and RST flag; without `skbaddr` they go unread, the rest works).
+    SocketPortsAndSegment,
     /// Socket pointer and ports, which may only exist inside `sockaddr` fields
     /// (tcp:tcp_send_reset since Linux 6.10).
     SocketAndAnyPorts,
@@ -182,6 +185,11 @@ pub fn offsets_for(format: &Format, needs: Needs) -> Result<FieldOffsets, String
         Needs::SocketAndPorts => {
             off.skaddr = format.offset("skaddr", 8)?;
             ports(&mut off)?;
+        }
+        Needs::SocketPortsAndSegment => {
+            off.skaddr = format.offset("skaddr", 8)?;
+            ports(&mut off)?;
+            off.skbaddr = format.offset("skbaddr", 8).unwrap_or(FieldOffsets::ABSENT);
         }
         Needs::SocketAndAnyPorts => {
             off.skaddr = format.offset("skaddr", 8)?;
