@@ -19,7 +19,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rustls::pki_types::ServerName;
 
 use crate::{
-    ConnectionsArgs, config,
+    ConnectionsArgs, CutsArgs, config,
+    cuts::{self, CutsResponse},
     http::tls::{read_certificates, read_private_key},
     view::{self, ConnectionsResponse},
 };
@@ -270,6 +271,35 @@ pub fn connections(args: &ConnectionsArgs) -> anyhow::Result<()> {
         )
     })?;
     print!("{}", view::render_table(&response));
+    Ok(())
+}
+
+pub fn cuts(args: &CutsArgs) -> anyhow::Result<()> {
+    let mut query = vec![format!("limit={}", args.limit)];
+    for (key, value) in [
+        ("service", args.service.as_deref()),
+        ("role", args.role.as_deref()),
+        ("path", args.path.as_deref()),
+        ("signature", args.signature.as_deref()),
+        ("origin", args.origin.as_deref()),
+    ] {
+        if let Some(value) = value {
+            query.push(format!("{key}={}", encode(value)));
+        }
+    }
+    let target = format!("/api/v1/cuts?{}", query.join("&"));
+    let body = AgentClient::new(&args.agent)?.get(&target)?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let response: CutsResponse = serde_json::from_str(&body).with_context(|| {
+        format!(
+            "the agent at {} answered something else than a log of cuts",
+            args.agent.agent
+        )
+    })?;
+    print!("{}", cuts::render_table(&response));
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! HTTP endpoints: `/metrics` for Prometheus (OpenMetrics text), `/api/v1/paths` (JSON, one
 //! object per path with its cut-off and verdict), `/api/v1/connections` (JSON, one object per
-//! connection; see `view`) and `/healthz`.
+//! connection; see `view`), `/api/v1/cuts` (JSON, the last cuts; see `cuts`) and `/healthz`.
 //!
 //! Around the router, and independent of what the handlers read: `auth` (who may read what),
 //! `server` (accept loop, connection limits, timeouts, shutdown), `tls` and `web_config` (the
@@ -30,7 +30,8 @@ use axum::{
 use tokio::sync::watch;
 
 use crate::{
-    metrics::Metrics,
+    cuts,
+    metrics::{self, Metrics},
     snapshot::{Snapshots, Unavailable},
     view::{self, Filter},
 };
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(serve_metrics))
         .route("/api/v1/paths", get(serve_paths))
         .route("/api/v1/connections", get(serve_connections))
+        .route("/api/v1/cuts", get(serve_cuts))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
@@ -60,8 +62,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-const NOT_FOUND: &str =
-    "not found: the agent serves /metrics, /healthz, /api/v1/paths and /api/v1/connections\n";
+const NOT_FOUND: &str = "not found: the agent serves /metrics, /healthz, /api/v1/paths, /api/v1/connections and \
+     /api/v1/cuts\n";
 
 /// How long a reader waits for the pipeline's snapshot.
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
@@ -87,6 +89,25 @@ async fn serve_connections(
     }
 }
 
+async fn serve_cuts(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    let snapshot = match state.snapshots.fresh(SNAPSHOT_PATIENCE).await {
+        Ok(snapshot) => snapshot,
+        Err(unavailable) => return unavailable_response(unavailable),
+    };
+    match cuts::Filter::from_query(&query, snapshot.cuts_capacity) {
+        Ok(filter) => axum::Json(cuts::select(
+            &snapshot.cuts,
+            &filter,
+            snapshot.cuts_capacity,
+        ))
+        .into_response(),
+        Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    }
+}
+
 fn unavailable_response(unavailable: Unavailable) -> axum::response::Response {
     let message = match unavailable {
         Unavailable::Stopped => "the agent is shutting down\n",
@@ -95,9 +116,26 @@ fn unavailable_response(unavailable: Unavailable) -> axum::response::Response {
     (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
 }
 
-async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn serve_metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    // Exemplars only for a scraper that asks for OpenMetrics (Prometheus does): older parsers
+    // of the text format stop at them.
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
     match state.metrics.encode() {
-        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Ok(text) => {
+            let text = if openmetrics {
+                text
+            } else {
+                metrics::without_exemplars(&text)
+            };
+            (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+        }
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoding metrics failed\n",

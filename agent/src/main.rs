@@ -6,6 +6,7 @@
 mod check;
 mod client;
 mod config;
+mod cuts;
 mod discovery;
 mod duration_text;
 mod events;
@@ -57,7 +58,37 @@ enum Command {
     /// Print the connections a running agent follows (and those that ended in the last few
     /// minutes) as a table, the way `ss` would
     Connections(ConnectionsArgs),
+    /// Print the last cuts a running agent saw, newest first: which connection, process and
+    /// path, after how long a silence, how, and who sent the RST
+    Cuts(CutsArgs),
     Check(check::CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CutsArgs {
+    #[command(flatten)]
+    agent: client::AgentArgs,
+    /// Only this service (a name from --ports, such as imap)
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this role: server or client
+    #[arg(long, value_parser = vocabulary::Role::ALL.map(vocabulary::Role::as_str))]
+    role: Option<String>,
+    /// Only this path (a prefix such as 192.0.2.0/24, or other)
+    #[arg(long)]
+    path: Option<String>,
+    /// Only cuts of this signature
+    #[arg(long, value_parser = vocabulary::Signature::ALL.map(vocabulary::Signature::as_str))]
+    signature: Option<String>,
+    /// Only cuts by a RST from this origin: peer, path or unknown
+    #[arg(long, value_parser = ["peer", "path", "unknown"])]
+    origin: Option<String>,
+    /// At most this many rows (the agent caps it at its --recent-cuts)
+    #[arg(long, default_value_t = cuts::DEFAULT_LIMIT)]
+    limit: usize,
+    /// Print the JSON the agent returned instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +120,15 @@ fn main() -> ExitCode {
     if let Some(Command::Check(args)) = &cli.command {
         return match check::run(args) {
             Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                eprintln!("idlecut: error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Cuts(args)) = &cli.command {
+        return match client::cuts(args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("idlecut: error: {err:#}");
                 ExitCode::FAILURE
@@ -307,6 +347,7 @@ async fn run(
         ports: config.ports.clone(),
         scan_interval: config.scan_interval,
         snapshots: publisher,
+        recent_cuts: cuts::RecentCuts::new(config.recent_cuts),
     };
     let (stop, stopped) = watch::channel(false);
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));

@@ -10,7 +10,10 @@ type GaugeF64 = Gauge<f64, AtomicU64>;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    metrics::{
+        counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge,
+        histogram::Histogram, info::Info,
+    },
     registry::{Metric, Registry, Unit},
 };
 
@@ -123,6 +126,21 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// The exemplar of an idle-before-cut observation: the connection the path cut, as
+/// `/api/v1/cuts` lists it (`local` and `remote` address:port), so that a bucket in Grafana
+/// leads to the cut. Both fit OpenMetrics' 128 characters even as IPv6.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CutExemplar {
+    local: String,
+    remote: String,
+}
+
+type CutHistogram = HistogramWithExemplars<CutExemplar>;
+
+fn cut_histogram() -> CutHistogram {
+    HistogramWithExemplars::new(DURATION_BUCKETS.into_iter())
+}
+
 /// Every metric the agent exports, and the registry that encodes them.
 pub struct Metrics {
     pub registry: Registry,
@@ -137,7 +155,7 @@ pub struct Metrics {
     retransmits: Family<PathKey, Counter>,
     idle_gap: Family<PathKey, Histogram, fn() -> Histogram>,
     cuts: Family<CutLabels, Counter>,
-    idle_before_cut: Family<CutLabels, Histogram, fn() -> Histogram>,
+    idle_before_cut: Family<CutLabels, CutHistogram, fn() -> CutHistogram>,
     cutoff_lower: Family<PathKey, GaugeF64>,
     cutoff_upper: Family<PathKey, GaugeF64>,
     req5_violation: Family<PathKey, Gauge>,
@@ -226,12 +244,14 @@ impl Metrics {
             "Connections the path cut after an idle gap, by signature (reset, blackhole, icmp)",
             Family::<CutLabels, Counter>::default(),
         );
-        let idle_before_cut: Family<CutLabels, Histogram, fn() -> Histogram> = register_seconds(
-            &mut registry,
-            "idle_before_cut",
-            "How long connections had been idle when the path cut them",
-            Family::new_with_constructor(duration_histogram),
-        );
+        let idle_before_cut: Family<CutLabels, CutHistogram, fn() -> CutHistogram> =
+            register_seconds(
+                &mut registry,
+                "idle_before_cut",
+                "How long connections had been idle when the path cut them; exemplars name the \
+                 connection (local, remote) as /api/v1/cuts lists it",
+                Family::new_with_constructor(cut_histogram),
+            );
         let cutoff_lower = register_seconds(
             &mut registry,
             "path_cutoff_lower",
@@ -452,15 +472,27 @@ impl Metrics {
             Update::IdleGapSurvived(_, gap) => {
                 self.idle_gap.get_or_create(key).observe(seconds(*gap));
             }
-            Update::Cut { gap, signature, .. } => {
+            Update::Cut {
+                gap,
+                signature,
+                context,
+                ..
+            } => {
                 let labels = CutLabels {
                     path: key.clone(),
                     signature: *signature,
                 };
                 self.cuts.get_or_create(&labels).inc();
-                self.idle_before_cut
-                    .get_or_create(&labels)
-                    .observe(seconds(*gap));
+                let exemplar = context.endpoints.map(|endpoints| CutExemplar {
+                    local: endpoints.local.to_string(),
+                    remote: endpoints.remote.to_string(),
+                });
+                // Recorded within a tick of the cut: now is its time, to the scrape's precision.
+                self.idle_before_cut.get_or_create(&labels).observe(
+                    seconds(*gap),
+                    exemplar,
+                    Some(std::time::SystemTime::now()),
+                );
             }
             Update::Stall {
                 duration, outcome, ..
@@ -576,6 +608,21 @@ impl Metrics {
     }
 }
 
+/// The exposition without its exemplars (` # {...} value [timestamp]` after a sample), for a
+/// scraper that did not ask for OpenMetrics.
+pub fn without_exemplars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let sample = match line.find(" # {") {
+            Some(at) if !line.starts_with('#') => &line[..at],
+            _ => line,
+        };
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
 fn seconds(ns: Nanos) -> f64 {
     // Precision loss past 2^53 ns (104 days) is irrelevant for a histogram.
     #[expect(clippy::cast_precision_loss, reason = "histogram resolution")]
@@ -662,7 +709,13 @@ mod tests {
                 identity: identity("192.0.2.1"),
                 gap: 300_000_000_000,
                 signature: Signature::Reset,
-                context: CutContext::default(),
+                context: CutContext {
+                    endpoints: Some(crate::events::Endpoints {
+                        local: "10.0.0.2:40000".parse().unwrap(),
+                        remote: "192.0.2.1:143".parse().unwrap(),
+                    }),
+                    ..CutContext::default()
+                },
             },
             Update::IcmpError {
                 identity: identity("192.0.2.1"),
@@ -693,10 +746,19 @@ mod tests {
             r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="sent",origin="local"} 0"#,
             r#"idlecut_resets_total{service="imap",role="client",path="192.0.2.0/24",direction="received",origin="peer"} 0"#,
             r#"idlecut_connections_closed_total{service="imap",role="client",path="192.0.2.0/24",end="timeout"} 0"#,
+            // The cut's connection, as /api/v1/cuts lists it.
+            r#"idlecut_idle_before_cut_seconds_bucket{le="300.0",service="imap",role="client",path="192.0.2.0/24",signature="reset"} 1 # {local="10.0.0.2:40000",remote="192.0.2.1:143"} 300.0 "#,
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line}\nin\n{text}");
         }
+        let plain = without_exemplars(&text);
+        assert!(!plain.contains("# {"), "{plain}");
+        assert!(plain.contains(
+            r#"idlecut_idle_before_cut_seconds_bucket{le="300.0",service="imap",role="client",path="192.0.2.0/24",signature="reset"} 1
+"#
+        ));
+        assert_eq!(plain.lines().count(), text.lines().count());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::PortMap,
+    cuts::RecentCuts,
     discovery::{self, Scan},
     events::Nanos,
     inference::Inference,
@@ -48,6 +49,7 @@ pub struct Pipeline {
     pub ports: PortMap,
     pub scan_interval: Duration,
     pub snapshots: Publisher,
+    pub recent_cuts: RecentCuts,
 }
 
 impl Pipeline {
@@ -267,6 +269,9 @@ impl Pipeline {
                 }
                 key
             });
+            if let Some(key) = &key {
+                self.recent_cuts.record(key, &update);
+            }
             self.metrics.record(key.as_ref(), &update);
             if let Some(key) = &key
                 && self.inference.record(key, &update)
@@ -293,6 +298,10 @@ impl Pipeline {
             taken_at,
             paths: self.inference.reports(),
             connections: view::rows(&self.model, &self.paths, &self.kernel, taken_at),
+            cuts: self
+                .recent_cuts
+                .rows(taken_at, std::time::SystemTime::now()),
+            cuts_capacity: self.recent_cuts.capacity(),
         });
     }
 }

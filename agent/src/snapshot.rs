@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{Notify, watch};
 
-use crate::{events::Nanos, inference::PathReport, view::ConnectionRow};
+use crate::{cuts::CutRow, events::Nanos, inference::PathReport, view::ConnectionRow};
 
 /// The state readers see, as of `taken_at`.
 #[derive(Debug, Default)]
@@ -23,6 +23,9 @@ pub struct Snapshot {
     pub paths: Vec<PathReport>,
     /// Every row of the per-connection view, in display order, unfiltered.
     pub connections: Vec<ConnectionRow>,
+    /// The log of recent cuts, newest first, and how many it keeps.
+    pub cuts: Vec<CutRow>,
+    pub cuts_capacity: usize,
 }
 
 /// The readers' side: cheap to clone, one per HTTP handler.

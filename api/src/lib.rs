@@ -2,5 +2,6 @@
 //! gives them and for the tests and the benchmark that read them.
 
 pub mod connections;
+pub mod cuts;
 pub mod paths;
 pub mod vocabulary;

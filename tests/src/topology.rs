@@ -204,6 +204,9 @@ impl Topology {
     pub fn server_v4(&self) -> String {
         format!("10.{}.2.2", self.k)
     }
+    pub fn client_v6(&self) -> String {
+        format!("fd00:{}:1::2", self.k)
+    }
     pub fn server_v6(&self) -> String {
         format!("fd00:{}:2::2", self.k)
     }

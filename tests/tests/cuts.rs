@@ -15,8 +15,13 @@ use std::{
 };
 
 use idlecut_integration_tests::{
-    Agent, Netns, Scrape, Topology, abort, close_gracefully, connect, exchange,
-    icmp_probe_attached, listen, require_root, set_user_timeout,
+    Agent, Netns, Scrape, Topology, abort, agent_binary,
+    api::{
+        cuts::CutsResponse,
+        vocabulary::{ResetOrigin, Role, Signature},
+    },
+    close_gracefully, connect, exchange, icmp_probe_attached, listen, require_root,
+    set_user_timeout,
 };
 use serde_json::{Value, json};
 
@@ -344,6 +349,61 @@ fn reset_after_conntrack_expiry_like_an_aws_nat_gateway_ipv4_and_ipv6() {
             );
         }
     }
+
+    // The log of recent cuts leads from the alert to each connection and its process: this
+    // test's, which held every socket.
+    let log: CutsResponse = agent.api("/api/v1/cuts?origin=path");
+    eprintln!("/api/v1/cuts: {log:#?}");
+    assert_eq!((log.total, log.capacity), (8, 1000), "{log:#?}");
+    let me = std::process::id();
+    for cut in &log.cuts {
+        assert_eq!(cut.signature, Signature::Reset, "{cut:?}");
+        assert_eq!(cut.origin, Some(ResetOrigin::Path), "{cut:?}");
+        assert_eq!(cut.reset_hops_from_host, Some(1), "{cut:?}");
+        assert_eq!(cut.pid, Some(me), "{cut:?}");
+        assert!(cut.idle_before_cut_seconds >= 4.0, "{cut:?}");
+        let remote_ip = cut
+            .remote
+            .rsplit_once(':')
+            .map(|(ip, _)| ip.trim_matches(['[', ']']));
+        let expected = match (cut.role, cut.service.as_str()) {
+            (Role::Client, "imap") => net.server_v4(),
+            (Role::Server, "imap") => net.client_v4(),
+            (Role::Client, _) => net.server_v6(),
+            (Role::Server, _) => net.client_v6(),
+        };
+        assert_eq!(remote_ip, Some(expected.as_str()), "{cut:?}");
+    }
+    // Newest first.
+    assert!(
+        log.cuts
+            .windows(2)
+            .all(|w| w[0].seconds_ago <= w[1].seconds_ago)
+    );
+    // And `idlecut cuts` prints them.
+    let output = std::process::Command::new(agent_binary())
+        .args([
+            "cuts",
+            "--agent",
+            &agent.addr.to_string(),
+            "--origin",
+            "path",
+        ])
+        .output()
+        .expect("running idlecut cuts");
+    let table = String::from_utf8_lossy(&output.stdout);
+    eprintln!("idlecut cuts --origin path:\n{table}");
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.contains("path(1 hop)")).count(),
+        8,
+        "{table}"
+    );
+    assert!(table.contains(&me.to_string()), "{table}");
 }
 
 fn reset_labels<'a>(

@@ -107,6 +107,8 @@ settings! {
         "Idle time below which a cut breaks RFC 5382 REQ-5";
     min_cuts: usize, parse_min_cuts, 2, "N",
         "Cuts below --req5-threshold on a path before it is reported as violating REQ-5";
+    recent_cuts: usize, parse_recent_cuts, 1000, "N",
+        "Cuts the log of recent cuts keeps (/api/v1/cuts, idlecut cuts), each with its connection, process and origin; 0 keeps none";
     scan_interval: std::time::Duration, parse_scan_interval, "30s", "DURATION",
         "How often the kernel's socket tables are read (in every network namespace) for keepalive settings, owners, and connections the probes missed";
     web_config: WebConfigPath, parse_web_config, "none", "FILE",

@@ -146,6 +146,13 @@ pub fn parse_max_paths(value: &str) -> Result<usize, String> {
     }
 }
 
+pub fn parse_recent_cuts(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n <= 100_000 => Ok(n),
+        _ => Err(format!("`{value}` is not a number of cuts (0-100000)")),
+    }
+}
+
 pub fn parse_max_connections(value: &str) -> Result<u32, String> {
     match value.parse::<u32>() {
         Ok(n) if (64..=MAX_CONNECTIONS_BOUND).contains(&n) => Ok(n),

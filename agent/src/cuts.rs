@@ -1,0 +1,388 @@
+//! The log of recent cuts: `GET /api/v1/cuts` and `idlecut cuts`.
+//!
+//! The histograms say how often and after how long a path cuts; an SRE paged by them wants to
+//! see one: which connection, which process, when, and (for a RST) who sent it. The pipeline
+//! records every cut here, with the path it was counted under, in a bounded ring
+//! (`--recent-cuts`): the oldest goes when it is full. Rows are made when a snapshot is taken.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt::Write as _,
+    time::{Duration, SystemTime},
+};
+
+pub use idlecut_api::cuts::{CutRow, CutsResponse};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::{
+    duration_text::compact,
+    events::Nanos,
+    model::{CutContext, Update},
+    paths::PathKey,
+    vocabulary::{ResetOrigin, Role, Signature},
+};
+
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// A cut as the log keeps it.
+#[derive(Clone, Debug)]
+struct Recorded {
+    path: PathKey,
+    gap: Nanos,
+    signature: Signature,
+    context: CutContext,
+}
+
+/// The last `capacity` cuts, oldest first.
+#[derive(Debug)]
+pub struct RecentCuts {
+    capacity: usize,
+    cuts: VecDeque<Recorded>,
+}
+
+impl RecentCuts {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            cuts: VecDeque::new(),
+        }
+    }
+
+    /// Keeps the update if it is a cut, counted under `path`.
+    pub fn record(&mut self, path: &PathKey, update: &Update) {
+        let Update::Cut {
+            gap,
+            signature,
+            context,
+            ..
+        } = update
+        else {
+            return;
+        };
+        if self.capacity == 0 {
+            return;
+        }
+        if self.cuts.len() == self.capacity {
+            self.cuts.pop_front();
+        }
+        self.cuts.push_back(Recorded {
+            path: path.clone(),
+            gap: *gap,
+            signature: *signature,
+            context: context.clone(),
+        });
+    }
+
+    /// Every cut kept, newest first, as of kernel time `now` and wall-clock time `wall_now`.
+    pub fn rows(&self, now: Nanos, wall_now: SystemTime) -> Vec<CutRow> {
+        self.cuts
+            .iter()
+            .rev()
+            .map(|cut| {
+                let ago = Duration::from_nanos(now.saturating_sub(cut.context.at));
+                let owner = cut.context.owner.as_deref();
+                let reset = cut.context.reset;
+                CutRow {
+                    time: rfc3339(wall_now.checked_sub(ago).unwrap_or(wall_now)),
+                    seconds_ago: ago.as_secs_f64(),
+                    service: cut.path.service.to_string(),
+                    role: cut.path.role,
+                    path: cut.path.path.to_string(),
+                    local: cut
+                        .context
+                        .endpoints
+                        .map_or_else(String::new, |e| e.local.to_string()),
+                    remote: cut
+                        .context
+                        .endpoints
+                        .map_or_else(String::new, |e| e.remote.to_string()),
+                    netns: (cut.context.netns != 0).then_some(cut.context.netns),
+                    idle_before_cut_seconds: Duration::from_nanos(cut.gap).as_secs_f64(),
+                    signature: cut.signature,
+                    origin: reset.map(|verdict| verdict.origin),
+                    reset_hops_from_host: reset
+                        .filter(|verdict| verdict.origin == ResetOrigin::Path)
+                        .and_then(|verdict| verdict.sender_hops()),
+                    pid: owner.map(|owner| owner.pid),
+                    cgroup: owner.and_then(|owner| owner.cgroup.clone()),
+                }
+            })
+            .collect()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// RFC 3339 in UTC, to the millisecond (the kernel's clock is finer, the agent's reading of
+/// it is not).
+fn rfc3339(time: SystemTime) -> String {
+    let time = OffsetDateTime::from(time);
+    time.replace_millisecond(time.millisecond())
+        .unwrap_or(time)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Which cuts to return.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub service: Option<String>,
+    pub role: Option<Role>,
+    pub path: Option<String>,
+    pub signature: Option<Signature>,
+    pub origin: Option<ResetOrigin>,
+    pub limit: usize,
+}
+
+impl Filter {
+    /// From the query string of `/api/v1/cuts`.
+    pub fn from_query(query: &HashMap<String, String>, capacity: usize) -> Result<Self, String> {
+        let mut filter = Self {
+            limit: DEFAULT_LIMIT,
+            ..Self::default()
+        };
+        for (key, value) in query {
+            match key.as_str() {
+                "service" => filter.service = Some(value.clone()),
+                "role" => filter.role = Some(value.parse().map_err(|err| format!("role={err}"))?),
+                "path" => filter.path = Some(value.clone()),
+                "signature" => {
+                    filter.signature =
+                        Some(value.parse().map_err(|err| format!("signature={err}"))?);
+                }
+                "origin" => {
+                    filter.origin = Some(value.parse().map_err(|err| format!("origin={err}"))?);
+                }
+                "limit" => {
+                    let most = capacity.max(1);
+                    filter.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| (1..=most).contains(&n))
+                        .ok_or_else(|| format!("limit=`{value}`: expected 1 to {most}"))?;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter `{other}`: expected service, role, path, signature, \
+                         origin, limit"
+                    ));
+                }
+            }
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, row: &CutRow) -> bool {
+        self.service.as_ref().is_none_or(|s| *s == row.service)
+            && self.role.is_none_or(|role| role == row.role)
+            && self.path.as_ref().is_none_or(|p| *p == row.path)
+            && self.signature.is_none_or(|s| s == row.signature)
+            && self.origin.is_none_or(|o| Some(o) == row.origin)
+    }
+}
+
+/// The cuts `filter` asks for, newest first, at most its limit of them.
+pub fn select(rows: &[CutRow], filter: &Filter, capacity: usize) -> CutsResponse {
+    let mut total = 0;
+    let mut cuts = Vec::new();
+    for row in rows.iter().filter(|row| filter.matches(row)) {
+        total += 1;
+        if cuts.len() < filter.limit {
+            cuts.push(row.clone());
+        }
+    }
+    CutsResponse {
+        total,
+        limit: filter.limit,
+        truncated: total > filter.limit,
+        capacity,
+        cuts,
+    }
+}
+
+/// The cuts as a table, newest first.
+pub fn render_table(response: &CutsResponse) -> String {
+    let headers = [
+        "TIME",
+        "SERVICE",
+        "ROLE",
+        "LOCAL",
+        "REMOTE",
+        "PATH",
+        "IDLE",
+        "SIGNATURE",
+        "ORIGIN",
+        "PID",
+        "CGROUP",
+    ];
+    let rows: Vec<[String; 11]> = response
+        .cuts
+        .iter()
+        .map(|row| {
+            let origin = match (row.origin, row.reset_hops_from_host) {
+                (Some(origin), Some(hops)) => format!("{origin}({hops} hop)"),
+                (Some(origin), None) => origin.to_string(),
+                (None, _) => "-".to_owned(),
+            };
+            [
+                row.time.clone(),
+                row.service.clone(),
+                row.role.to_string(),
+                row.local.clone(),
+                row.remote.clone(),
+                row.path.clone(),
+                compact(row.idle_before_cut_seconds),
+                row.signature.to_string(),
+                origin,
+                row.pid
+                    .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+                row.cgroup.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (cell, width) in cells.iter().zip(widths) {
+            let _ = write!(text, "{cell:<width$}  ");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&headers);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    if response.truncated {
+        let _ = writeln!(
+            out,
+            "({} of {} cuts shown; raise --limit)",
+            response.cuts.len(),
+            response.total
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        discovery::Owner,
+        events::{Endpoints, ResetTtls},
+        model::{Identity, ResetVerdict},
+    };
+
+    const SECOND: Nanos = 1_000_000_000;
+
+    fn key(path: &str) -> PathKey {
+        PathKey {
+            service: Arc::from("imap"),
+            role: Role::Client,
+            path: Arc::from(path),
+        }
+    }
+
+    fn cut(at: Nanos, signature: Signature, reset: Option<ResetVerdict>) -> Update {
+        Update::Cut {
+            identity: Identity {
+                service: Arc::from("imap"),
+                role: Role::Client,
+                remote: "192.0.2.7".parse().unwrap(),
+            },
+            gap: 350 * SECOND,
+            signature,
+            context: CutContext {
+                at,
+                endpoints: Some(Endpoints {
+                    local: "10.0.0.2:40000".parse().unwrap(),
+                    remote: "192.0.2.7:143".parse().unwrap(),
+                }),
+                netns: 4026531840,
+                owner: Some(Arc::new(Owner {
+                    pid: 4242,
+                    cgroup: Some("/system.slice/mail.service".into()),
+                })),
+                reset,
+            },
+        }
+    }
+
+    #[test]
+    fn the_log_keeps_the_last_cuts_newest_first() {
+        let mut log = RecentCuts::new(2);
+        let forged = ResetVerdict::received(ResetTtls {
+            peer: Some(63),
+            reset: Some(64),
+        });
+        log.record(
+            &key("192.0.2.0/24"),
+            &cut(SECOND, Signature::Blackhole, None),
+        );
+        log.record(&key("192.0.2.0/24"), &Update::Opened(identity()));
+        log.record(
+            &key("192.0.2.0/24"),
+            &cut(2 * SECOND, Signature::Icmp, None),
+        );
+        log.record(
+            &key("192.0.2.0/24"),
+            &cut(3 * SECOND, Signature::Reset, Some(forged)),
+        );
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_500_000);
+        let rows = log.rows(5 * SECOND, wall);
+        assert_eq!(rows.len(), 2, "the oldest went");
+        assert_eq!(rows[0].signature, Signature::Reset);
+        assert_eq!(rows[0].origin, Some(ResetOrigin::Path));
+        assert_eq!(rows[0].reset_hops_from_host, Some(1));
+        assert_eq!(rows[0].seconds_ago, 2.0);
+        assert_eq!(rows[0].time, "2025-11-30T10:53:18Z");
+        assert_eq!(rows[0].pid, Some(4242));
+        assert_eq!(rows[0].remote, "192.0.2.7:143");
+        assert_eq!(rows[0].idle_before_cut_seconds, 350.0);
+        assert_eq!(rows[1].signature, Signature::Icmp);
+        assert_eq!(rows[1].origin, None);
+
+        let query = |pairs: &[(&str, &str)]| {
+            let query: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Filter::from_query(&query, log.capacity())
+        };
+        let only_path = query(&[("origin", "path")]).unwrap();
+        let response = select(&rows, &only_path, log.capacity());
+        assert_eq!((response.total, response.cuts.len()), (1, 1));
+        let one = query(&[("limit", "1")]).unwrap();
+        let response = select(&rows, &one, log.capacity());
+        assert!(response.truncated);
+        assert!(render_table(&response).contains("path(1 hop)"));
+        assert!(query(&[("limit", "3")]).is_err(), "more than the log holds");
+        assert!(query(&[("origin", "nobody")]).is_err());
+        assert!(query(&[("pid", "1")]).is_err());
+    }
+
+    #[test]
+    fn a_log_of_no_cuts_keeps_none() {
+        let mut log = RecentCuts::new(0);
+        log.record(&key("other"), &cut(SECOND, Signature::Reset, None));
+        assert!(log.rows(2 * SECOND, SystemTime::now()).is_empty());
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            service: Arc::from("imap"),
+            role: Role::Client,
+            remote: "192.0.2.7".parse().unwrap(),
+        }
+    }
+}
