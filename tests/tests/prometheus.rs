@@ -22,8 +22,10 @@ use std::{
 };
 
 use idlecut_integration_tests::{
-    Topology, abort, close_gracefully, connect, exchange, free_local_port, http_get,
-    icmp_probe_attached, listen, require_root, set_keepalive, set_user_timeout, stop,
+    Topology, abort,
+    api::cuts::CutsResponse,
+    close_gracefully, connect, exchange, free_local_port, http_get, icmp_probe_attached, listen,
+    require_root, set_keepalive, set_user_timeout, stop,
     web::{Launch, TestPki},
 };
 use serde_json::Value;
@@ -335,6 +337,8 @@ impl Prometheus {
                 dir.0.join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            // Exemplars of idlecut_idle_before_cut_seconds name the cut connections.
+            .arg("--enable-feature=exemplar-storage")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -577,6 +581,55 @@ fn live_prometheus_fires_req5_for_the_cut_path_only_and_every_panel_has_data() {
         r["survived_gaps"] == 2
     });
     assert_ne!(ok["verdict"], "violates_req5", "{ok:#}");
+
+    // Each cut's exemplar in Prometheus names a connection that /api/v1/cuts lists: from a
+    // bucket in Grafana to the cut, its process and its time.
+    let log: CutsResponse = agent.api(&format!(
+        "/api/v1/cuts?service=imap&role=client&path={}",
+        url_encode(&cut_path)
+    ));
+    assert_eq!(log.total, 2, "{log:#?}");
+    let logged: BTreeSet<(String, String)> = log
+        .cuts
+        .iter()
+        .map(|cut| (cut.local.clone(), cut.remote.clone()))
+        .collect();
+    let selector = format!("idlecut_idle_before_cut_seconds_bucket{{path=\"{cut_path}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exemplars = loop {
+        let data = prometheus.api(&format!(
+            "/api/v1/query_exemplars?query={}&start={started:.3}&end={:.3}",
+            url_encode(&selector),
+            now() + 1.0
+        ));
+        let exemplars: Vec<Value> = data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if !exemplars.is_empty() {
+            break exemplars;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            context(&format!("no exemplars for {selector} within 20 s"))
+        );
+        thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("exemplars: {exemplars:#?}\n/api/v1/cuts: {logged:#?}");
+    for exemplar in &exemplars {
+        let labels = &exemplar["labels"];
+        let connection = (
+            labels["local"].as_str().unwrap_or_default().to_owned(),
+            labels["remote"].as_str().unwrap_or_default().to_owned(),
+        );
+        assert!(
+            logged.contains(&connection),
+            "exemplar {exemplar} is not a cut /api/v1/cuts lists: {logged:#?}"
+        );
+    }
 
     // The REQ-5 alert fires for the cut path.
     let req5 = "IdlecutPathCutsIdleConnectionsBelowReq5";
