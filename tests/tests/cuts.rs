@@ -422,6 +422,50 @@ fn reset_labels<'a>(
 }
 
 #[test]
+fn a_reset_that_answers_a_retransmission_is_a_cut_not_an_answer() {
+    if !require_root() {
+        return;
+    }
+    // Over a real network the RST comes a round trip after the send, long after the kernel
+    // reported it: here the router drops the first segment after the timeout and resets the
+    // retransmission, so the RST arrives hundreds of milliseconds after the send, as it would
+    // from a NAT gateway far away. It must count as the cut, not as the peer's answer.
+    let (net, agent) = expiring_middlebox(
+        "ct state invalid numgen inc mod 2 == 0 drop\n  ct state invalid reject with tcp reset",
+    );
+    let imap = listen(&net.server, "0.0.0.0:143");
+    run_scripts(
+        &net.client,
+        &format!("{}:143", net.server_v4()),
+        &imap,
+        vec![script(LONG_GAPS_MS[0], Speaker::Client, Expect::Cut)],
+    );
+    let report = agent.wait_for_path(
+        "imap",
+        "client",
+        &net.server_path_v4(),
+        "one reset cut",
+        |r| r["cuts"]["reset"] == 1,
+    );
+    eprintln!("client path: {report:#}");
+    assert_eq!(report["survived_gaps"], 0, "{report:#}");
+    assert_eq!(report["resets_received"]["path"], 1, "{report:#}");
+    let scrape = agent.scrape();
+    assert!(
+        scrape.value(
+            "idlecut_retransmits_total",
+            &[
+                ("service", "imap"),
+                ("role", "client"),
+                ("path", &net.server_path_v4())
+            ]
+        ) >= 1.0,
+        "the RST answered a retransmission: {}",
+        scrape.text
+    );
+}
+
+#[test]
 fn a_reset_the_peer_sends_is_told_from_one_the_path_forges() {
     if !require_root() {
         return;
