@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use crate::{
     cuts,
     metrics::{self, Metrics},
+    scheduled,
     snapshot::{Snapshots, Unavailable},
     view::{self, Filter},
 };
@@ -43,6 +44,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub snapshots: Snapshots,
+    /// The scheduled checks' last findings, shown next to the paths they cover.
+    pub checks: scheduled::Results,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -70,7 +73,14 @@ const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
 
 async fn serve_paths(State(state): State<AppState>) -> axum::response::Response {
     match state.snapshots.fresh(SNAPSHOT_PATIENCE).await {
-        Ok(snapshot) => axum::Json(&snapshot.paths).into_response(),
+        Ok(snapshot) => {
+            let checks = state.checks.borrow().clone();
+            if checks.ports.is_empty() {
+                axum::Json(&snapshot.paths).into_response()
+            } else {
+                axum::Json(scheduled::annotate(&snapshot.paths, &checks)).into_response()
+            }
+        }
         Err(unavailable) => unavailable_response(unavailable),
     }
 }

@@ -180,6 +180,8 @@ impl Inference {
                 ttl_difference: verdict.ttl_difference(),
             }),
             explanation: explain(key, stats, verdict, self.settings),
+            // Scheduled checks are added at read time (`scheduled::compare`).
+            active_checks: Vec::new(),
         }
     }
 }
@@ -333,16 +335,7 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
             let _ = write!(signatures, "{signature}: {count}");
         }
     }
-    let interval = match (stats.cutoff.lower, stats.cutoff.upper) {
-        (Some(lower), Some(upper)) => format!(
-            "between {} and {}",
-            with_seconds(lower),
-            with_seconds(upper)
-        ),
-        (None, Some(upper)) => format!("at or below {}", with_seconds(upper)),
-        (Some(lower), None) => format!("above {}", with_seconds(lower)),
-        (None, None) => "unknown".to_owned(),
-    };
+    let interval = interval_words(stats.cutoff);
     let mut sentence = match verdict {
         Verdict::ViolatesReq5 => format!(
             "{who} cut {} idle connection{} ({signatures}); its cut-off lies {interval} of \
@@ -413,6 +406,20 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
         );
     }
     sentence
+}
+
+/// A cut-off interval in words: "between 2 s and 4.5 s", "above 2 s", "at or below 4.5 s".
+pub fn interval_words(cutoff: Cutoff) -> String {
+    match (cutoff.lower, cutoff.upper) {
+        (Some(lower), Some(upper)) => format!(
+            "between {} and {}",
+            with_seconds(lower),
+            with_seconds(upper)
+        ),
+        (None, Some(upper)) => format!("at or below {}", with_seconds(upper)),
+        (Some(lower), None) => format!("above {}", with_seconds(lower)),
+        (None, None) => "unknown".to_owned(),
+    }
 }
 
 fn plural(n: u64) -> &'static str {

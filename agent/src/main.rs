@@ -19,6 +19,7 @@ mod paths;
 mod pipeline;
 mod privileges;
 mod probes;
+mod scheduled;
 mod snapshot;
 mod view;
 
@@ -304,7 +305,15 @@ async fn run(
         .ports()
         .filter_map(|port| config.ports.service(port))
         .map(Arc::from);
-    let metrics = Arc::new(Metrics::new(services));
+    let mut metrics = Metrics::new(services);
+    let check_metrics = scheduled::CheckMetrics::register(
+        &mut metrics.registry,
+        config
+            .checks
+            .iter()
+            .map(|check| Arc::from(check.label.as_str())),
+    );
+    let metrics = Arc::new(metrics);
     for attached in &probes.attached {
         let probe = attached.label;
         metrics
@@ -350,12 +359,35 @@ async fn run(
         recent_cuts: cuts::RecentCuts::new(config.recent_cuts),
     };
     let (stop, stopped) = watch::channel(false);
+    let (check_results, checks) = scheduled::results_channel();
+    // Its own task: a check's idle search takes as long as its longest silence, and neither
+    // the pipeline nor HTTP waits for it.
+    let scheduler = (!config.checks.is_empty()).then(|| {
+        tokio::spawn(
+            scheduled::Scheduler {
+                checks: config.checks.clone(),
+                runner: scheduled::check_runner(),
+                metrics: check_metrics,
+                naming: scheduled::PathNaming {
+                    ports: config.ports.clone(),
+                    ipv4_prefix: config.ipv4_prefix,
+                    ipv6_prefix: config.ipv6_prefix,
+                },
+                results: check_results,
+            }
+            .run(stopped.clone()),
+        )
+    });
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
     let kernel_logs =
         logger.map(|logger| tokio::spawn(probes::forward_kernel_logs(logger, stopped.clone())));
     let server = tokio::spawn(http::serve(
         listener,
-        http::AppState { metrics, snapshots },
+        http::AppState {
+            metrics,
+            snapshots,
+            checks,
+        },
         web.clone(),
         limits,
         stopped,
@@ -365,6 +397,7 @@ async fn run(
         ports = %config.ports,
         web = %web.describe(),
         max_http_connections = limits.max_connections,
+        scheduled_checks = config.checks.len(),
         "idlecut is running: metrics at {}://{}/metrics",
         if web.current().tls.is_some() { "https" } else { "http" },
         config.listen
@@ -393,6 +426,9 @@ async fn run(
     let _ = stop.send(true);
     pipeline.await.context("pipeline task")??;
     server.await.context("HTTP task")??;
+    if let Some(scheduler) = scheduler {
+        scheduler.await.context("check scheduler task")?;
+    }
     if let Some(kernel_logs) = kernel_logs {
         kernel_logs.await.context("kernel log task")??;
     }

@@ -781,6 +781,7 @@ mod tests {
             resets_received: ResetOrigins::default(),
             forged_reset: None,
             explanation: String::new(),
+            active_checks: Vec::new(),
         };
         metrics.set_path_estimates(&report);
         let text = metrics.encode().unwrap();

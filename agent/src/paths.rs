@@ -51,12 +51,11 @@ impl PathTable {
         if self.known.contains_key(&lookup) || self.known.len() >= self.max_paths {
             return (self.path_of(identity), false);
         }
-        let network = lookup.2;
-        let bits = match network {
-            IpAddr::V4(_) => self.ipv4_prefix,
-            IpAddr::V6(_) => self.ipv6_prefix,
-        };
-        let path: Arc<str> = Arc::from(format!("{network}/{bits}"));
+        let path: Arc<str> = Arc::from(prefix_label(
+            identity.remote,
+            self.ipv4_prefix,
+            self.ipv6_prefix,
+        ));
         self.known.insert(lookup, path.clone());
         (self.with_path(identity, path), true)
     }
@@ -87,6 +86,15 @@ impl PathTable {
     pub fn len(&self) -> usize {
         self.known.len()
     }
+}
+
+/// The path label of a remote address (before the cap): its prefix, such as `192.0.2.0/24`.
+pub fn prefix_label(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> String {
+    let bits = match ip {
+        IpAddr::V4(_) => ipv4_prefix,
+        IpAddr::V6(_) => ipv6_prefix,
+    };
+    format!("{}/{bits}", network(ip, ipv4_prefix, ipv6_prefix))
 }
 
 /// The network address of `ip` under the configured prefix lengths.

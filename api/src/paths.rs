@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocabulary::{ResetOrigin, Role, Signature};
+use crate::vocabulary::{CheckAgreement, CheckStatus, ResetOrigin, Role, Signature};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,5 +97,34 @@ pub struct PathReport {
     pub resets_received: ResetOrigins,
     /// The last reset that came from the path, if one did.
     pub forged_reset: Option<ForgedReset>,
+    pub explanation: String,
+    /// What the agent's scheduled checks (`[[check]]`) of a server on this path found at
+    /// their last run, and whether it agrees with the passive estimate above. Empty when no
+    /// check covers the path.
+    #[serde(default)]
+    pub active_checks: Vec<ActiveCheck>,
+}
+
+/// A scheduled check's last idle cut-off search, next to the passive estimate of its path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActiveCheck {
+    /// The check's target as configured (its `target` label in the metrics).
+    pub target: String,
+    pub port: u16,
+    /// The address the check connected to.
+    pub address: String,
+    /// When its last run finished, in seconds since the Unix epoch.
+    pub checked_at_unix_seconds: f64,
+    /// The idle cut-off row of that run: `fail` when the path cut a silence within
+    /// `max_idle`, `pass` when none was cut.
+    pub status: CheckStatus,
+    pub max_idle_seconds: f64,
+    pub cutoff_lower_seconds: Option<f64>,
+    pub cutoff_upper_seconds: Option<f64>,
+    pub signature: Option<Signature>,
+    pub verdict: Verdict,
+    /// Whether this agrees with the passive cut-off interval of the path.
+    pub agreement: CheckAgreement,
+    /// The same in a sentence (also appended to the path's `explanation`).
     pub explanation: String,
 }

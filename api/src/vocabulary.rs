@@ -228,6 +228,30 @@ words! {
     }
 }
 
+words! {
+    /// How a scheduled check's run ended (`idlecut_check_runs_total`): its report's result, or
+    /// `error` when it could not run (the name did not resolve, a file could not be read).
+    pub enum CheckRunResult {
+        Pass = "pass",
+        Fail = "fail",
+        CouldNotTell = "could_not_tell",
+        Error = "error",
+    }
+}
+
+words! {
+    /// Whether a scheduled check's idle cut-off agrees with the passive estimate of the same
+    /// path (`/api/v1/paths`).
+    pub enum CheckAgreement {
+        /// The two intervals overlap (within the timers' slack).
+        Confirms = "confirms",
+        /// They do not: one side saw connections survive silences the other saw cut.
+        Contradicts = "contradicts",
+        /// One side has no interval to compare yet.
+        Unknown = "unknown",
+    }
+}
+
 impl MailProtocol {
     /// The protocol a greeting speaks: IMAP greets with `* OK`, SMTP with `220`.
     pub fn of_greeting(line: &str) -> Option<Self> {

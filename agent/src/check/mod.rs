@@ -15,6 +15,7 @@ mod negotiate;
 mod probe;
 mod reach;
 mod report;
+mod table;
 mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -26,8 +27,12 @@ use self::{
     idle::IdleSettings,
     known::KnownCerts,
     login::Credentials,
-    report::{PortReport, Report},
     tls::Fingerprint,
+};
+pub use self::{
+    idle::IdleReport,
+    report::{PortReport, Report},
+    table::{MAX_CHECKS, ScheduledCheck},
 };
 use crate::{
     config,
@@ -39,11 +44,18 @@ const DEFAULT_PORTS: [u16; 2] = [143, 587];
 /// Idle connections one port's search may use, and how many are silent at once.
 const IDLE_BUDGET: usize = 32;
 const IDLE_PARALLEL: usize = 8;
+/// Defaults shared by the flags and the `[[check]]` tables of the agent's config.
+const DEFAULT_MAX_IDLE: &str = "2h5m";
+const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
+const DEFAULT_ANSWER_TIMEOUT: &str = "15s";
+const DEFAULT_REQ5_THRESHOLD: &str = "2h4m";
 
 /// Audit the path to a mail server now: reachability of IMAP (143) and Submission (587),
 /// the server's identity, STARTTLS and the capability lists, and where the path cuts idle
 /// connections. Exits 0 when nothing failed, 1 when a check failed, 2 on a usage error
-#[derive(Clone, Debug, clap::Args)]
+// (Not a doc comment: clap shows those in --help.) The same settings come from a `[[check]]`
+// table of the agent's config (`check::table`), through the same parsers and defaults.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct CheckArgs {
     /// The mail server: HOST, HOST:PORT, IP or [IPv6]:PORT. Without a port, 143 and 587
     #[arg(value_name = "TARGET[:PORT]", value_parser = parse_target)]
@@ -52,7 +64,7 @@ pub struct CheckArgs {
     #[arg(long = "port", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     ports: Vec<u16>,
     /// The longest silence the path must allow; 0s skips the idle and keepalive checks
-    #[arg(long, value_name = "DURATION", default_value = "2h5m", value_parser = config::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_MAX_IDLE, value_parser = config::parse_duration)]
     max_idle: Duration,
     /// How narrow the reported cut-off interval should be [default: --max-idle / 60, at least 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_at_least_100ms)]
@@ -76,20 +88,20 @@ pub struct CheckArgs {
     #[arg(long = "capability", value_name = "NAME")]
     capabilities: Vec<String>,
     /// How long to wait for a connection to be accepted
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_at_least_100ms)]
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_CONNECT_TIMEOUT, value_parser = parse_at_least_100ms)]
     connect_timeout: Duration,
     /// How long to wait for an answer (and for the path to acknowledge what was sent)
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_at_least_100ms)]
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_ANSWER_TIMEOUT, value_parser = parse_at_least_100ms)]
     answer_timeout: Duration,
     /// The idle time RFC 5382 REQ-5 requires
-    #[arg(long, value_name = "DURATION", default_value = "2h4m", value_parser = config::parse_req5_threshold)]
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_REQ5_THRESHOLD, value_parser = config::parse_req5_threshold)]
     req5_threshold: Duration,
     /// Print the report as JSON (progress still goes to stderr)
     #[arg(long)]
     json: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Target {
     host: String,
     port: Option<u16>,
@@ -134,15 +146,100 @@ fn parse_at_least_100ms(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Progress for a person while the idle search runs, on stderr.
+impl CheckArgs {
+    /// The ports to check: the target's, or IMAP and Submission, then any `--port`.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = match self.target.port {
+            Some(port) => vec![port],
+            None => DEFAULT_PORTS.to_vec(),
+        };
+        for &port in &self.ports {
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        ports
+    }
+
+    /// The server's name or address, as given.
+    #[cfg(test)]
+    pub fn host(&self) -> &str {
+        &self.target.host
+    }
+
+    /// The idle time below which a cut breaks RFC 5382 REQ-5.
+    #[cfg(test)]
+    pub fn req5_threshold(&self) -> Duration {
+        self.req5_threshold
+    }
+}
+
+/// Who runs a check: a person at the command line, or the agent's schedule (`[[check]]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// `idlecut check`: progress on stderr; IMAP credentials may come from the environment.
+    Command,
+    /// The agent: progress in its log at debug level; credentials only from the entry's
+    /// `credentials` file (the agent's environment is no place for a password meant for one
+    /// server, which every scheduled check would otherwise send to its own).
+    Schedule,
+}
+
+/// Progress while the idle search runs.
 pub struct Progress {
     prefix: String,
+    caller: Caller,
 }
 
 impl Progress {
     pub fn note(&self, message: &str) {
-        eprintln!("{}{message}", self.prefix);
+        match self.caller {
+            Caller::Command => eprintln!("{}{message}", self.prefix),
+            Caller::Schedule => tracing::debug!("{}{message}", self.prefix),
+        }
     }
+}
+
+/// Why a check did not give a report.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A file it was given cannot be used (credentials, known certificates): a usage error.
+    #[error("{0:#}")]
+    Files(anyhow::Error),
+    /// The target cannot be resolved, or the run failed.
+    #[error("{0:#}")]
+    Run(anyhow::Error),
+}
+
+/// Runs one check, the same for `idlecut check` and the agent's schedule: reads the files it
+/// names, checks every port, and records the certificates it learned.
+pub async fn check_target(args: Arc<CheckArgs>, caller: Caller) -> Result<Report, CheckError> {
+    let files = args.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let known = files
+            .known_certs
+            .as_deref()
+            .map(KnownCerts::load)
+            .transpose()?;
+        let credentials = match (caller, files.credentials.as_deref()) {
+            (Caller::Schedule, None) => None,
+            (_, file) => Credentials::load(file)?,
+        };
+        anyhow::Ok((known, credentials))
+    })
+    .await
+    .map_err(|err| CheckError::Run(err.into()))?;
+    let (known, credentials) = loaded.map_err(CheckError::Files)?;
+    let (report, known) = check(args, known, credentials.map(Arc::new), caller)
+        .await
+        .map_err(CheckError::Run)?;
+    if let Some(known) = known {
+        tokio::task::spawn_blocking(move || known.save())
+            .await
+            .map_err(|err| CheckError::Run(err.into()))?
+            .map_err(CheckError::Run)?;
+    }
+    Ok(report)
 }
 
 /// Runs `idlecut check` and returns the exit status.
@@ -151,24 +248,14 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let loaded = args
-        .known_certs
-        .as_deref()
-        .map(KnownCerts::load)
-        .transpose()
-        .and_then(|known| Ok((known, Credentials::load(args.credentials.as_deref())?)));
-    let (known, credentials) = match loaded {
-        Ok(loaded) => loaded,
-        Err(err) => {
+    let report = match runtime.block_on(check_target(Arc::new(args.clone()), Caller::Command)) {
+        Ok(report) => report,
+        Err(CheckError::Files(err)) => {
             eprintln!("idlecut: error: {err:#}");
             return Ok(2);
         }
+        Err(CheckError::Run(err)) => return Err(err),
     };
-    let shared = Arc::new(args.clone());
-    let (report, known) = runtime.block_on(check(shared, known, credentials.map(Arc::new)))?;
-    if let Some(known) = known {
-        known.save()?;
-    }
     if args.json {
         println!(
             "{}",
@@ -186,16 +273,9 @@ async fn check(
     args: Arc<CheckArgs>,
     mut known: Option<KnownCerts>,
     credentials: Option<Arc<Credentials>>,
+    caller: Caller,
 ) -> anyhow::Result<(Report, Option<KnownCerts>)> {
-    let mut ports: Vec<u16> = match args.target.port {
-        Some(port) => vec![port],
-        None => DEFAULT_PORTS.to_vec(),
-    };
-    for &port in &args.ports {
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
+    let ports = args.ports();
     let host = args.target.host.as_str();
     let address = tokio::net::lookup_host((host, 0))
         .await
@@ -223,7 +303,7 @@ async fn check(
         let recorded = known.as_ref().and_then(|known| known.get(host, port));
         tasks.spawn(async move {
             let addr = SocketAddr::new(address, port);
-            let report = check_port(addr, &args, &idle, recorded).await;
+            let report = check_port(addr, &args, &idle, recorded, caller).await;
             (index, report)
         });
     }
@@ -259,11 +339,14 @@ async fn check_port(
     args: &CheckArgs,
     idle: &IdleSettings,
     recorded: Option<Fingerprint>,
+    caller: Caller,
 ) -> PortReport {
     let mut report = PortReport::new(addr);
-    let progress = Progress {
-        prefix: format!("idlecut check: {}: ", addr.port()),
+    let prefix = match caller {
+        Caller::Command => format!("idlecut check: {}: ", addr.port()),
+        Caller::Schedule => format!("check {}, port {}: ", args.target.host, addr.port()),
     };
+    let progress = Progress { prefix, caller };
     let started = std::time::Instant::now();
     let stream = match reach::connect(addr, args.connect_timeout, args.answer_timeout).await {
         Ok(stream) => stream,

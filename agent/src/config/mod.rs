@@ -4,12 +4,13 @@
 //! by the flag and the file key), its default and its help. The macro derives the flags, the
 //! file keys and the merged [`Config`] from that one line, so a new setting is one line.
 
+mod check_tables;
 mod parse;
 
 use std::path::{Path, PathBuf};
 
 pub use self::parse::*;
-use crate::duration_text;
+use crate::{check::ScheduledCheck, duration_text};
 
 /// Declares the settings: `name: Type, parser, default, "VALUE NAME", "help";`.
 macro_rules! settings {
@@ -39,6 +40,8 @@ macro_rules! settings {
         #[derive(Clone, Debug, PartialEq, Eq)]
         pub struct Config {
             $( pub $name: $ty, )*
+            /// The file's `[[check]]` tables (no flag: `idlecut check` is the command line's).
+            pub checks: Vec<crate::check::ScheduledCheck>,
         }
 
         /// Every key the file may have, in the order of `--help`.
@@ -63,6 +66,7 @@ macro_rules! settings {
                                 .expect(concat!("the default of ", stringify!($name), " parses"))
                         }),
                     )*
+                    checks: Vec::new(),
                 }
             }
         }
@@ -127,24 +131,29 @@ pub struct ConfigError(String);
 impl Config {
     /// Merges flags over the file (if any) over the defaults.
     pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
-        let file = match &flags.config {
+        let (file, checks) = match &flags.config {
             Some(path) => read_file(path)?,
-            None => Flags::default(),
+            None => (Flags::default(), Vec::new()),
         };
-        Ok(flags.clone().over(file))
+        let mut config = flags.clone().over(file);
+        config.checks = checks;
+        for check in &mut config.checks {
+            check.set_req5_threshold(config.req5_threshold);
+        }
+        Ok(config)
     }
 }
 
 /// Reads the file's keys through the same parsers as the flags. An error names the file, the
 /// line and the key, on one line.
-fn read_file(path: &Path) -> Result<Flags, ConfigError> {
+fn read_file(path: &Path) -> Result<(Flags, Vec<ScheduledCheck>), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| ConfigError(format!("cannot read config file {}: {err}", path.display())))?;
     parse_file(path, &text)
 }
 
 /// The settings in a file's text (`path` only names it in errors).
-fn parse_file(path: &Path, text: &str) -> Result<Flags, ConfigError> {
+fn parse_file(path: &Path, text: &str) -> Result<(Flags, Vec<ScheduledCheck>), ConfigError> {
     let table: toml::Table = toml::from_str(text).map_err(|err| {
         let at = err
             .span()
@@ -157,7 +166,12 @@ fn parse_file(path: &Path, text: &str) -> Result<Flags, ConfigError> {
         ))
     })?;
     let mut flags = Flags::default();
+    let mut checks = Vec::new();
     for (key, value) in &table {
+        if key == check_tables::KEY {
+            checks = check_tables::read(path, text, value)?;
+            continue;
+        }
         let at = key_line(text, key)
             .map(|line| format!(" (line {line})"))
             .unwrap_or_default();
@@ -170,12 +184,12 @@ fn parse_file(path: &Path, text: &str) -> Result<Flags, ConfigError> {
         let text = value_text(key, value).map_err(error)?;
         if !flags.set_key(key, &text).map_err(error)? {
             return Err(error(format!(
-                "unknown key; the keys are {}",
+                "unknown key; the keys are {} and [[check]] tables",
                 KEYS.join(", ")
             )));
         }
     }
-    Ok(flags)
+    Ok((flags, checks))
 }
 
 /// A value as the parsers read it: strings as written, numbers and booleans as text, and the

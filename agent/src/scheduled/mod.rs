@@ -1,0 +1,293 @@
+//! The agent's scheduled checks (`[[check]]` in its config): each runs `idlecut check`'s own
+//! code path (`check::check_target`) on its schedule, and its findings go to the
+//! `idlecut_check_*` metrics and, next to the passive estimate of the same path, to
+//! `/api/v1/paths`.
+//!
+//! One task, the scheduler, owns the results: each check runs in a loop of its own (so one
+//! check never runs twice at once, and a slow one delays no other), each run in a task of its
+//! own (so a panic ends the run, not the loop), and finished runs come back to the scheduler
+//! over a channel. It publishes a snapshot of every check's last findings on a `watch`
+//! channel; the HTTP side combines it with the pipeline's snapshot when it answers
+//! (`compare`). Nothing here touches the pipeline: a check's connections are ordinary
+//! connections, which the probes see like any other.
+
+mod compare;
+mod metrics;
+
+use std::{
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+    time::Instant,
+};
+use tracing::{info, warn};
+
+pub use self::{compare::annotate, metrics::CheckMetrics};
+use crate::{
+    check::{self, Caller, CheckArgs, IdleReport, Report, ScheduledCheck},
+    config::PortMap,
+    paths::{PathKey, prefix_label},
+    vocabulary::{CheckName, CheckStatus, Role},
+};
+
+/// The first run of the first check: soon after start-up, once the agent is serving.
+const FIRST_RUN_AFTER: Duration = Duration::from_secs(5);
+/// Between the first runs of two checks: an idle search holds up to 8 connections per port
+/// open at once, and the checks of one agent need not all open theirs together.
+const FIRST_RUN_SPREAD: Duration = Duration::from_secs(15);
+
+/// What the last run of a check found on one port.
+#[derive(Clone, Debug)]
+pub struct PortResult {
+    /// The check's target as configured (its metrics' `target` label).
+    pub target: Arc<str>,
+    pub port: u16,
+    pub address: IpAddr,
+    /// The passive path the check's connections belong to: client role, the service the
+    /// agent's `ports` give the port, the prefix of the address. None for an unwatched port.
+    pub path: Option<PathKey>,
+    pub ended_unix_seconds: f64,
+    pub max_idle_seconds: f64,
+    /// The idle cut-off row, if the search ran.
+    pub idle_status: Option<CheckStatus>,
+    pub idle: Option<IdleReport>,
+}
+
+/// Every check's last findings, per port, in the order of the config.
+#[derive(Debug, Default)]
+pub struct CheckResults {
+    pub ports: Vec<PortResult>,
+}
+
+/// The readers' side of the scheduler's results.
+pub type Results = watch::Receiver<Arc<CheckResults>>;
+
+/// A results channel: the scheduler's end, and the readers'.
+pub fn results_channel() -> (watch::Sender<Arc<CheckResults>>, Results) {
+    watch::channel(Arc::new(CheckResults::default()))
+}
+
+/// Runs one check and returns its report, or why it could not run.
+pub type Runner = Arc<
+    dyn Fn(Arc<CheckArgs>) -> Pin<Box<dyn Future<Output = Result<Report, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The real runner: `idlecut check`'s code path, progress in the log.
+pub fn check_runner() -> Runner {
+    Arc::new(|args| {
+        Box::pin(async move {
+            check::check_target(args, Caller::Schedule)
+                .await
+                .map_err(|err| err.to_string())
+        })
+    })
+}
+
+/// How a path label is made of an address, as the path table makes it.
+#[derive(Clone, Debug)]
+pub struct PathNaming {
+    pub ports: PortMap,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+impl PathNaming {
+    fn path_of(&self, address: IpAddr, port: u16) -> Option<PathKey> {
+        let service = self.ports.service(port)?;
+        Some(PathKey {
+            service: Arc::from(service),
+            role: Role::Client,
+            path: Arc::from(prefix_label(address, self.ipv4_prefix, self.ipv6_prefix)),
+        })
+    }
+}
+
+pub struct Scheduler {
+    pub checks: Vec<ScheduledCheck>,
+    pub runner: Runner,
+    pub metrics: CheckMetrics,
+    pub naming: PathNaming,
+    pub results: watch::Sender<Arc<CheckResults>>,
+}
+
+/// A run that ended.
+struct Finished {
+    index: usize,
+    ended: SystemTime,
+    took: Duration,
+    outcome: Result<Report, String>,
+}
+
+impl Scheduler {
+    /// Runs every check on its schedule until `shutdown`; then stops the runs under way
+    /// (their connections close) and returns.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let (finished_tx, mut finished) = mpsc::channel(self.checks.len().max(1));
+        let mut loops = JoinSet::new();
+        let start = Instant::now();
+        for (index, check) in self.checks.iter().enumerate() {
+            loops.spawn(check_loop(
+                index,
+                start + first_run_delay(index),
+                check.every,
+                Arc::new(check.args.clone()),
+                self.runner.clone(),
+                finished_tx.clone(),
+            ));
+        }
+        drop(finished_tx);
+        let mut last: Vec<Vec<PortResult>> = vec![Vec::new(); self.checks.len()];
+        while !*shutdown.borrow_and_update() {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                run = finished.recv() => match run {
+                    Some(run) => {
+                        last[run.index] = self.record(&run);
+                        self.results.send_replace(Arc::new(CheckResults {
+                            ports: last.iter().flatten().cloned().collect(),
+                        }));
+                    }
+                    None => break,
+                },
+            }
+        }
+        // Dropping a loop drops its run: the check's sockets close at once.
+        loops.shutdown().await;
+    }
+
+    /// Logs a finished run, sets its metrics, and returns its findings per port.
+    fn record(&self, run: &Finished) -> Vec<PortResult> {
+        let check = &self.checks[run.index];
+        let target: Arc<str> = Arc::from(check.label.as_str());
+        let ended = run
+            .ended
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let report = run.outcome.as_ref().ok();
+        self.metrics.record(
+            &target,
+            &check.args.ports(),
+            report,
+            ended,
+            run.took.as_secs_f64(),
+        );
+        let report = match &run.outcome {
+            Ok(report) => report,
+            Err(why) => {
+                warn!(target = %target, error = %why, "a scheduled check could not run");
+                return Vec::new();
+            }
+        };
+        info!(
+            target = %target,
+            result = %report.result,
+            took_s = run.took.as_secs(),
+            "scheduled check finished"
+        );
+        report
+            .ports
+            .iter()
+            .map(|port| PortResult {
+                target: target.clone(),
+                port: port.port,
+                address: port.address.ip(),
+                path: self.naming.path_of(port.address.ip(), port.port),
+                ended_unix_seconds: ended,
+                max_idle_seconds: report.max_idle_seconds,
+                idle_status: port
+                    .rows
+                    .iter()
+                    .find(|row| row.check == CheckName::IdleCutoff)
+                    .map(|row| row.status),
+                idle: port.idle.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The delay before check `index` first runs.
+fn first_run_delay(index: usize) -> Duration {
+    FIRST_RUN_AFTER + FIRST_RUN_SPREAD * u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+/// The next start on the grid `first + k * every` strictly after `now`: a run that took longer
+/// than `every` skips the starts it missed instead of starting again at once.
+fn next_start(first: Instant, every: Duration, now: Instant) -> Instant {
+    if now < first || every.is_zero() {
+        return first.max(now);
+    }
+    let elapsed = now.duration_since(first).as_nanos();
+    let periods = elapsed / every.as_nanos() + 1;
+    let offset = every.as_nanos().saturating_mul(periods);
+    first + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
+}
+
+/// One check's runs, one after the other, forever (the scheduler aborts it on shutdown).
+async fn check_loop(
+    index: usize,
+    first: Instant,
+    every: Duration,
+    args: Arc<CheckArgs>,
+    runner: Runner,
+    finished: mpsc::Sender<Finished>,
+) {
+    let mut next = first;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let started = Instant::now();
+        // A task of its own, so that a panic in a run is that run's failure only; aborted
+        // with the loop (`AbortOnDrop`) when the scheduler stops.
+        let mut run = AbortOnDrop(tokio::spawn(runner(args.clone())));
+        let outcome = match run.await_result().await {
+            Ok(outcome) => outcome,
+            Err(panicked) => Err(format!("the check stopped: {panicked}")),
+        };
+        let took = started.elapsed();
+        let ended = SystemTime::now();
+        if finished
+            .send(Finished {
+                index,
+                ended,
+                took,
+                outcome,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        next = next_start(first, every, Instant::now());
+    }
+}
+
+/// A spawned task aborted when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn await_result(&mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests;
