@@ -73,6 +73,8 @@ pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// Stopped by the test already (`stops_within`).
+    stopped: bool,
 }
 
 impl Agent {
@@ -116,7 +118,12 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .expect("starting the agent");
-        let mut agent = Self { child, addr, log };
+        let mut agent = Self {
+            child,
+            addr,
+            log,
+            stopped: false,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = agent.child.try_wait().expect("agent status") {
@@ -136,6 +143,12 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the agent (SIGTERM) and says whether it exited on its own within `grace`.
+    pub fn stops_within(&mut self, grace: Duration) -> bool {
+        self.stopped = true;
+        stop(&mut self.child, grace)
     }
 
     /// The agent's process id.
@@ -269,7 +282,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if stop(&mut self.child, Duration::from_secs(5)) {
+        if self.stopped || stop(&mut self.child, Duration::from_secs(5)) {
             let _ = std::fs::remove_file(&self.log);
         }
     }

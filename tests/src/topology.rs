@@ -286,6 +286,68 @@ impl Topology {
     }
 }
 
+/// This host's own namespace (where the agent runs) joined to the router as a second client,
+/// for the connections the agent itself makes (its scheduled checks): 10.k.3.2 on the host,
+/// 10.k.3.1 on the router, and a route to the server's subnet through the router. The link
+/// (and its route) is deleted on drop.
+pub struct HostLink {
+    name: String,
+}
+
+impl Topology {
+    pub fn attach_host(&self) -> HostLink {
+        let k = self.k;
+        let name = format!("ich{k}-{}", std::process::id() % 100_000);
+        // A link left behind by a crashed run would make `add` fail.
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth3",
+                "netns",
+                &self.router.name,
+            ],
+        );
+        let link = HostLink { name };
+        sh(
+            "ip",
+            &["addr", "add", &format!("10.{k}.3.2/24"), "dev", &link.name],
+        );
+        sh("ip", &["link", "set", &link.name, "up"]);
+        self.router.exec(
+            "ip",
+            &["addr", "add", &format!("10.{k}.3.1/24"), "dev", "eth3"],
+        );
+        self.router.exec("ip", &["link", "set", "eth3", "up"]);
+        sh(
+            "ip",
+            &[
+                "route",
+                "add",
+                &format!("10.{k}.2.0/24"),
+                "via",
+                &format!("10.{k}.3.1"),
+            ],
+        );
+        link
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
 impl Default for Topology {
     fn default() -> Self {
         Self::new()

@@ -5,12 +5,21 @@
 //! Submission to another server, a relay that strips STARTTLS. Times are scaled down: the
 //! router forgets idle flows after seconds, and --max-idle is seconds too.
 //!
-//! `idlecut check` loads no BPF program: these tests do not need the BPF lock.
+//! The last test runs the same check from the agent, on its schedule (`[[check]]`), and
+//! compares it with what the agent saw passively on the same path.
+//!
+//! Every test here makes traffic on mail ports that any agent on the host counts, and the
+//! last one loads the BPF programs: run them under the BPF lock.
 
-use std::thread;
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpStream,
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
 
 use idlecut_integration_tests::{
-    Topology,
+    Agent, Netns, Scrape, Topology,
     mail::{self, Certificate, CheckRun, Server, StripStarttls, TempDir},
     require_root,
 };
@@ -524,4 +533,258 @@ fn a_server_that_ends_silent_sessions_itself_is_not_blamed_on_the_path() {
     assert!((2.5..4.0).contains(&limit), "{idle:#}");
     assert!(idle["cutoff_upper_seconds"].is_null(), "{idle:#}");
     assert_eq!(status(&report, 587, "keepalive"), "could_not_tell");
+}
+
+/// An IMAP session from `ns`: greeted, silent for `silence`, then NOOP. Whether the NOOP was
+/// answered (else the path cut the session).
+fn imap_session_answers_after(ns: &Netns, server: &str, silence: Duration) -> bool {
+    let server = format!("{server}:143");
+    let stream = ns.run(move || TcpStream::connect(&server).expect("connecting to Dovecot"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("the greeting");
+    assert!(line.starts_with("* OK"), "greeting: {line}");
+    thread::sleep(silence);
+    let mut writer = stream;
+    if writer.write_all(b"a NOOP\r\n").is_err() {
+        return false;
+    }
+    line.clear();
+    reader
+        .read_line(&mut line)
+        .is_ok_and(|_| line.starts_with("a OK"))
+}
+
+/// Waits up to `patience` for `done` to hold for a scrape of the agent, and returns it.
+fn wait_for_scrape(
+    agent: &Agent,
+    patience: Duration,
+    what: &str,
+    done: impl Fn(&Scrape) -> bool,
+) -> Scrape {
+    let deadline = Instant::now() + patience;
+    loop {
+        let scrape = agent.scrape();
+        if done(&scrape) {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{}\nagent log:\n{}",
+            scrape.text,
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The metric names the dashboard's panels about scheduled checks query.
+fn dashboard_check_metrics() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dashboards/grafana/idlecut-overview.json"
+    );
+    let text = std::fs::read_to_string(path).expect("the dashboard");
+    let mut names: Vec<String> = text
+        .match_indices("idlecut_check_")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn the_agent_runs_a_scheduled_check_and_compares_it_with_the_passive_estimate() {
+    if !require_root() {
+        return;
+    }
+    // The router forgets idle flows after 6 s and answers what comes later with a RST (an
+    // AWS NAT Gateway, scaled down). The agent runs in this host's namespace, joined to the
+    // router as a second client: its check crosses the same middlebox as the client's
+    // sessions, on the same path (imap, client, the server's /24).
+    let net = Topology::new();
+    let certs = TempDir::new("certs");
+    let cert = Certificate::generate(&certs, "mail.test");
+    let server = net.server_v4();
+    let _imap = mail::dovecot(&net.server, &[&server], &cert);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a whole, small number of seconds"
+    )]
+    net.router_conntrack(CUT_AFTER_S as u32, false);
+    net.router_rules("ct state invalid reject with tcp reset");
+    let _host = net.attach_host();
+    let target = format!("{server}:143");
+    let config = certs.join("idlecut.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[check]]\ntarget = \"{target}\"\nevery = \"1m\"\nmax_idle = \"20s\"\n\
+             precision = \"1s\"\nexpect_cert = \"{}\"\nconnect_timeout = \"2s\"\n\
+             answer_timeout = \"2s\"\n",
+            cert.sha256
+        ),
+    )
+    .expect("config file");
+    let config = config.to_str().expect("UTF-8 path");
+    let mut agent = Agent::start(&["--config", config, "--min-idle-gap", "1s"]);
+    let started = SystemTime::now();
+
+    // Meanwhile, the client's own IMAP sessions: two silences the path lets through, two it
+    // cuts. These are what the agent sees passively.
+    thread::scope(|scope| {
+        let sessions: Vec<_> = [2, 2, 9, 9]
+            .into_iter()
+            .map(|seconds| {
+                let (client, server) = (&net.client, &server);
+                scope.spawn(move || {
+                    let silence = Duration::from_secs(seconds);
+                    (seconds, imap_session_answers_after(client, server, silence))
+                })
+            })
+            .collect();
+        for session in sessions {
+            let (seconds, answered) = session.join().expect("a session");
+            assert_eq!(answered, seconds < 6, "a session silent for {seconds} s");
+        }
+    });
+
+    // The check's first run starts 5 s after the agent, and its search lasts about 30 s.
+    let labels = [("target", target.as_str())];
+    let scrape = wait_for_scrape(
+        &agent,
+        Duration::from_secs(120),
+        "the scheduled check's first run",
+        |scrape| scrape.value("idlecut_check_runs_total", &[labels[0], ("result", "fail")]) == 1.0,
+    );
+    eprintln!(
+        "check metrics:\n{}",
+        scrape
+            .text
+            .lines()
+            .filter(|line| line.starts_with("idlecut_check_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let port = [labels[0], ("port", "143")];
+    let status = |check: &str| {
+        scrape.value(
+            "idlecut_check_status",
+            &[port[0], port[1], ("check", check)],
+        )
+    };
+    assert_eq!(status("reachability"), 1.0, "{}", scrape.text);
+    assert_eq!(status("identity"), 1.0, "the pinned certificate");
+    assert_eq!(status("extensions"), 1.0);
+    assert_eq!(status("idle_cutoff"), 0.0, "the path cuts after 6 s");
+    assert_eq!(
+        status("keepalive"),
+        1.0,
+        "keepalive at the advice keeps it open"
+    );
+    let lower = scrape.value("idlecut_check_cutoff_lower_seconds", &port);
+    let upper = scrape.value("idlecut_check_cutoff_upper_seconds", &port);
+    assert!(
+        lower - SLACK_S < CUT_AFTER_S
+            && CUT_AFTER_S <= upper + SLACK_S
+            && upper - lower <= 1.0 + 1e-6,
+        "({lower}, {upper}] does not hold the router's {CUT_AFTER_S} s to 1 s"
+    );
+    for result in ["pass", "could_not_tell", "error"] {
+        assert_eq!(
+            scrape.value("idlecut_check_runs_total", &[labels[0], ("result", result)]),
+            0.0,
+            "{result}"
+        );
+    }
+    let ended = scrape.value("idlecut_check_last_run_timestamp_seconds", &labels);
+    let since_start = started
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        ended > since_start && ended < since_start + 120.0,
+        "last run at {ended}"
+    );
+    let took = scrape.value("idlecut_check_duration_seconds", &labels);
+    assert!((CUT_AFTER_S..120.0).contains(&took), "took {took} s");
+    // The dashboard's check panels query series the agent exports.
+    let names = dashboard_check_metrics();
+    assert!(names.len() >= 3, "{names:?}");
+    for name in names {
+        assert!(
+            scrape
+                .text
+                .lines()
+                .any(|line| line.starts_with(&format!("{name}{{"))),
+            "the dashboard queries {name}, which the agent does not export"
+        );
+    }
+
+    // The passive view of the same path: the client's sessions and the check's own
+    // connections, which the probes see like any other. The check confirms it.
+    let path = net.server_path_v4();
+    let report = agent.wait_for_path("imap", "client", &path, "the check's comparison", |r| {
+        r["active_checks"][0]["agreement"] == "confirms"
+    });
+    eprintln!("path report: {report:#}");
+    let passive_lower = report["cutoff_lower_seconds"]
+        .as_f64()
+        .expect("passive lower");
+    let passive_upper = report["cutoff_upper_seconds"]
+        .as_f64()
+        .expect("passive upper");
+    assert!(
+        passive_lower - SLACK_S < CUT_AFTER_S && CUT_AFTER_S <= passive_upper + SLACK_S,
+        "passive ({passive_lower}, {passive_upper}]"
+    );
+    assert_eq!(report["verdict"], "violates_req5");
+    let active = &report["active_checks"][0];
+    assert_eq!(active["target"], target.as_str());
+    assert_eq!(active["port"], 143);
+    assert_eq!(active["address"], server.as_str());
+    assert_eq!(active["status"], "fail");
+    assert_eq!(active["signature"], "reset");
+    assert_eq!(active["verdict"], "violates_req5");
+    assert_eq!(active["cutoff_lower_seconds"].as_f64(), Some(lower));
+    assert_eq!(active["cutoff_upper_seconds"].as_f64(), Some(upper));
+    let sentence = active["explanation"].as_str().expect("explanation");
+    assert!(
+        sentence.starts_with(&format!(
+            "The scheduled check of {target} (port 143) found the cut-off between"
+        )) && sentence.contains("(reset), which confirms the passive estimate (between"),
+        "{sentence}"
+    );
+    assert!(
+        report["explanation"]
+            .as_str()
+            .is_some_and(|e| e.ends_with(sentence)),
+        "{report:#}"
+    );
+    // Only the checked path carries it.
+    for other in agent.paths() {
+        if other["path"] != path.as_str() || other["role"] != "client" {
+            assert_eq!(
+                other["active_checks"],
+                Value::Array(Vec::new()),
+                "{other:#}"
+            );
+        }
+    }
+    // The scheduler stops with the agent, at once.
+    assert!(
+        agent.stops_within(Duration::from_secs(5)),
+        "the agent did not stop within 5 s:\n{}",
+        agent.log_text()
+    );
 }
