@@ -69,6 +69,22 @@ fn bad_config_file_names_the_key_and_exits_2() {
         "{stderr}"
     );
 
+    // A bad [[check]] table: the line, the table and the key, before anything loads.
+    std::fs::write(
+        &path,
+        "[[check]]\ntarget = \"mail.example.net\"\n\n[[check]]\ntarget = \"[::1]:143\"\n\
+         every = \"10s\"\n",
+    )
+    .expect("writing the file");
+    let (code, stderr) = run(&["--config", path.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("(line 6): [[check]] #2: key `every`: 10 s is too often (at least 1m)"),
+        "{stderr}"
+    );
+
     let (code, stderr) = run(&["--config", "/nonexistent/idlecut.toml"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/idlecut.toml"), "{stderr}");

@@ -19,7 +19,8 @@ macro_rules! settings {
         #[derive(Clone, Debug, Default, clap::Args)]
         pub struct Flags {
             /// TOML file with any of the settings below (keys spelled with underscores:
-            /// `max_paths = 200`); flags given on the command line win.
+            /// `max_paths = 200`), and [[check]] tables: checks of mail servers the agent runs
+            /// on a schedule (README); flags given on the command line win.
             #[arg(long, value_name = "FILE")]
             pub config: Option<PathBuf>,
             $(
