@@ -22,6 +22,9 @@ pub const UNREPORTED_MAP: &str = "UNREPORTED";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the global holding the port bitmap ([`PortBitmap`]).
 pub const PORTS_GLOBAL: &str = "MAIL_PORTS";
+/// Name of the global holding the lowest and highest watched port ([`PortRange`]): a socket
+/// with both ports outside it is not watched, without a look at the bitmap.
+pub const PORT_RANGE_GLOBAL: &str = "PORT_RANGE";
 /// Name of the global holding how many bytes may wait in the ring buffer before a program
 /// wakes the reader (below that, the agent drains the buffer on its timer).
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
@@ -45,8 +48,9 @@ pub const MAPS: [&str; 6] = [
 
 /// Every global the agent sets at load time, by name: the built object must have exactly these
 /// (plus aya-log's level), which a test of the agent checks against the embedded object.
-pub const GLOBALS: [&str; 13] = [
+pub const GLOBALS: [&str; 14] = [
     PORTS_GLOBAL,
+    PORT_RANGE_GLOBAL,
     WAKEUP_BYTES_GLOBAL,
     MIN_IDLE_GAP_GLOBAL,
     SKB_OFFSETS_GLOBAL,
@@ -408,6 +412,30 @@ pub mod offsets_global {
 /// A bitmap of the watched ports: bit `p % 64` of word `p / 64`.
 pub type PortBitmap = [u64; 1024];
 
+/// The lowest and the highest watched port. Most traffic that is not mail runs between ports
+/// above the highest (ephemeral ports, 5000 and up...): two comparisons tell, and the 8 KiB
+/// bitmap stays out of the cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lowest: u16,
+    pub highest: u16,
+}
+
+impl PortRange {
+    /// Every port: what the programs see until the agent sets it.
+    pub const fn all() -> Self {
+        Self {
+            lowest: 0,
+            highest: u16::MAX,
+        }
+    }
+
+    pub const fn contains(&self, port: u16) -> bool {
+        port >= self.lowest && port <= self.highest
+    }
+}
+
 // The layouts both sides rely on, checked wherever this crate is compiled: by the BPF build of
 // the programs as much as by the agent's (the unit tests below pin the field offsets too).
 const _: () = {
@@ -418,11 +446,12 @@ const _: () = {
     assert!(core::mem::size_of::<SockOffsets>() == 26);
     assert!(core::mem::size_of::<SkbOffsets>() == 8);
     assert!(core::mem::size_of::<PortBitmap>() == 8192);
+    assert!(core::mem::size_of::<PortRange>() == 4);
 };
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{ConnectionState, FieldOffsets, RawEvent, SkbOffsets, SockOffsets};
+    use super::{ConnectionState, FieldOffsets, PortRange, RawEvent, SkbOffsets, SockOffsets};
 
     // SAFETY: `#[repr(C)]`, only integer fields and arrays, no implicit padding (pinned by the
     // layout tests below), so every bit pattern is a valid value.
@@ -435,6 +464,8 @@ mod user {
     unsafe impl aya::Pod for SkbOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PortRange {}
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use idlecut_ebpf::{
-    ConnectionState, PortBitmap, RawEvent, SkbOffsets, SockOffsets, counter, defaults, event_kind,
+    ConnectionState, PortBitmap, PortRange, RawEvent, SkbOffsets, SockOffsets, counter, defaults,
+    event_kind,
 };
 
 // Sizes the agent overrides at load time (`--ring-buffer-size`, `--max-connections`).
@@ -57,6 +58,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[unsafe(no_mangle)]
 static MAIL_PORTS: PortBitmap = [0; 1024];
 #[unsafe(no_mangle)]
+static PORT_RANGE: PortRange = PortRange::all();
+#[unsafe(no_mangle)]
 static MIN_IDLE_GAP_NS: u64 = defaults::MIN_IDLE_GAP_NS;
 /// Waking the reader costs more than the rest of a program's run: events are submitted without
 /// a wake-up (the agent drains the buffer on a timer) until this many bytes are waiting.
@@ -82,9 +85,14 @@ fn is_mail_port(port: u16) -> bool {
     bits & (1u64 << (port & 63)) != 0
 }
 
-/// The ports, or None when neither is a watched port: the first test of every program.
+/// The ports, or None when neither is a watched port: the first test of every program. Two
+/// comparisons settle most traffic that is not mail; the bitmap the rest.
 #[inline(always)]
 fn watched(local: u16, remote: u16) -> Option<(u16, u16)> {
+    let range = global(&PORT_RANGE);
+    if !range.contains(local) && !range.contains(remote) {
+        return None;
+    }
     (is_mail_port(local) || is_mail_port(remote)).then_some((local, remote))
 }
 

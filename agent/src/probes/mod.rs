@@ -15,9 +15,10 @@ use aya::{
     programs::{BtfTracePoint, FEntry, TracePoint},
 };
 use idlecut_ebpf::{
-    CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL, PORTS_GLOBAL,
-    PortBitmap, SEEDING_MAP, SEEDS_MAP, SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets,
-    SockOffsets, UNREPORTED_MAP, WAKEUP_BYTES_GLOBAL,
+    CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL,
+    PORT_RANGE_GLOBAL, PORTS_GLOBAL, PortBitmap, PortRange, SEEDING_MAP, SEEDS_MAP,
+    SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets, SockOffsets, UNREPORTED_MAP,
+    WAKEUP_BYTES_GLOBAL,
 };
 use layouts::{
     btf,
@@ -148,12 +149,14 @@ pub fn load(config: &Config) -> anyhow::Result<Probes> {
 
     raise_memlock_limit();
     let ports = port_bitmap(&config.ports);
+    let port_range = port_range(&config.ports);
     let min_idle_gap_ns = u64::try_from(config.min_idle_gap.as_nanos()).unwrap_or(u64::MAX);
     // A quarter full wakes the reader; below that, the pipeline's timer drains the buffer.
     let wakeup_bytes = u64::from(config.ring_buffer_size / 4);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(PORTS_GLOBAL, &ports, true)
+        .override_global(PORT_RANGE_GLOBAL, &port_range, true)
         .override_global(MIN_IDLE_GAP_GLOBAL, &min_idle_gap_ns, true)
         .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
         .map_max_entries(EVENTS_MAP, config.ring_buffer_size)
@@ -409,6 +412,16 @@ fn port_bitmap(ports: &PortMap) -> PortBitmap {
     bitmap
 }
 
+/// The lowest and highest watched port, for the programs' first test.
+fn port_range(ports: &PortMap) -> PortRange {
+    let mut watched = ports.ports();
+    let first = watched.next().unwrap_or(0);
+    let (lowest, highest) = watched.fold((first, first), |(lo, hi), port| {
+        (lo.min(port), hi.max(port))
+    });
+    PortRange { lowest, highest }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -460,5 +473,16 @@ mod tests {
             .filter(|&p| bitmap[usize::from(p >> 6)] & (1 << (p & 63)) != 0)
             .collect();
         assert_eq!(set, [25, 143, 65535]);
+        assert_eq!(
+            port_range(&ports),
+            PortRange {
+                lowest: 25,
+                highest: 65535
+            }
+        );
+        let mail = crate::config::parse_ports("993=imaps,143=imap,4190=sieve").unwrap();
+        let range = port_range(&mail);
+        assert_eq!((range.lowest, range.highest), (143, 4190));
+        assert!(range.contains(993) && !range.contains(8080) && !range.contains(25));
     }
 }
