@@ -60,6 +60,14 @@ struct CutLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetCutLabels {
+    #[prometheus(flatten)]
+    path: PathKey,
+    /// `peer`, `path` or `unknown`.
+    origin: ResetOrigin,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StallLabels {
     #[prometheus(flatten)]
     path: PathKey,
@@ -155,6 +163,7 @@ pub struct Metrics {
     retransmits: Family<PathKey, Counter>,
     idle_gap: Family<PathKey, Histogram, fn() -> Histogram>,
     cuts: Family<CutLabels, Counter>,
+    reset_cuts: Family<ResetCutLabels, Counter>,
     idle_before_cut: Family<CutLabels, CutHistogram, fn() -> CutHistogram>,
     cutoff_lower: Family<PathKey, GaugeF64>,
     cutoff_upper: Family<PathKey, GaugeF64>,
@@ -243,6 +252,12 @@ impl Metrics {
             "cuts",
             "Connections the path cut after an idle gap, by signature (reset, blackhole, icmp)",
             Family::<CutLabels, Counter>::default(),
+        );
+        let reset_cuts = register(
+            &mut registry,
+            "reset_cuts",
+            "Connections the path cut with a RST after an idle gap (idlecut_cuts_total{signature=\"reset\"}), by who sent the RST: peer, path (a middlebox forged it) or unknown",
+            Family::<ResetCutLabels, Counter>::default(),
         );
         let idle_before_cut: Family<CutLabels, CutHistogram, fn() -> CutHistogram> =
             register_seconds(
@@ -385,6 +400,7 @@ impl Metrics {
             retransmits,
             idle_gap,
             cuts,
+            reset_cuts,
             idle_before_cut,
             cutoff_lower,
             cutoff_upper,
@@ -483,6 +499,17 @@ impl Metrics {
                     signature: *signature,
                 };
                 self.cuts.get_or_create(&labels).inc();
+                if *signature == Signature::Reset {
+                    let origin = context
+                        .reset
+                        .map_or(ResetOrigin::Unknown, |verdict| verdict.origin);
+                    self.reset_cuts
+                        .get_or_create(&ResetCutLabels {
+                            path: key.clone(),
+                            origin,
+                        })
+                        .inc();
+                }
                 let exemplar = context.endpoints.map(|endpoints| CutExemplar {
                     local: endpoints.local.to_string(),
                     remote: endpoints.remote.to_string(),
@@ -529,6 +556,12 @@ impl Metrics {
             let _ = self.cuts.get_or_create(&CutLabels {
                 path: key.clone(),
                 signature,
+            });
+        }
+        for origin in [ResetOrigin::Peer, ResetOrigin::Path, ResetOrigin::Unknown] {
+            let _ = self.reset_cuts.get_or_create(&ResetCutLabels {
+                path: key.clone(),
+                origin,
             });
         }
         let origins = ResetOrigin::ALL.into_iter().map(|origin| {
@@ -714,6 +747,10 @@ mod tests {
                         local: "10.0.0.2:40000".parse().unwrap(),
                         remote: "192.0.2.1:143".parse().unwrap(),
                     }),
+                    reset: Some(ResetVerdict::received(ResetTtls {
+                        peer: Some(63),
+                        reset: Some(64),
+                    })),
                     ..CutContext::default()
                 },
             },
@@ -748,6 +785,8 @@ mod tests {
             r#"idlecut_connections_closed_total{service="imap",role="client",path="192.0.2.0/24",end="timeout"} 0"#,
             // The cut's connection, as /api/v1/cuts lists it.
             r#"idlecut_idle_before_cut_seconds_bucket{le="300.0",service="imap",role="client",path="192.0.2.0/24",signature="reset"} 1 # {local="10.0.0.2:40000",remote="192.0.2.1:143"} 300.0 "#,
+            r#"idlecut_reset_cuts_total{service="imap",role="client",path="192.0.2.0/24",origin="path"} 1"#,
+            r#"idlecut_reset_cuts_total{service="imap",role="client",path="192.0.2.0/24",origin="peer"} 0"#,
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line}\nin\n{text}");

@@ -347,6 +347,24 @@ fn reset_after_conntrack_expiry_like_an_aws_nat_gateway_ipv4_and_ipv6() {
                 "{}",
                 scrape.text
             );
+            let cut_labels = |origin| {
+                [
+                    ("service", service),
+                    ("role", role),
+                    ("path", path.as_str()),
+                    ("origin", origin),
+                ]
+            };
+            assert_eq!(
+                scrape.value("idlecut_reset_cuts_total", &cut_labels("path")),
+                2.0,
+                "{}",
+                scrape.text
+            );
+            assert_eq!(
+                scrape.value("idlecut_reset_cuts_total", &cut_labels("peer")),
+                0.0
+            );
         }
     }
 
