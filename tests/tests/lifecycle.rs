@@ -37,7 +37,11 @@ fn closed(scrape: &Scrape, service: &str, role: &str, path: &str, end: &str) -> 
     )
 }
 
-fn resets(scrape: &Scrape, service: &str, role: &str, path: &str, direction: &str) -> f64 {
+/// RSTs `received` (with the `origin` their TTL tells) or `sent` (origin `local`).
+fn resets(scrape: &Scrape, service: &str, role: &str, path: &str, direction_origin: &str) -> f64 {
+    let (direction, origin) = direction_origin
+        .split_once(':')
+        .unwrap_or((direction_origin, "local"));
     scrape.value(
         RESETS,
         &[
@@ -45,6 +49,7 @@ fn resets(scrape: &Scrape, service: &str, role: &str, path: &str, direction: &st
             ("role", role),
             ("path", path),
             ("direction", direction),
+            ("origin", origin),
         ],
     )
 }
@@ -257,7 +262,8 @@ fn peer_reset_with_so_linger_zero() {
     );
     assert_eq!(resets(&scrape, "imap", "server", &client_path, "sent"), 1.0);
     assert_eq!(
-        resets(&scrape, "imap", "client", &server_path, "received"),
+        // The server's own RST: the TTL of its other segments.
+        resets(&scrape, "imap", "client", &server_path, "received:peer"),
         1.0
     );
     assert_eq!(
@@ -312,7 +318,14 @@ fn reset_from_a_middlebox_rule_on_the_router() {
         scrape.text
     );
     assert_eq!(
-        resets(&scrape, "submission", "client", &server_path, "received"),
+        // Forged by the router, one hop away, while the server sits two hops away.
+        resets(
+            &scrape,
+            "submission",
+            "client",
+            &server_path,
+            "received:path"
+        ),
         1.0
     );
     assert_eq!(
@@ -326,7 +339,14 @@ fn reset_from_a_middlebox_rule_on_the_router() {
         1.0
     );
     assert_eq!(
-        resets(&scrape, "submission", "server", &client_path, "received"),
+        // It answered the server's FIN: a RST after this host's FIN, where its TTL is not read.
+        resets(
+            &scrape,
+            "submission",
+            "server",
+            &client_path,
+            "received:unknown"
+        ),
         1.0
     );
     assert_eq!(
