@@ -20,7 +20,7 @@ use idlecut_integration_tests::{
         cuts::CutsResponse,
         vocabulary::{ResetOrigin, Role, Signature},
     },
-    close_gracefully, connect, exchange, icmp_probe_attached, listen, require_root,
+    close_gracefully, connect, exchange, http_get, icmp_probe_attached, listen, require_root,
     set_user_timeout,
 };
 use serde_json::{Value, json};
@@ -391,6 +391,17 @@ fn reset_after_conntrack_expiry_like_an_aws_nat_gateway_ipv4_and_ipv6() {
             (Role::Server, _) => net.client_v6(),
         };
         assert_eq!(remote_ip, Some(expected.as_str()), "{cut:?}");
+    }
+    // A bad filter is a 400 that says which parameter and what it takes.
+    for (query, expected) in [
+        ("origin=nobody", "origin="),
+        ("limit=1001", "expected 1 to 1000"),
+        ("pid=1", "unknown parameter `pid`"),
+    ] {
+        let (status, body) = http_get(agent.addr, &format!("/api/v1/cuts?{query}"))
+            .unwrap_or_else(|err| panic!("GET /api/v1/cuts?{query}: {err}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(expected), "{query}: {body}");
     }
     // Newest first.
     assert!(

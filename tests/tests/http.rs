@@ -208,11 +208,13 @@ const PASSWORD: &str = "correct horse battery staple";
 
 /// The endpoints that need credentials once they are configured (an unknown path too: it must
 /// not tell what exists).
-const PROTECTED: [&str; 5] = [
+const PROTECTED: [&str; 7] = [
     "/metrics",
     "/api/v1/paths",
     "/api/v1/connections",
     "/api/v1/connections?limit=1",
+    "/api/v1/cuts",
+    "/api/v1/cuts?origin=path",
     "/nowhere",
 ];
 
