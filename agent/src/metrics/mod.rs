@@ -6,10 +6,21 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+mod exposition;
+mod labels;
+
+use self::labels::{
+    CutExemplar, CutLabels, EndLabels, IcmpLabels, KeepaliveLabels, ResetCutLabels, ResetLabels,
+    ServiceLabels, StallLabels, VersionLabels,
+};
+pub use self::{
+    exposition::without_exemplars,
+    labels::{ProbeHookLabels, ProbeLabels},
+};
+
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge,
         histogram::Histogram, info::Info,
@@ -22,7 +33,7 @@ use crate::{
     inference::{PathReport, Verdict},
     model::Update,
     paths::PathKey,
-    vocabulary::{Direction, End, KeepaliveSetting, ResetOrigin, Role, Signature, StallOutcome},
+    vocabulary::{Direction, End, KeepaliveSetting, ResetOrigin, Role, Signature},
 };
 
 /// Histogram edges in seconds for durations and idle gaps: fine below a minute, then the
@@ -32,86 +43,6 @@ pub const DURATION_BUCKETS: [f64; 23] = [
     0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 300.0, 350.0, 600.0, 900.0, 1200.0, 1800.0,
     3600.0, 7200.0, 7440.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
 ];
-
-// A path's series carry its `service`, `role` and `path` labels (the `PathKey`) first, then
-// the labels of the family.
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndLabels {
-    #[prometheus(flatten)]
-    path: PathKey,
-    end: End,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResetLabels {
-    #[prometheus(flatten)]
-    path: PathKey,
-    direction: Direction,
-    /// Who sent it: `peer`, `path` or `unknown` for received ones, `local` for sent ones.
-    origin: ResetOrigin,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CutLabels {
-    #[prometheus(flatten)]
-    path: PathKey,
-    signature: Signature,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResetCutLabels {
-    #[prometheus(flatten)]
-    path: PathKey,
-    /// `peer`, `path` or `unknown`.
-    origin: ResetOrigin,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StallLabels {
-    #[prometheus(flatten)]
-    path: PathKey,
-    outcome: StallOutcome,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IcmpLabels {
-    #[prometheus(flatten)]
-    path: PathKey,
-    r#type: u8,
-    code: u8,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeepaliveLabels {
-    #[prometheus(flatten)]
-    path: PathKey,
-    setting: KeepaliveSetting,
-}
-
-/// The open-connection gauge is per service and role, not per path.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabels {
-    service: Arc<str>,
-    role: Role,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProbeLabels {
-    pub probe: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProbeHookLabels {
-    pub probe: &'static str,
-    /// `tp_btf`, `tracepoint` or `fentry`.
-    pub kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionLabels {
-    version: &'static str,
-}
 
 /// Registers `metric` under `name` and returns it, for the caller to keep.
 fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
@@ -132,15 +63,6 @@ fn register_seconds<M: Metric + Clone>(
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
-}
-
-/// The exemplar of an idle-before-cut observation: the connection the path cut, as
-/// `/api/v1/cuts` lists it (`local` and `remote` address:port), so that a bucket in Grafana
-/// leads to the cut. Both fit OpenMetrics' 128 characters even as IPv6.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CutExemplar {
-    local: String,
-    remote: String,
 }
 
 type CutHistogram = HistogramWithExemplars<CutExemplar>;
@@ -639,21 +561,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
-}
-
-/// The exposition without its exemplars (` # {...} value [timestamp]` after a sample), for a
-/// scraper that did not ask for OpenMetrics.
-pub fn without_exemplars(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let sample = match line.find(" # {") {
-            Some(at) if !line.starts_with('#') => &line[..at],
-            _ => line,
-        };
-        out.push_str(sample);
-        out.push('\n');
-    }
-    out
 }
 
 fn seconds(ns: Nanos) -> f64 {
