@@ -17,6 +17,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use crate::{
     duration_text::compact,
     events::Nanos,
+    listing,
     model::{CutContext, Update},
     paths::PathKey,
     vocabulary::{ResetOrigin, Role, Signature},
@@ -185,14 +186,7 @@ impl Filter {
 
 /// The cuts `filter` asks for, newest first, at most its limit of them.
 pub fn select(rows: &[CutRow], filter: &Filter, capacity: usize) -> CutsResponse {
-    let mut total = 0;
-    let mut cuts = Vec::new();
-    for row in rows.iter().filter(|row| filter.matches(row)) {
-        total += 1;
-        if cuts.len() < filter.limit {
-            cuts.push(row.clone());
-        }
-    }
+    let (total, cuts) = listing::select(rows, |row| filter.matches(row), filter.limit);
     CutsResponse {
         total,
         limit: filter.limit,
@@ -242,25 +236,7 @@ pub fn render_table(response: &CutsResponse) -> String {
             ]
         })
         .collect();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let mut text = String::new();
-        for (cell, width) in cells.iter().zip(widths) {
-            let _ = write!(text, "{cell:<width$}  ");
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(&headers);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
+    let mut out = listing::columns(headers, &rows);
     if response.truncated {
         let _ = writeln!(
             out,

@@ -13,6 +13,7 @@ mod events;
 mod heap;
 mod http;
 mod inference;
+mod listing;
 mod metrics;
 mod model;
 mod paths;

@@ -13,6 +13,7 @@ use crate::{
     config::parse_duration,
     duration_text::compact,
     events::Nanos,
+    listing,
     model::{ConnectionInfo, ConnectionModel},
     paths::PathTable,
     probes::KernelState,
@@ -128,14 +129,7 @@ pub fn rows(
 
 /// The rows `filter` asks for, at most its limit of them.
 pub fn select(rows: &[ConnectionRow], filter: &Filter) -> ConnectionsResponse {
-    let mut total = 0;
-    let mut connections = Vec::new();
-    for row in rows.iter().filter(|row| filter.matches(row)) {
-        total += 1;
-        if connections.len() < filter.limit {
-            connections.push(row.clone());
-        }
-    }
+    let (total, connections) = listing::select(rows, |row| filter.matches(row), filter.limit);
     ConnectionsResponse {
         total,
         limit: filter.limit,
@@ -214,29 +208,7 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
             ]
         })
         .collect();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, (cell, width)) in cells.zip(widths).enumerate() {
-            if i + 1 == headers.len() {
-                text.push_str(cell);
-            } else {
-                let _ = write!(text, "{cell:<width$}  ");
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(&mut headers.iter().copied());
-    for row in &rows {
-        line(&mut row.iter().map(String::as_str));
-    }
+    let mut out = listing::columns(headers, &rows);
     if response.truncated {
         let _ = writeln!(
             out,
