@@ -23,6 +23,7 @@ use crate::{
     cuts::{self, CutsResponse},
     http::tls::{read_certificates, read_private_key},
     view::{self, ConnectionsResponse},
+    vocabulary,
 };
 
 /// How to reach a running agent: its address, TLS, credentials. Secrets are read from files or
@@ -244,63 +245,98 @@ fn authorization(args: &AgentArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(format!("Basic {encoded}")))
 }
 
+/// The filters both listings take (`idlecut connections`, `idlecut cuts`).
+#[derive(Debug, clap::Args)]
+pub struct ListingFilter {
+    /// Only this service (a name from --ports, such as imap)
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this role: server or client
+    #[arg(long, value_parser = vocabulary::Role::ALL.map(vocabulary::Role::as_str))]
+    role: Option<String>,
+    /// Only this path (a prefix such as 192.0.2.0/24, or other)
+    #[arg(long)]
+    path: Option<String>,
+}
+
 pub fn connections(args: &ConnectionsArgs) -> anyhow::Result<()> {
-    let mut query = vec![format!("limit={}", args.limit)];
-    for (key, value) in [
-        ("service", args.service.as_deref()),
-        ("role", args.role.as_deref()),
-        ("path", args.path.as_deref()),
-    ] {
-        if let Some(value) = value {
-            query.push(format!("{key}={}", encode(value)));
-        }
-    }
+    let mut query = args.filter.query(args.limit, &[]);
     if let Some(min_idle) = args.min_idle {
         query.push(format!("min_idle={}ms", min_idle.as_millis()));
     }
-    let target = format!("/api/v1/connections?{}", query.join("&"));
-    let body = AgentClient::new(&args.agent)?.get(&target)?;
-    if args.json {
-        println!("{body}");
-        return Ok(());
+    let response: Option<ConnectionsResponse> = list(
+        &args.agent,
+        "/api/v1/connections",
+        &query,
+        args.json,
+        "a connection view",
+    )?;
+    if let Some(response) = response {
+        print!("{}", view::render_table(&response));
     }
-    let response: ConnectionsResponse = serde_json::from_str(&body).with_context(|| {
-        format!(
-            "the agent at {} answered something else than a connection view",
-            args.agent.agent
-        )
-    })?;
-    print!("{}", view::render_table(&response));
     Ok(())
 }
 
 pub fn cuts(args: &CutsArgs) -> anyhow::Result<()> {
-    let mut query = vec![format!("limit={}", args.limit)];
-    for (key, value) in [
-        ("service", args.service.as_deref()),
-        ("role", args.role.as_deref()),
-        ("path", args.path.as_deref()),
-        ("signature", args.signature.as_deref()),
-        ("origin", args.origin.as_deref()),
-    ] {
-        if let Some(value) = value {
-            query.push(format!("{key}={}", encode(value)));
+    let query = args.filter.query(
+        args.limit,
+        &[
+            ("signature", args.signature.as_deref()),
+            ("origin", args.origin.as_deref()),
+        ],
+    );
+    let response: Option<CutsResponse> = list(
+        &args.agent,
+        "/api/v1/cuts",
+        &query,
+        args.json,
+        "a log of cuts",
+    )?;
+    if let Some(response) = response {
+        print!("{}", cuts::render_table(&response));
+    }
+    Ok(())
+}
+
+impl ListingFilter {
+    /// The query string's pairs: the limit, these filters and `more`, values percent-encoded.
+    fn query(&self, limit: usize, more: &[(&str, Option<&str>)]) -> Vec<String> {
+        let mut query = vec![format!("limit={limit}")];
+        let filters = [
+            ("service", self.service.as_deref()),
+            ("role", self.role.as_deref()),
+            ("path", self.path.as_deref()),
+        ];
+        for &(key, value) in filters.iter().chain(more) {
+            if let Some(value) = value {
+                query.push(format!("{key}={}", encode(value)));
+            }
         }
+        query
     }
-    let target = format!("/api/v1/cuts?{}", query.join("&"));
-    let body = AgentClient::new(&args.agent)?.get(&target)?;
-    if args.json {
+}
+
+/// Asks the agent for a listing; with `json`, prints its answer as is and returns None,
+/// otherwise returns it parsed for the caller to print as a table.
+fn list<T: serde::de::DeserializeOwned>(
+    agent: &AgentArgs,
+    endpoint: &str,
+    query: &[String],
+    json: bool,
+    what: &str,
+) -> anyhow::Result<Option<T>> {
+    let body = AgentClient::new(agent)?.get(&format!("{endpoint}?{}", query.join("&")))?;
+    if json {
         println!("{body}");
-        return Ok(());
+        return Ok(None);
     }
-    let response: CutsResponse = serde_json::from_str(&body).with_context(|| {
+    let response = serde_json::from_str(&body).with_context(|| {
         format!(
-            "the agent at {} answered something else than a log of cuts",
-            args.agent.agent
+            "the agent at {} answered something else than {what}",
+            agent.agent
         )
     })?;
-    print!("{}", cuts::render_table(&response));
-    Ok(())
+    Ok(Some(response))
 }
 
 /// Percent-encodes a query value (service names and prefixes contain `/` and `:`): everything

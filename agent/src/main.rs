@@ -70,15 +70,8 @@ enum Command {
 struct CutsArgs {
     #[command(flatten)]
     agent: client::AgentArgs,
-    /// Only this service (a name from --ports, such as imap)
-    #[arg(long)]
-    service: Option<String>,
-    /// Only this role: server or client
-    #[arg(long, value_parser = vocabulary::Role::ALL.map(vocabulary::Role::as_str))]
-    role: Option<String>,
-    /// Only this path (a prefix such as 192.0.2.0/24, or other)
-    #[arg(long)]
-    path: Option<String>,
+    #[command(flatten)]
+    filter: client::ListingFilter,
     /// Only cuts of this signature
     #[arg(long, value_parser = vocabulary::Signature::ALL.map(vocabulary::Signature::as_str))]
     signature: Option<String>,
@@ -97,15 +90,8 @@ struct CutsArgs {
 struct ConnectionsArgs {
     #[command(flatten)]
     agent: client::AgentArgs,
-    /// Only this service (a name from --ports, such as imap)
-    #[arg(long)]
-    service: Option<String>,
-    /// Only this role: server or client
-    #[arg(long, value_parser = vocabulary::Role::ALL.map(vocabulary::Role::as_str))]
-    role: Option<String>,
-    /// Only this path (a prefix such as 192.0.2.0/24, or other)
-    #[arg(long)]
-    path: Option<String>,
+    #[command(flatten)]
+    filter: client::ListingFilter,
     /// Only open connections idle for at least this long, e.g. 10m
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     min_idle: Option<std::time::Duration>,
@@ -117,34 +103,28 @@ struct ConnectionsArgs {
     json: bool,
 }
 
+/// A client command's exit status: success, or its error on stderr and failure.
+fn client_exit(result: anyhow::Result<()>) -> ExitCode {
+    result.map_or_else(|err| exit_with_error(&err), |()| ExitCode::SUCCESS)
+}
+
+fn exit_with_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("idlecut: error: {err:#}");
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Check(args)) = &cli.command {
-        return match check::run(args) {
-            Ok(code) => ExitCode::from(code),
-            Err(err) => {
-                eprintln!("idlecut: error: {err:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::Cuts(args)) = &cli.command {
-        return match client::cuts(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("idlecut: error: {err:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::Connections(args)) = cli.command {
-        return match client::connections(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("idlecut: error: {err:#}");
-                ExitCode::FAILURE
-            }
-        };
+    match &cli.command {
+        Some(Command::Check(args)) => {
+            return match check::run(args) {
+                Ok(code) => ExitCode::from(code),
+                Err(err) => exit_with_error(&err),
+            };
+        }
+        Some(Command::Cuts(args)) => return client_exit(client::cuts(args)),
+        Some(Command::Connections(args)) => return client_exit(client::connections(args)),
+        None => {}
     }
     let config = match Config::load(&cli.flags) {
         Ok(config) => config,
