@@ -63,15 +63,30 @@ impl RecentCuts {
         if self.capacity == 0 {
             return;
         }
+        // Cuts are settled out of time order (a received RST at once, others after their grace
+        // period, a lost close at the next scan): keep the log in the order they happened.
+        let mut position = self
+            .cuts
+            .iter()
+            .rposition(|kept| kept.context.at <= context.at)
+            .map_or(0, |index| index + 1);
         if self.cuts.len() == self.capacity {
+            if position == 0 {
+                // Older than every cut kept: it would be the next to go.
+                return;
+            }
             self.cuts.pop_front();
+            position -= 1;
         }
-        self.cuts.push_back(Recorded {
-            path: path.clone(),
-            gap: *gap,
-            signature: *signature,
-            context: context.clone(),
-        });
+        self.cuts.insert(
+            position,
+            Recorded {
+                path: path.clone(),
+                gap: *gap,
+                signature: *signature,
+                context: context.clone(),
+            },
+        );
     }
 
     /// Every cut kept, newest first, as of kernel time `now` and wall-clock time `wall_now`.
@@ -345,6 +360,20 @@ mod tests {
         assert!(query(&[("limit", "3")]).is_err(), "more than the log holds");
         assert!(query(&[("origin", "nobody")]).is_err());
         assert!(query(&[("pid", "1")]).is_err());
+    }
+
+    #[test]
+    fn cuts_settled_out_of_order_are_kept_in_the_order_they_happened() {
+        let mut log = RecentCuts::new(3);
+        for at in [5, 2, 7, 3, 1] {
+            log.record(
+                &key("192.0.2.0/24"),
+                &cut(at * SECOND, Signature::Blackhole, None),
+            );
+        }
+        let rows = log.rows(10 * SECOND, SystemTime::UNIX_EPOCH);
+        let ago: Vec<f64> = rows.iter().map(|row| row.seconds_ago).collect();
+        assert_eq!(ago, vec![3.0, 5.0, 7.0], "the three newest, newest first");
     }
 
     #[test]

@@ -36,13 +36,22 @@ impl Closing {
             stalled_for,
         } = self;
         let transient = connection.transient();
-        let errno = transient.error.map(|(_, errno)| errno);
-        let end = classify_end(
+        let mut errno = transient.error.map(|(_, errno)| errno);
+        let mut end = classify_end(
             connection.reset_received,
             connection.reset_sent,
             errno,
             old_state,
         );
+        // It was retransmitting without hearing from the peer and ended with no RST either way
+        // and no FIN exchange: only the kernel giving up does that. Its error report can be
+        // missing: an orphaned socket reports none, the kernel may skip the program run (a
+        // classic tracepoint in a softirq that interrupted another BPF program, or a map
+        // syscall), or a scan found the connection gone.
+        if end == End::Unknown && errno.is_none() && stalled_for.is_some() {
+            errno = Some(ETIMEDOUT);
+            end = End::Timeout;
+        }
         let abnormal = end != End::Fin;
         let identity = connection.identity(services);
         let cut = transient

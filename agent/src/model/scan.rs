@@ -8,7 +8,7 @@ use idlecut_ebpf::tcp_state;
 
 use super::{
     ConnectionModel, Keepalive, Update,
-    classify::{Closing, ETIMEDOUT},
+    classify::Closing,
     table::{Connection, Key},
 };
 use crate::{
@@ -137,7 +137,7 @@ impl ConnectionModel {
             .collect();
         let mut sockets = Vec::new();
         for key in vanished {
-            let Some(mut connection) = self.table.remove(key) else {
+            let Some(connection) = self.table.remove(key) else {
                 continue;
             };
             let stalled_for = match key {
@@ -148,11 +148,6 @@ impl ConnectionModel {
                 // Never met by a program: no kernel state to tell.
                 Key::Cookie(_) => None,
             };
-            if stalled_for.is_some() {
-                connection.edit_transient(|t| {
-                    t.error.get_or_insert((finished, ETIMEDOUT));
-                });
-            }
             self.settle(
                 Closing {
                     connection,

@@ -549,6 +549,40 @@ fn retransmissions_into_nothing_after_a_gap_are_a_blackhole_cut() {
     }));
 }
 
+/// The kernel skipped the programs of the softirq that timed the connection out (its CLOSE and
+/// its error report); tcp_destroy_sock reported the end later, from no known state.
+#[test]
+fn a_stalled_connection_whose_error_report_was_lost_timed_out() {
+    let events = [
+        open(0),
+        gap_end(700 * SECOND, 600 * SECOND, Side::Local),
+        retransmit(700 * SECOND + 1, 0),
+        Event::Close {
+            at: 715 * SECOND,
+            socket: SOCK,
+            endpoints: server_side(),
+            netns: NETNS,
+            old_state: 0,
+            opened_at: Some(0),
+            retransmits: 3,
+            first_fin: None,
+            stalled_for: Some(15 * SECOND),
+            awaiting_answer: true,
+        },
+    ];
+    let updates = run(&events);
+    assert_eq!(ends(&updates), vec![End::Timeout]);
+    assert_eq!(cuts(&updates), vec![(600 * SECOND, Signature::Blackhole)]);
+    assert!(updates.contains(&Update::Stall {
+        identity: imap_server(),
+        duration: 15 * SECOND,
+        outcome: StallOutcome::Fatal,
+    }));
+    // Not stalled: nothing says how it ended.
+    let unstalled = run(&[open(0), close(SECOND, 0, Some(0))]);
+    assert_eq!(ends(&unstalled), vec![End::Unknown]);
+}
+
 #[test]
 fn icmp_errors_after_a_gap_are_an_icmp_cut() {
     let updates = run(&[
