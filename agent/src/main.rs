@@ -16,6 +16,7 @@ mod inference;
 mod listing;
 mod metrics;
 mod model;
+mod own;
 mod paths;
 mod pipeline;
 mod privileges;
@@ -324,6 +325,7 @@ async fn run(
         attached: _,
     } = probes;
     let (publisher, snapshots) = snapshot::channel(pipeline::monotonic_now);
+    let (own_registrar, own_connections) = own::channel();
     let pipeline = Pipeline {
         model: ConnectionModel::new(config.ports.clone()),
         paths: PathTable::new(config.ipv4_prefix, config.ipv6_prefix, config.max_paths),
@@ -338,6 +340,7 @@ async fn run(
         scan_interval: config.scan_interval,
         snapshots: publisher,
         recent_cuts: cuts::RecentCuts::new(config.recent_cuts),
+        own_connections,
     };
     let (stop, stopped) = watch::channel(false);
     let (check_results, checks) = scheduled::results_channel();
@@ -347,7 +350,7 @@ async fn run(
         tokio::spawn(
             scheduled::Scheduler {
                 checks: config.checks.clone(),
-                runner: scheduled::check_runner(),
+                runner: scheduled::check_runner(own_registrar),
                 metrics: check_metrics,
                 naming: scheduled::PathNaming {
                     ports: config.ports.clone(),

@@ -19,6 +19,7 @@ use crate::{
     inference::Inference,
     metrics::{KernelCounterSync, Metrics},
     model::{ConnectionModel, Update},
+    own,
     paths::PathTable,
     probes::{self, KernelCounters, KernelState},
     snapshot::{Publisher, Snapshot},
@@ -50,6 +51,8 @@ pub struct Pipeline {
     pub scan_interval: Duration,
     pub snapshots: Publisher,
     pub recent_cuts: RecentCuts,
+    /// Connections the agent's scheduled checks open, to leave out.
+    pub own_connections: own::Registrations,
 }
 
 impl Pipeline {
@@ -149,6 +152,11 @@ impl Pipeline {
         while handled < max {
             let Some(record) = ring.next() else { break };
             handled += 1;
+            // A check registers its connection before connecting: whatever registered before
+            // this event was emitted is in the channel now.
+            while let Ok(own) = self.own_connections.try_recv() {
+                self.model.leave_out(own, monotonic_now());
+            }
             match probes::decode(&record) {
                 Ok(event) => {
                     // Off unless asked for (IDLECUT_LOG=idlecut::pipeline=trace): for debugging.

@@ -731,13 +731,30 @@ fn the_agent_runs_a_scheduled_check_and_compares_it_with_the_passive_estimate() 
         );
     }
 
-    // The passive view of the same path: the client's sessions and the check's own
-    // connections, which the probes see like any other. The check confirms it.
+    // The passive view of the same path is made of the client's four sessions only: the
+    // check's own connections are left out, so that it cannot confirm itself.
     let path = net.server_path_v4();
     let report = agent.wait_for_path("imap", "client", &path, "the check's comparison", |r| {
         r["active_checks"][0]["agreement"] == "confirms"
     });
     eprintln!("path report: {report:#}");
+    let scrape = agent.scrape();
+    let client_path = [
+        ("service", "imap"),
+        ("role", "client"),
+        ("path", path.as_str()),
+    ];
+    assert_eq!(
+        scrape.value("idlecut_connections_opened_total", &client_path),
+        4.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        report["cuts"]["reset"], 2,
+        "the two sessions silent for 9 s"
+    );
+    assert_eq!(report["survived_gaps"], 2, "{report:#}");
     let passive_lower = report["cutoff_lower_seconds"]
         .as_f64()
         .expect("passive lower");

@@ -23,6 +23,7 @@ use crate::{
     duration_text::with_seconds,
     inference::{Inference, Settings, Verdict},
     model::{CutContext, Identity, Update},
+    own::Registrar,
     paths::PathKey,
     vocabulary::{CheckName, CheckStatus, IdleSession, MailProtocol, Role, Signature},
 };
@@ -47,6 +48,9 @@ pub struct IdleSettings {
     pub credentials: Option<Arc<Credentials>>,
     /// The name the TLS handshake asks for (the target).
     pub server_name: String,
+    /// Where the agent's scheduled checks register their connections (none for
+    /// `idlecut check`).
+    pub own: Option<Registrar>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -36,6 +36,7 @@ pub use self::{
 };
 use crate::{
     config,
+    own::Registrar,
     vocabulary::{CheckName, CheckStatus},
 };
 
@@ -213,7 +214,11 @@ pub enum CheckError {
 
 /// Runs one check, the same for `idlecut check` and the agent's schedule: reads the files it
 /// names, checks every port, and records the certificates it learned.
-pub async fn check_target(args: Arc<CheckArgs>, caller: Caller) -> Result<Report, CheckError> {
+pub async fn check_target(
+    args: Arc<CheckArgs>,
+    caller: Caller,
+    own: Option<Registrar>,
+) -> Result<Report, CheckError> {
     let files = args.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let known = files
@@ -230,7 +235,7 @@ pub async fn check_target(args: Arc<CheckArgs>, caller: Caller) -> Result<Report
     .await
     .map_err(|err| CheckError::Run(err.into()))?;
     let (known, credentials) = loaded.map_err(CheckError::Files)?;
-    let (report, known) = check(args, known, credentials.map(Arc::new), caller)
+    let (report, known) = check(args, known, credentials.map(Arc::new), caller, own)
         .await
         .map_err(CheckError::Run)?;
     if let Some(known) = known {
@@ -248,7 +253,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let report = match runtime.block_on(check_target(Arc::new(args.clone()), Caller::Command)) {
+    let report = match runtime.block_on(check_target(Arc::new(args.clone()), Caller::Command, None))
+    {
         Ok(report) => report,
         Err(CheckError::Files(err)) => {
             eprintln!("idlecut: error: {err:#}");
@@ -274,6 +280,7 @@ async fn check(
     mut known: Option<KnownCerts>,
     credentials: Option<Arc<Credentials>>,
     caller: Caller,
+    own: Option<Registrar>,
 ) -> anyhow::Result<(Report, Option<KnownCerts>)> {
     let ports = args.ports();
     let host = args.target.host.as_str();
@@ -296,6 +303,7 @@ async fn check(
         req5_threshold: args.req5_threshold,
         credentials,
         server_name: host.to_owned(),
+        own,
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (index, &port) in ports.iter().enumerate() {
@@ -348,7 +356,14 @@ async fn check_port(
     };
     let progress = Progress { prefix, caller };
     let started = std::time::Instant::now();
-    let stream = match reach::connect(addr, args.connect_timeout, args.answer_timeout).await {
+    let stream = match reach::connect(
+        addr,
+        args.connect_timeout,
+        args.answer_timeout,
+        idle.own.as_ref(),
+    )
+    .await
+    {
         Ok(stream) => stream,
         Err(failure) => {
             report.row(

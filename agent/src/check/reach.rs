@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::vocabulary::Signature;
+use crate::{own::Registrar, vocabulary::Signature};
 
 /// Why a connect failed, as far as the errno tells.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -44,11 +44,13 @@ impl ConnectFailure {
 
 /// Connects within `timeout`. `user_timeout` bounds how long sent data may stay unacknowledged
 /// before the kernel gives up (TCP_USER_TIMEOUT): a black-holed connection then fails within
-/// it instead of after ~15 minutes of retransmissions.
+/// it instead of after ~15 minutes of retransmissions. With `own`, the connection is
+/// registered as the agent's before it starts.
 pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     user_timeout: Duration,
+    own: Option<&Registrar>,
 ) -> Result<TcpStream, ConnectFailure> {
     let other = |err: io::Error| ConnectFailure::Other(err.to_string());
     let socket = match addr {
@@ -57,6 +59,9 @@ pub async fn connect(
     }
     .map_err(other)?;
     set_user_timeout(&socket, user_timeout).map_err(other)?;
+    if let Some(own) = own {
+        own.bind(&socket, addr).map_err(other)?;
+    }
     // The ICMP error that refused a SYN, if one did, waits on the socket's error queue; a
     // second descriptor keeps the socket (and its queue) once a failed connect drops the first.
     enable_error_queue(&socket, addr.is_ipv6()).map_err(other)?;
@@ -277,10 +282,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listener.local_addr().unwrap();
         let second = Duration::from_secs(1);
-        assert!(connect(open, second, second).await.is_ok());
+        assert!(connect(open, second, second, None).await.is_ok());
         drop(listener);
         assert_eq!(
-            connect(open, second, second).await.unwrap_err(),
+            connect(open, second, second, None).await.unwrap_err(),
             ConnectFailure::Refused
         );
     }

@@ -184,6 +184,9 @@ impl ConnectionModel {
         // A socket address is reused only after its previous connection closed: settle that
         // one first so that late facts are not attributed to the new connection.
         self.finish(socket, out);
+        if self.own.contains(&endpoints) {
+            return;
+        }
         let Some(kind) = self.services.kind_as(&endpoints, role) else {
             return;
         };
@@ -219,6 +222,11 @@ impl ConnectionModel {
             kernel_opened_at,
             stalled_for,
         } = close;
+        if self.own.closed(&endpoints) {
+            // Not followed; a scan that found it open must not bring it back either.
+            self.remember_untracked_close(at, netns, endpoints);
+            return;
+        }
         let connection = match self.table.remove(Key::Socket(socket)) {
             Some(mut connection) => {
                 // A gap the peer ended just before the close is settled by the close itself.
@@ -253,10 +261,7 @@ impl ConnectionModel {
                     connection
                 }
                 _ => {
-                    self.untracked_closes.push_back((at, netns, endpoints));
-                    if self.untracked_closes.len() > RECENTLY_CLOSED_MAX {
-                        self.untracked_closes.pop_front();
-                    }
+                    self.remember_untracked_close(at, netns, endpoints);
                     out.push(Update::UntrackedClose);
                     return;
                 }
@@ -275,6 +280,13 @@ impl ConnectionModel {
         // Nothing that comes later can change a received reset: classify at once.
         if reset_received {
             self.finish(socket, out);
+        }
+    }
+
+    fn remember_untracked_close(&mut self, at: Nanos, netns: u32, endpoints: Endpoints) {
+        self.untracked_closes.push_back((at, netns, endpoints));
+        if self.untracked_closes.len() > RECENTLY_CLOSED_MAX {
+            self.untracked_closes.pop_front();
         }
     }
 

@@ -28,6 +28,7 @@ use crate::{
     config::PortMap,
     discovery::Owner,
     events::{Endpoints, Nanos},
+    own::{OwnConnection, OwnConnections},
     vocabulary::{Direction, End, KeepaliveSetting, Role, Signature, StallOutcome},
 };
 
@@ -256,6 +257,8 @@ pub struct ConnectionModel {
     /// Closes of connections the model did not know, recently: a scan that started before
     /// them must not bring them back.
     untracked_closes: VecDeque<(Nanos, u32, Endpoints)>,
+    /// The agent's own connections (its scheduled checks'), left out.
+    own: OwnConnections,
 }
 
 impl ConnectionModel {
@@ -267,7 +270,13 @@ impl ConnectionModel {
             peer_ended_gaps: Vec::new(),
             recently_closed: VecDeque::new(),
             untracked_closes: VecDeque::new(),
+            own: OwnConnections::default(),
         }
+    }
+
+    /// Leaves a connection of the agent's own out of everything from now on (see `own`).
+    pub fn leave_out(&mut self, own: OwnConnection, at: Nanos) {
+        self.own.register(own, at);
     }
 
     /// Open connections, found by a scan or seen opening (those in their close grace period

@@ -81,7 +81,8 @@ impl ConnectionModel {
     }
 
     /// Starts following a connection the scan found and the model did not know, unless it
-    /// closed while the scan ran or is not on a watched port. Returns whether it did.
+    /// closed while the scan ran, is the agent's own, or is not on a watched port. Returns
+    /// whether it did.
     fn track_scanned(
         &mut self,
         scanned: &Scanned,
@@ -93,7 +94,7 @@ impl ConnectionModel {
             at >= started && ep == scanned.endpoints && (netns == scanned.netns || netns == 0)
         });
         let key = Key::Cookie(scanned.cookie);
-        if closed_meanwhile || self.table.contains(key) {
+        if closed_meanwhile || self.table.contains(key) || self.own.contains(&scanned.endpoints) {
             return false;
         }
         let Some(kind) = self.services.kind(&scanned.endpoints) else {
@@ -223,6 +224,34 @@ mod tests {
             connections,
             ..Scan::default()
         }
+    }
+
+    /// A scheduled check's connection: neither its open, nor a scan, nor its close shows.
+    #[test]
+    fn the_agents_own_connections_are_left_out() {
+        let mut model = model();
+        let mut out = Vec::new();
+        let own = crate::own::OwnConnection {
+            local_port: server_side().local.port(),
+            remote: server_side().remote,
+        };
+        model.leave_out(own, 0);
+        model.apply(open(SECOND), &mut out);
+        let scan = scan_of(vec![scanned(KeepaliveObservation::Off)]);
+        let seeds = scan_into(&mut model, &scan, 2 * SECOND, 3 * SECOND, &mut out);
+        assert!(seeds.is_empty());
+        assert_eq!(model.open_count(), 0);
+        model.apply(
+            close(4 * SECOND, tcp_state::FIN_WAIT2, Some(SECOND)),
+            &mut out,
+        );
+        // A scan that started before the close does not bring it back.
+        scan_into(&mut model, &scan, 3 * SECOND, 5 * SECOND, &mut out);
+        model.expire(u64::MAX, &mut out);
+        assert_eq!(out, vec![], "nothing at all");
+        // Once closed it is forgotten: a user's connection on the same addresses later counts.
+        model.apply(open(6 * SECOND), &mut out);
+        assert_eq!(model.open_count(), 1);
     }
 
     #[test]

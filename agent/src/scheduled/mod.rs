@@ -33,6 +33,7 @@ pub use self::{compare::annotate, metrics::CheckMetrics};
 use crate::{
     check::{self, Caller, CheckArgs, IdleReport, Report, ScheduledCheck},
     config::PortMap,
+    own::Registrar,
     paths::{PathKey, prefix_label},
     vocabulary::{CheckName, CheckStatus, Role},
 };
@@ -81,11 +82,13 @@ pub type Runner = Arc<
         + Sync,
 >;
 
-/// The real runner: `idlecut check`'s code path, progress in the log.
-pub fn check_runner() -> Runner {
-    Arc::new(|args| {
+/// The real runner: `idlecut check`'s code path, progress in the log, its connections left
+/// out of the passive view (see `own`).
+pub fn check_runner(own: Registrar) -> Runner {
+    Arc::new(move |args| {
+        let own = own.clone();
         Box::pin(async move {
-            check::check_target(args, Caller::Schedule)
+            check::check_target(args, Caller::Schedule, Some(own))
                 .await
                 .map_err(|err| err.to_string())
         })
