@@ -12,6 +12,8 @@
 //! 4. scale: kernel and user memory per tracked connection, /metrics with 500 paths, start-up
 //!    scan time.
 //! 5. latency: from a cut connection's end to the cut in /metrics.
+//! 6. soak: the agent under a steady mixed load for minutes: memory after a warm-up and at the
+//!    end, CPU, every connection counted.
 //!
 //! `./x bench` builds and runs it as root; `./x bench --smoke` runs every measurement briefly
 //! and fails unless each produced numbers (part of `./x test`). Results go to `target/bench/`.
@@ -26,6 +28,7 @@ mod net;
 mod overhead;
 mod report;
 mod scale;
+mod soak;
 mod stats;
 mod trigger;
 mod workload;
@@ -73,6 +76,7 @@ enum Section {
     Churn,
     Scale,
     Latency,
+    Soak,
 }
 
 /// A section's result, or why it failed.
@@ -90,6 +94,8 @@ pub struct Results {
     pub scale: Outcome<scale::Scale>,
     #[serde(serialize_with = "outcome")]
     pub latency: Outcome<latency::Latency>,
+    #[serde(serialize_with = "outcome")]
+    pub soak: Outcome<soak::Soak>,
 }
 
 fn outcome<T: Serialize, S: Serializer>(value: &Outcome<T>, s: S) -> Result<S::Ok, S::Error> {
@@ -138,6 +144,7 @@ struct Plan {
     churn: churn::Settings,
     scale: scale::Settings,
     latency: latency::Settings,
+    soak: soak::Settings,
 }
 
 fn plan(smoke: bool) -> Plan {
@@ -167,6 +174,13 @@ fn plan(smoke: bool) -> Plan {
                 startup_rounds: 1,
             },
             latency: latency::Settings { samples: 1 },
+            soak: soak::Settings {
+                duration: Duration::from_secs(6),
+                churn_rate: 100,
+                idle_population: 100,
+                idle_renewed_per_second: 20,
+                sample_every: Duration::from_secs(1),
+            },
         }
     } else {
         Plan {
@@ -194,6 +208,13 @@ fn plan(smoke: bool) -> Plan {
                 startup_rounds: 3,
             },
             latency: latency::Settings { samples: 8 },
+            soak: soak::Settings {
+                duration: Duration::from_secs(600),
+                churn_rate: 500,
+                idle_population: 2000,
+                idle_renewed_per_second: 20,
+                sample_every: Duration::from_secs(10),
+            },
         }
     }
 }
@@ -244,6 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         latency: section(wanted(Section::Latency), "detection latency", || {
             latency::run(&plan.latency)
         }),
+        soak: section(wanted(Section::Soak), "soak", || soak::run(&plan.soak)),
     };
     let rows = report::rows(&results);
     let mode = if cli.smoke { "smoke" } else { "full" };
@@ -276,6 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ("churn", error_of(&results.churn)),
         ("scale", error_of(&results.scale)),
         ("latency", error_of(&results.latency)),
+        ("soak", error_of(&results.soak)),
     ] {
         if let Some(error) = error {
             eprintln!("idlecut-bench: {name} failed: {error}");

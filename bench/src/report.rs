@@ -10,6 +10,7 @@ use crate::{
     kernel::HookKind,
     kernel_cost::{Class, KernelCost},
     overhead::{Overhead, traffic_condition},
+    soak::Soak,
     stats::{Spread, ratio},
     trigger::Trigger,
 };
@@ -96,7 +97,58 @@ pub fn rows(results: &Results) -> Vec<Row> {
         }
     }
     scale_and_latency_rows(results, &mut rows);
+    if let Some(Ok(s)) = &results.soak {
+        soak_rows(s, &mut rows);
+    }
     rows
+}
+
+fn soak_rows(s: &Soak, rows: &mut Vec<Row>) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let load = format!(
+        "{:.0} s, {} connections/s and {} idle",
+        s.seconds, s.churn_rate, s.idle_population
+    );
+    rows.push(
+        row(
+            "soak",
+            format!("agent memory at the end ({load})"),
+            "MiB",
+            s.rss_end_bytes as f64 / MIB,
+            (s.rss_after_warmup_bytes as f64 / MIB, "after the warm-up"),
+            None,
+        )
+        .target(
+            "<= warm-up + 5 % + 1 MiB",
+            s.rss_end_bytes <= s.rss_allowed_bytes(),
+        ),
+    );
+    let expected = 2.0 * s.connections_made as f64;
+    rows.push(
+        row(
+            "soak",
+            "connections counted, opened and closed",
+            "tracked",
+            s.tracked_closed.min(s.tracked_opened),
+            (expected, "made (two ends each)"),
+            None,
+        )
+        .target(
+            "all, none lost",
+            s.tracked_opened == expected && s.tracked_closed == expected && s.events_lost == 0.0,
+        ),
+    );
+    rows.push(
+        row(
+            "soak",
+            "agent CPU",
+            "%",
+            s.cpu_percent,
+            (100.0, "one CPU"),
+            None,
+        )
+        .note("for information"),
+    );
 }
 
 /// ` (tp_btf)`: which hook kind a row is about.
