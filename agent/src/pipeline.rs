@@ -88,6 +88,7 @@ impl Pipeline {
                     self.record(&mut updates);
                 }
                 _ = scan_timer.tick(), if scan_in_flight.is_none() => {
+                    self.model.scan_started();
                     scan_in_flight = Some(start_scan(self.ports.clone()));
                 }
                 result = async { scan_in_flight.as_mut().expect("guarded").await }, if scan_in_flight.is_some() => {

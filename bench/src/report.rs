@@ -135,7 +135,10 @@ fn soak_rows(s: &Soak, rows: &mut Vec<Row>) {
         )
         .target(
             "all, none lost",
-            s.tracked_opened == expected && s.tracked_closed == expected && s.events_lost == 0.0,
+            s.tracked_opened == expected
+                && s.tracked_closed == expected
+                && s.tracked_discovered == 0.0
+                && s.events_lost == 0.0,
         ),
     );
     rows.push(

@@ -57,6 +57,9 @@ pub struct Soak {
     pub connections_made: u64,
     pub tracked_opened: f64,
     pub tracked_closed: f64,
+    /// Found by a scan rather than seen opening: should be none, every connection being
+    /// younger than the agent.
+    pub tracked_discovered: f64,
     pub events_lost: f64,
     pub kernel_state_insert_failures: f64,
     pub samples: Vec<Sample>,
@@ -170,6 +173,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Soak> {
         connections_made: made,
         tracked_opened: scrape.sum("idlecut_connections_opened_total", &[]),
         tracked_closed: scrape.sum("idlecut_connections_closed_total", &[]),
+        tracked_discovered: scrape.sum("idlecut_connections_discovered_total", &[]),
         events_lost: scrape.value("idlecut_events_lost_total", &[]),
         kernel_state_insert_failures: scrape
             .value("idlecut_kernel_state_insert_failures_total", &[]),

@@ -4,7 +4,7 @@
 //! is settled by `classify`.
 
 use super::{
-    CLOSE_GRACE_NS, ConnectionModel, RECENTLY_CLOSED_MAX, ResetVerdict, Services, Update,
+    CLOSE_GRACE_NS, CLOSES_DURING_SCAN_MAX, ConnectionModel, ResetVerdict, Services, Update,
     classify::Closing,
     table::{Connection, Key, UnansweredGap},
 };
@@ -222,9 +222,8 @@ impl ConnectionModel {
             kernel_opened_at,
             stalled_for,
         } = close;
+        self.note_close_during_scan(at, netns, endpoints);
         if self.own.closed(&endpoints) {
-            // Not followed; a scan that found it open must not bring it back either.
-            self.remember_untracked_close(at, netns, endpoints);
             return;
         }
         let connection = match self.table.remove(Key::Socket(socket)) {
@@ -261,7 +260,6 @@ impl ConnectionModel {
                     connection
                 }
                 _ => {
-                    self.remember_untracked_close(at, netns, endpoints);
                     out.push(Update::UntrackedClose);
                     return;
                 }
@@ -283,10 +281,12 @@ impl ConnectionModel {
         }
     }
 
-    fn remember_untracked_close(&mut self, at: Nanos, netns: u32, endpoints: Endpoints) {
-        self.untracked_closes.push_back((at, netns, endpoints));
-        if self.untracked_closes.len() > RECENTLY_CLOSED_MAX {
-            self.untracked_closes.pop_front();
+    /// Every close while a scan is under way, tracked or not (see `closes_during_scan`).
+    fn note_close_during_scan(&mut self, at: Nanos, netns: u32, endpoints: Endpoints) {
+        if let Some(closes) = &mut self.closes_during_scan
+            && closes.len() < CLOSES_DURING_SCAN_MAX
+        {
+            closes.insert((netns, endpoints), at);
         }
     }
 

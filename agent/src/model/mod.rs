@@ -36,6 +36,10 @@ use crate::{
 /// errno, a middlebox's RST). The kernel emits them microseconds after; this leaves room for a
 /// slow reader.
 pub const CLOSE_GRACE_NS: Nanos = 100_000_000;
+/// Closes remembered during one scan: at 20,000 connections a second (40,000 ends), a scan of
+/// six seconds. Past it, a connection that closed after the scan read it may come back as
+/// discovered, and be settled by the next scan.
+const CLOSES_DURING_SCAN_MAX: usize = 1 << 18;
 
 /// Closed connections stay in the per-connection view this long, and at most this many.
 pub const RECENTLY_CLOSED_NS: Nanos = 300_000_000_000;
@@ -254,9 +258,10 @@ pub struct ConnectionModel {
     /// Sockets with a peer-ended gap in its grace period.
     peer_ended_gaps: Vec<u64>,
     recently_closed: VecDeque<ClosedRecord>,
-    /// Closes of connections the model did not know, recently: a scan that started before
-    /// them must not bring them back.
-    untracked_closes: VecDeque<(Nanos, u32, Endpoints)>,
+    /// Closes seen while a scan is under way (None while none is), by namespace and
+    /// endpoints, with when: the scan may have read those connections open, and must not
+    /// bring them back once they are gone.
+    closes_during_scan: Option<HashMap<(u32, Endpoints), Nanos>>,
     /// The agent's own connections (its scheduled checks'), left out.
     own: OwnConnections,
 }
@@ -269,7 +274,7 @@ impl ConnectionModel {
             closing: HashMap::new(),
             peer_ended_gaps: Vec::new(),
             recently_closed: VecDeque::new(),
-            untracked_closes: VecDeque::new(),
+            closes_during_scan: None,
             own: OwnConnections::default(),
         }
     }
