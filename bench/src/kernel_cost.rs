@@ -354,7 +354,7 @@ fn phase(mut w: Workload, class: Class, duration: Duration) -> anyhow::Result<Wo
     };
     let chatter = spawn_in(&ns, move || workload::chatter(chatter_pairs, deadline));
     let churn = spawn_in(&ns, move || {
-        workload::churn(&churn_listener, ABORT_EVERY, deadline)
+        workload::churn(&churn_listener, ABORT_EVERY, None, deadline)
     });
     let bulk = match class {
         Class::NonMail => {

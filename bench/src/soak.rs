@@ -10,10 +10,6 @@ use std::{
     collections::VecDeque,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -24,8 +20,8 @@ use serde::Serialize;
 
 use crate::{
     agent::Agent,
-    net::{self, abort, connect_from, drain_to_eof, join, spawn_in},
-    workload::accept_patiently,
+    net::{self, connect_from, drain_to_eof, join, spawn_in},
+    workload::{self, accept_patiently},
 };
 
 pub struct Settings {
@@ -99,29 +95,24 @@ pub fn run(settings: &Settings) -> anyhow::Result<Soak> {
     let agent = Agent::start(&["--min-idle-gap", "1s", "--scan-interval", "10s"])?;
     agent.settle(Duration::from_secs(30));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let made = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + settings.duration;
     let churn = {
-        let (listener, stop, made, rate) = (
-            churn_listener,
-            stop.clone(),
-            made.clone(),
-            settings.churn_rate,
-        );
-        spawn_in(&ns.name, move || churn(&listener, rate, &stop, &made))
+        let rate = settings.churn_rate;
+        spawn_in(&ns.name, move || {
+            workload::churn(&churn_listener, 10, Some(rate), deadline)
+        })
     };
     let idle = {
-        let (listener, stop, made) = (idle_listener, stop.clone(), made.clone());
         let (population, renewed) = (settings.idle_population, settings.idle_renewed_per_second);
         spawn_in(&ns.name, move || {
-            idle_population(&listener, population, renewed, &stop, &made)
+            idle_population(&idle_listener, population, renewed, deadline)
         })
     };
 
-    let started = Instant::now();
     let cpu_at_start = agent.cpu_seconds()?;
     let mut samples = Vec::new();
-    while started.elapsed() < settings.duration {
+    while Instant::now() < deadline {
         thread::sleep(settings.sample_every);
         if churn.is_finished() || idle.is_finished() {
             break;
@@ -139,14 +130,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<Soak> {
             open_connections: scrape.sum("idlecut_connections_open", &[]),
         });
     }
-    stop.store(true, Ordering::Relaxed);
-    join(churn).context("churn")?;
-    join(idle).context("idle population")?;
+    let made = join(churn).context("churn")? + join(idle).context("idle population")?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = agent.cpu_seconds()? - cpu_at_start;
 
     // Everything closed: wait until the agent has counted every end.
-    let made = made.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(20);
     let scrape = loop {
         let scrape = agent.scrape()?;
@@ -185,66 +173,30 @@ pub fn run(settings: &Settings) -> anyhow::Result<Soak> {
     })
 }
 
-/// Opens, exchanges one line on, and closes `rate` connections a second until `stop`.
-fn churn(
-    listener: &TcpListener,
-    rate: u32,
-    stop: &AtomicBool,
-    made: &AtomicU64,
-) -> anyhow::Result<()> {
-    let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, CHURN_PORT);
-    let started = Instant::now();
-    let mut buf = [0u8; 64];
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
-        if let Some(ahead) = due.checked_duration_since(Instant::now()) {
-            thread::sleep(ahead);
-        }
-        let mut client = connect_from(Ipv4Addr::LOCALHOST, to).context("connecting")?;
-        let (mut server, _) = accept_patiently(listener, IO_TIMEOUT)?;
-        server.set_read_timeout(Some(IO_TIMEOUT))?;
-        client.write_all(b"a1 NOOP\r\n")?;
-        server
-            .read_exact(&mut buf[..9])
-            .context("the server reading the client's line")?;
-        n += 1;
-        made.fetch_add(1, Ordering::Relaxed);
-        if n.is_multiple_of(10) {
-            abort(client);
-            let _ = server.read(&mut buf);
-        } else {
-            drop(client);
-            drain_to_eof(server, IO_TIMEOUT);
-        }
-    }
-    Ok(())
-}
-
-/// Keeps `population` idle connections open, renewing `renewed` of them a second: the oldest
-/// speaks after its silence (an idle gap the path lets through), then closes.
+/// Keeps `population` idle connections open until the deadline, renewing `renewed` of them a
+/// second: the oldest speaks after its silence (an idle gap the path lets through), then
+/// closes. Returns the number of connections.
 fn idle_population(
     listener: &TcpListener,
     population: usize,
     renewed: usize,
-    stop: &AtomicBool,
-    made: &AtomicU64,
-) -> anyhow::Result<()> {
+    deadline: Instant,
+) -> anyhow::Result<u64> {
     let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, IDLE_PORT);
     let open_one = || -> anyhow::Result<_> {
         let client = connect_from(Ipv4Addr::LOCALHOST, to).context("connecting")?;
         let (server, _) = accept_patiently(listener, IO_TIMEOUT)?;
         server.set_read_timeout(Some(IO_TIMEOUT))?;
-        made.fetch_add(1, Ordering::Relaxed);
         Ok((client, server))
     };
     let mut open = VecDeque::with_capacity(population);
     for _ in 0..population {
         open.push_back(open_one()?);
     }
+    let mut made = population as u64;
     let mut buf = [0u8; 64];
     let mut next = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while Instant::now() < deadline {
         next += Duration::from_secs(1);
         if let Some(ahead) = next.checked_duration_since(Instant::now()) {
             thread::sleep(ahead);
@@ -259,7 +211,8 @@ fn idle_population(
                 drain_to_eof(server, IO_TIMEOUT);
             }
             open.push_back(open_one()?);
+            made += 1;
         }
     }
-    Ok(())
+    Ok(made)
 }

@@ -5,6 +5,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -54,18 +55,33 @@ pub fn chatter(mut pairs: Vec<Pair>, deadline: Instant) -> anyhow::Result<(Vec<P
 }
 
 /// Opens a connection, exchanges one message, closes it, until the deadline: every
-/// `abort_every`-th connection ends with a RST from the client, the others with FINs.
-/// Must run inside the listener's namespace. Returns the number of connections.
-pub fn churn(listener: &TcpListener, abort_every: u64, deadline: Instant) -> anyhow::Result<u64> {
+/// `abort_every`-th connection ends with a RST from the client, the others with FINs; at
+/// `rate` connections a second, or as fast as it can. Must run inside the listener's namespace.
+/// Returns the number of connections.
+pub fn churn(
+    listener: &TcpListener,
+    abort_every: u64,
+    rate: Option<u32>,
+    deadline: Instant,
+) -> anyhow::Result<u64> {
     let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, listener.local_addr()?.port());
+    let started = Instant::now();
     let mut buf = [0u8; 64];
     let mut n = 0u64;
     while Instant::now() < deadline {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
+            if let Some(ahead) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(ahead);
+            }
+        }
         let mut client = connect_from(Ipv4Addr::LOCALHOST, to)?;
         let (mut server, _) = accept_patiently(listener, IO_TIMEOUT)?;
         server.set_read_timeout(Some(IO_TIMEOUT))?;
         client.write_all(REQUEST)?;
-        server.read_exact(&mut buf[..REQUEST.len()])?;
+        server
+            .read_exact(&mut buf[..REQUEST.len()])
+            .context("the server reading the client's request")?;
         n += 1;
         if n.is_multiple_of(abort_every) {
             abort(client);
