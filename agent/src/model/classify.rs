@@ -36,22 +36,14 @@ impl Closing {
             stalled_for,
         } = self;
         let transient = connection.transient();
-        let mut errno = transient.error.map(|(_, errno)| errno);
-        let mut end = classify_end(
+        let errno = transient.error.map(|(_, errno)| errno);
+        let end = classify_end(
             connection.reset_received,
             connection.reset_sent,
             errno,
             old_state,
+            stalled_for.is_some(),
         );
-        // It was retransmitting without hearing from the peer and ended with no RST either way
-        // and no FIN exchange: only the kernel giving up does that. Its error report can be
-        // missing: an orphaned socket reports none, the kernel may skip the program run (a
-        // classic tracepoint in a softirq that interrupted another BPF program, or a map
-        // syscall), or a scan found the connection gone.
-        if end == End::Unknown && errno.is_none() && stalled_for.is_some() {
-            errno = Some(ETIMEDOUT);
-            end = End::Timeout;
-        }
         let abnormal = end != End::Fin;
         let identity = connection.identity(services);
         let cut = transient
@@ -131,11 +123,17 @@ fn cut_signature(unanswered: UnansweredGap, end: End, errno: Option<u16>) -> Opt
 /// How a connection ended, from what was seen of it. A received RST explains everything after
 /// it; ETIMEDOUT (which a keepalive failure reports along with the RST it sends) is more telling
 /// than the RST; an error stands on its own; a FIN exchange shows in the state it closed from.
+/// Last, a connection that was `stalled` (retransmitting without hearing from the peer) and
+/// ended with none of these timed out: only the kernel giving up ends it so. Its error report
+/// can be missing: an orphaned socket sends none, the kernel may skip the program run (a
+/// classic tracepoint in a softirq that interrupted another BPF program, or a map syscall), or
+/// a scan found the connection gone.
 pub fn classify_end(
     reset_received: bool,
     reset_sent: bool,
     errno: Option<u16>,
     old_state: u8,
+    stalled: bool,
 ) -> End {
     if reset_received {
         End::ResetReceived
@@ -150,6 +148,8 @@ pub fn classify_end(
         tcp_state::FIN_WAIT2 | tcp_state::TIME_WAIT | tcp_state::CLOSING | tcp_state::LAST_ACK
     ) {
         End::Fin
+    } else if stalled {
+        End::Timeout
     } else {
         End::Unknown
     }
@@ -163,26 +163,48 @@ mod tests {
     fn end_classification_priorities() {
         use tcp_state::*;
         assert_eq!(
-            classify_end(true, true, Some(ETIMEDOUT), LAST_ACK),
+            classify_end(true, true, Some(ETIMEDOUT), LAST_ACK, false),
             End::ResetReceived
         );
         assert_eq!(
-            classify_end(false, true, Some(ETIMEDOUT), ESTABLISHED),
+            classify_end(false, true, Some(ETIMEDOUT), ESTABLISHED, false),
             End::Timeout
         );
         assert_eq!(
-            classify_end(false, true, Some(104), ESTABLISHED),
+            classify_end(false, true, Some(104), ESTABLISHED, false),
             End::ResetSent
         );
         assert_eq!(
-            classify_end(false, false, Some(113), ESTABLISHED),
+            classify_end(false, false, Some(113), ESTABLISHED, false),
             End::Error
         );
         for state in [FIN_WAIT2, TIME_WAIT, CLOSING, LAST_ACK] {
-            assert_eq!(classify_end(false, false, None, state), End::Fin);
+            assert_eq!(classify_end(false, false, None, state, false), End::Fin);
         }
-        assert_eq!(classify_end(false, false, None, FIN_WAIT1), End::Unknown);
-        assert_eq!(classify_end(false, false, None, ESTABLISHED), End::Unknown);
+        assert_eq!(
+            classify_end(false, false, None, FIN_WAIT1, false),
+            End::Unknown
+        );
+        assert_eq!(
+            classify_end(false, false, None, ESTABLISHED, false),
+            End::Unknown
+        );
+        // Stalled, and nothing else said how it ended: it timed out.
+        assert_eq!(
+            classify_end(false, false, None, ESTABLISHED, true),
+            End::Timeout
+        );
+        assert_eq!(classify_end(false, false, None, 0, true), End::Timeout);
+        // A FIN exchange, a RST or an error still say more.
+        assert_eq!(classify_end(false, false, None, LAST_ACK, true), End::Fin);
+        assert_eq!(
+            classify_end(false, true, None, ESTABLISHED, true),
+            End::ResetSent
+        );
+        assert_eq!(
+            classify_end(false, false, Some(113), ESTABLISHED, true),
+            End::Error
+        );
     }
 
     #[test]
