@@ -118,7 +118,7 @@ impl Metrics {
         let discovered = register(
             &mut registry,
             "connections_discovered",
-            "Connections found already open by a scan of the kernel's socket tables (at start-up, or missed)",
+            "Connections the agent did not see open: found by a scan of the kernel's socket tables (at start-up, or missed), or met only at their close",
             Family::<PathKey, Counter>::default(),
         );
         let keepalive = register(
@@ -270,7 +270,7 @@ impl Metrics {
         let untracked_closes = register(
             &mut registry,
             "untracked_closes",
-            "Connections that closed without the agent having seen them open (older than the agent)",
+            "Connections that closed without the agent having seen them open, before a scan had read their namespace (older than the agent)",
             Counter::default(),
         );
         let kernel_state_evictions = register(

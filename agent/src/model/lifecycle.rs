@@ -259,10 +259,16 @@ impl ConnectionModel {
                     };
                     connection
                 }
-                _ => {
-                    out.push(Update::UntrackedClose);
-                    return;
-                }
+                _ => match self.found_at_its_close(&endpoints, netns, at) {
+                    Some(connection) => {
+                        out.push(Update::Discovered(connection.identity(&self.services)));
+                        connection
+                    }
+                    None => {
+                        out.push(Update::UntrackedClose);
+                        return;
+                    }
+                },
             },
         };
         let reset_received = connection.reset_received;
@@ -279,6 +285,27 @@ impl ConnectionModel {
         if reset_received {
             self.finish(socket, out);
         }
+    }
+
+    /// A connection that closes unknown to the model and to the kernel programs (no state):
+    /// older than the agent, or opened while the kernel skipped the program run on its open
+    /// (another run of the same program was under way on that CPU). It is the latter when a
+    /// scan read its namespace whole before the close: had it been open then, the scan would
+    /// have found it. Such a connection is counted like one a scan finds, whole, from what its
+    /// close says; one older than the agent stays untracked (`None`).
+    fn found_at_its_close(
+        &self,
+        endpoints: &Endpoints,
+        netns: u32,
+        at: Nanos,
+    ) -> Option<Connection> {
+        // A namespace unknown to the programs (0) is never among the scanned ones.
+        let scanned_at = *self.scanned_namespaces.get(&netns)?;
+        if at < scanned_at {
+            return None;
+        }
+        let kind = self.services.kind(endpoints)?;
+        Some(Connection::new(kind, endpoints, netns, None, at))
     }
 
     /// Every close while a scan is under way, tracked or not (see `closes_during_scan`).

@@ -264,6 +264,10 @@ pub struct ConnectionModel {
     closes_during_scan: Option<HashMap<(u32, Endpoints), Nanos>>,
     /// The agent's own connections (its scheduled checks'), left out.
     own: OwnConnections,
+    /// The namespaces the latest scan read whole, with when it finished: a connection that
+    /// closes there later, unknown to the model and to the kernel programs, opened since
+    /// (see `lifecycle::close`).
+    scanned_namespaces: HashMap<u32, Nanos>,
 }
 
 impl ConnectionModel {
@@ -276,6 +280,7 @@ impl ConnectionModel {
             recently_closed: VecDeque::new(),
             closes_during_scan: None,
             own: OwnConnections::default(),
+            scanned_namespaces: HashMap::new(),
         }
     }
 

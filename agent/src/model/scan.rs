@@ -84,6 +84,11 @@ impl ConnectionModel {
             }
         }
         self.closes_during_scan = None;
+        self.scanned_namespaces = scan
+            .complete
+            .iter()
+            .map(|&netns| (netns, finished))
+            .collect();
         (seeds, vanished)
     }
 
@@ -504,5 +509,50 @@ mod tests {
         scan.complete.insert(NETNS);
         scan_into(&mut model, &scan, 4 * SECOND, 6 * SECOND, &mut out);
         assert_eq!(model.open_count(), 1);
+    }
+
+    /// The kernel skipped the program run on a connection's open (no OPEN, no kernel state)
+    /// and it closed before the next scan: after a scan that read its namespace whole, it
+    /// cannot be older than the agent, and is counted whole, like a connection a scan finds.
+    #[test]
+    fn a_close_whose_open_the_kernel_skipped_is_counted_whole() {
+        let mut model = model();
+        let mut out = Vec::new();
+        let mut scan = scan_of(vec![]);
+        scan.complete.insert(NETNS);
+        scan_into(&mut model, &scan, SECOND, 2 * SECOND, &mut out);
+        model.apply(close(5 * SECOND, tcp_state::LAST_ACK, None), &mut out);
+        model.expire(u64::MAX, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Update::Discovered(imap_server()),
+                Update::Closed {
+                    identity: imap_server(),
+                    end: End::Fin,
+                    duration: None,
+                    keepalive: None,
+                },
+            ]
+        );
+        assert_eq!(model.open_count(), 0);
+    }
+
+    /// Without a whole scan of its namespace before it, a close with no known open may be of a
+    /// connection older than the agent: untracked, as before the first scan.
+    #[test]
+    fn a_close_before_its_namespace_was_read_whole_stays_untracked() {
+        for (complete, close_at) in [(false, 5 * SECOND), (true, SECOND + SECOND / 2)] {
+            let mut model = model();
+            let mut out = Vec::new();
+            let mut scan = scan_of(vec![]);
+            if complete {
+                scan.complete.insert(NETNS);
+            }
+            scan_into(&mut model, &scan, SECOND, 2 * SECOND, &mut out);
+            model.apply(close(close_at, tcp_state::LAST_ACK, None), &mut out);
+            model.expire(u64::MAX, &mut out);
+            assert_eq!(out, vec![Update::UntrackedClose], "complete: {complete}");
+        }
     }
 }
