@@ -58,7 +58,8 @@ pub struct Step {
     pub evictions: f64,
     /// Records the agent read from the ring buffer and could not decode (dropped).
     pub events_malformed: f64,
-    /// Opens and closes the agent counted (both ends of each connection: 2 per connection).
+    /// Opens (or discoveries at the close) and closes the agent counted (both ends of each
+    /// connection: 2 per connection).
     pub opens_counted: f64,
     pub closes_counted: f64,
     /// IMAP opens counted on other paths than the rig's over the step, by path (other
@@ -266,6 +267,7 @@ fn connect_loop(
 
 /// What the agent has counted so far.
 struct Counts {
+    /// Opened, or discovered (met only at the close, when the kernel skipped the open).
     opens: f64,
     /// By path, every path but the rig's.
     other_opens: BTreeMap<String, f64>,
@@ -299,7 +301,9 @@ fn counts(agent: &Agent) -> anyhow::Result<Counts> {
     }
     Ok(Counts {
         other_opens,
-        opens: scrape.sum_in("idlecut_connections_opened_total", &imap, &rig),
+        // A connection whose open the kernel skipped is counted at its close, as discovered.
+        opens: scrape.sum_in("idlecut_connections_opened_total", &imap, &rig)
+            + scrape.sum_in("idlecut_connections_discovered_total", &imap, &rig),
         closes: scrape.sum_in("idlecut_connections_closed_total", &imap, &rig),
         lost: scrape.value("idlecut_events_lost_total", &[]),
         insert_failures: scrape.value("idlecut_kernel_state_insert_failures_total", &[]),
