@@ -55,6 +55,9 @@ pub struct Step {
     /// know, kernel states evicted: other ways to lose track, for diagnosis.
     pub insert_failures: f64,
     pub untracked_closes: f64,
+    /// Of `opens_counted`, those the agent did not see open (the kernel skipped the open):
+    /// counted as discovered, at their close or by a scan.
+    pub opens_discovered: f64,
     pub evictions: f64,
     /// Records the agent read from the ring buffer and could not decode (dropped).
     pub events_malformed: f64,
@@ -275,6 +278,7 @@ struct Counts {
     lost: f64,
     insert_failures: f64,
     untracked_closes: f64,
+    discovered: f64,
     evictions: f64,
     malformed: f64,
     recursion_misses: f64,
@@ -308,6 +312,7 @@ fn counts(agent: &Agent) -> anyhow::Result<Counts> {
         lost: scrape.value("idlecut_events_lost_total", &[]),
         insert_failures: scrape.value("idlecut_kernel_state_insert_failures_total", &[]),
         untracked_closes: scrape.value("idlecut_untracked_closes_total", &[]),
+        discovered: scrape.sum_in("idlecut_connections_discovered_total", &imap, &rig),
         evictions: scrape.value("idlecut_kernel_state_evictions_total", &[]),
         malformed: scrape.value("idlecut_events_malformed_total", &[]),
         recursion_misses: agent.recursion_misses()? as f64,
@@ -362,6 +367,7 @@ fn step_with_agent(
         recursion_misses: after.recursion_misses - before.recursion_misses,
         insert_failures: after.insert_failures - before.insert_failures,
         untracked_closes: after.untracked_closes - before.untracked_closes,
+        opens_discovered: after.discovered - before.discovered,
         evictions: after.evictions - before.evictions,
         events_malformed: after.malformed - before.malformed,
         opens_counted: opens,
@@ -404,6 +410,7 @@ fn step_without_agent(rig: &Rig, duration: Duration) -> anyhow::Result<Step> {
         recursion_misses: f64::NAN,
         insert_failures: f64::NAN,
         untracked_closes: f64::NAN,
+        opens_discovered: f64::NAN,
         evictions: f64::NAN,
         events_malformed: f64::NAN,
         opens_counted: f64::NAN,
@@ -510,11 +517,12 @@ fn of_kind(
             let expected = 2.0 * s.connections as f64;
             format!(
                 "{} program runs skipped, {} lost per idlecut_events_lost_total; {} opens and \
-                 {} closes of {expected} not counted",
+                 {} closes of {expected} not counted ({} opens counted without being seen)",
                 s.recursion_misses,
                 s.events_lost,
                 expected - s.opens_counted,
                 expected - s.closes_counted,
+                s.opens_discovered,
             )
         }),
         first_insert_failure_per_s: first_insert_failure.map(|s| s.achieved_per_s),
