@@ -98,8 +98,11 @@ impl Pipeline {
                         continue;
                     };
                     // Every OPEN of a connection the scan saw was emitted before the scan could
-                    // see it: take them all in first, so that nothing is counted twice.
+                    // see it, and every end of one it did not see before it looked: take them
+                    // all in first (the ends the ring buffer had no room for too), so that
+                    // nothing is counted twice.
                     self.drain(events.get_mut(), usize::MAX, &mut updates);
+                    self.take_unreported_ends(usize::MAX, &mut updates);
                     self.record(&mut updates);
                     self.take_scan(&scan, started, finished, first_scan, &mut updates);
                     self.record(&mut updates);
@@ -111,12 +114,7 @@ impl Pipeline {
                     // Programs wake the reader only when the buffer fills up: small volumes
                     // are drained here.
                     self.drain(events.get_mut(), MAX_BATCH, &mut updates);
-                    // Ends the ring buffer had no room for, after everything it did carry.
-                    let ends = self.kernel.take_unreported_ends(MAX_BATCH);
-                    self.metrics.ends_delayed.inc_by(ends.len() as u64);
-                    for end in ends {
-                        self.model.apply(end, &mut updates);
-                    }
+                    self.take_unreported_ends(MAX_BATCH, &mut updates);
                     self.model.expire(monotonic_now(), &mut updates);
                     self.record(&mut updates);
                     seeding = self.update_seeding(seeding);
@@ -170,6 +168,16 @@ impl Pipeline {
             }
         }
         handled
+    }
+
+    /// Applies up to `max` of the ends the ring buffer had no room for, which waited in the
+    /// kernel: after everything the ring buffer did carry, which happened before them.
+    fn take_unreported_ends(&mut self, max: usize, updates: &mut Vec<Update>) {
+        let ends = self.kernel.take_unreported_ends(max);
+        self.metrics.ends_delayed.inc_by(ends.len() as u64);
+        for end in ends {
+            self.model.apply(end, updates);
+        }
     }
 
     /// Takes in a finished scan: new connections are tracked and seeded for the kernel
