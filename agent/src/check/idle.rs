@@ -11,12 +11,13 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use serde::Serialize;
-use tokio::task::JoinSet;
+use tokio::{net::TcpStream, task::JoinSet};
 
 use super::{
     Progress,
     login::Credentials,
     probe::{Outcome, Probe, describe, probe},
+    reach::{self, ConnectFailure},
     report::Row,
 };
 use crate::{
@@ -51,6 +52,21 @@ pub struct IdleSettings {
     /// Where the agent's scheduled checks register their connections (none for
     /// `idlecut check`).
     pub own: Option<Registrar>,
+}
+
+impl IdleSettings {
+    /// Connects to `addr` as every connection of a check does: within the connect timeout,
+    /// sent data acknowledged within the answer timeout, and registered as the agent's own
+    /// when the agent's schedule runs the check.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ConnectFailure> {
+        reach::connect(
+            addr,
+            self.connect_timeout,
+            self.answer_timeout,
+            self.own.as_ref(),
+        )
+        .await
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -356,20 +356,13 @@ async fn check_port(
     };
     let progress = Progress { prefix, caller };
     let started = std::time::Instant::now();
-    let stream = match reach::connect(
-        addr,
-        args.connect_timeout,
-        args.answer_timeout,
-        idle.own.as_ref(),
-    )
-    .await
-    {
+    let stream = match idle.connect(addr).await {
         Ok(stream) => stream,
         Err(failure) => {
             report.row(
                 CheckName::Reachability,
                 CheckStatus::Fail,
-                format!("{addr}: {}", failure.describe(args.connect_timeout)),
+                format!("{addr}: {}", failure.describe(idle.connect_timeout)),
             );
             return report;
         }

@@ -56,14 +56,7 @@ pub async fn probe(
         idle_seconds: 0.0,
         outcome: Outcome::Inconclusive { reason },
     };
-    let stream = match reach::connect(
-        addr,
-        settings.connect_timeout,
-        settings.answer_timeout,
-        settings.own.as_ref(),
-    )
-    .await
-    {
+    let stream = match settings.connect(addr).await {
         Ok(stream) => stream,
         Err(failure) => return inconclusive(failure.describe(settings.connect_timeout)),
     };
