@@ -300,8 +300,8 @@ impl ConnectionModel {
         at: Nanos,
     ) -> Option<Connection> {
         // A namespace unknown to the programs (0) is never among the scanned ones.
-        let scanned_at = *self.scanned_namespaces.get(&netns)?;
-        if at < scanned_at {
+        let (namespaces, finished) = &self.scanned_whole;
+        if !namespaces.contains(&netns) || at < *finished {
             return None;
         }
         let kind = self.services.kind(endpoints)?;

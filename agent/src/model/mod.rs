@@ -17,7 +17,7 @@ mod table;
 mod tests;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::IpAddr,
     sync::Arc,
 };
@@ -264,10 +264,10 @@ pub struct ConnectionModel {
     closes_during_scan: Option<HashMap<(u32, Endpoints), Nanos>>,
     /// The agent's own connections (its scheduled checks'), left out.
     own: OwnConnections,
-    /// The namespaces the latest scan read whole, with when it finished: a connection that
+    /// The namespaces the latest scan read whole, and when it finished: a connection that
     /// closes there later, unknown to the model and to the kernel programs, opened since
-    /// (see `lifecycle::close`).
-    scanned_namespaces: HashMap<u32, Nanos>,
+    /// (see `lifecycle::found_at_its_close`).
+    scanned_whole: (HashSet<u32>, Nanos),
 }
 
 impl ConnectionModel {
@@ -280,7 +280,7 @@ impl ConnectionModel {
             recently_closed: VecDeque::new(),
             closes_during_scan: None,
             own: OwnConnections::default(),
-            scanned_namespaces: HashMap::new(),
+            scanned_whole: (HashSet::new(), 0),
         }
     }
 

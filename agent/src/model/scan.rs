@@ -84,11 +84,7 @@ impl ConnectionModel {
             }
         }
         self.closes_during_scan = None;
-        self.scanned_namespaces = scan
-            .complete
-            .iter()
-            .map(|&netns| (netns, finished))
-            .collect();
+        self.scanned_whole = (scan.complete.clone(), finished);
         (seeds, vanished)
     }
 
