@@ -126,7 +126,8 @@ pub mod event_kind {
     /// The socket sent a RST (tcp:tcp_send_reset).
     pub const RESET_SENT: u8 = 4;
     /// A segment of the socket was retransmitted. `count` is the total so far, `value_ns` how
-    /// long the current stall has lasted (0 for its first retransmission).
+    /// long the current stall has lasted (0 for its first retransmission), `error` the
+    /// socket's soft error (`sk_err_soft`, a positive errno an ICMP error left; 0 for none).
     pub const RETRANSMIT: u8 = 5;
     /// The kernel reported an error on a socket (sock:inet_sk_error_report). That tracepoint
     /// has no socket pointer: `socket` is 0 and addresses, ports and `error` identify it.
@@ -205,7 +206,8 @@ pub struct RawEvent {
     /// Bits of [`event_flags`].
     pub flags: u8,
     pub _pad: [u8; 1],
-    /// ERROR_REPORT: positive errno. ICMP_ERROR: `type << 8 | code`.
+    /// ERROR_REPORT: positive errno. ICMP_ERROR: `type << 8 | code`. RETRANSMIT: the soft
+    /// error, a positive errno.
     pub error: u16,
     /// CLOSE, RETRANSMIT: retransmissions seen on the socket.
     pub count: u32,
@@ -299,6 +301,11 @@ pub struct SockOffsets {
     /// `inet_sock.inet_sport` (network order): the local port, still set after the kernel
     /// unbinds a closed socket (which zeroes `skc_num`).
     pub inet_sport: u16,
+    /// `sk_err_soft` (an `int`, positive errno): what an ICMP error left on an established
+    /// connection (RFC 1122 soft errors: net and host unreachable, administratively
+    /// prohibited...), which TCP keeps retransmitting through. Read at each retransmission,
+    /// so ICMP shows with no program on `tcp_v4_err` (fentry, refused on some kernels).
+    pub err_soft: u16,
 }
 
 impl SockOffsets {
@@ -318,6 +325,7 @@ impl SockOffsets {
             v6_local: 0,
             v6_remote: 0,
             inet_sport: 0,
+            err_soft: 0,
         }
     }
 }
@@ -443,7 +451,7 @@ const _: () = {
     assert!(core::mem::align_of::<RawEvent>() == 8);
     assert!(core::mem::size_of::<ConnectionState>() == 40);
     assert!(core::mem::size_of::<FieldOffsets>() == 26);
-    assert!(core::mem::size_of::<SockOffsets>() == 26);
+    assert!(core::mem::size_of::<SockOffsets>() == 28);
     assert!(core::mem::size_of::<SkbOffsets>() == 8);
     assert!(core::mem::size_of::<PortBitmap>() == 8192);
     assert!(core::mem::size_of::<PortRange>() == 4);
@@ -503,7 +511,7 @@ mod tests {
     #[test]
     fn skb_and_sock_offsets_layouts_are_pinned() {
         assert_eq!(size_of::<SkbOffsets>(), 8);
-        assert_eq!(size_of::<SockOffsets>(), 26);
+        assert_eq!(size_of::<SockOffsets>(), 28);
     }
 
     #[test]

@@ -2,24 +2,11 @@
 //! object per path with its cut-off and verdict), `/api/v1/connections` (JSON, one object per
 //! connection; see `view`), `/api/v1/cuts` (JSON, the last cuts; see `cuts`) and `/healthz`.
 //!
-//! Around the router, and independent of what the handlers read: `auth` (who may read what),
-//! `server` (accept loop, connection limits, timeouts, shutdown), `tls` and `web_config` (the
-//! `--web-config` file, reloaded when it changes), `error_bodies` (bodies for hyper's own 4xx
-//! answers) and `descriptors` (the open-files limit).
+//! Around the router, and independent of what the handlers read, is `idlecut_web`: who may
+//! read what, the accept loop, limits, timeouts, TLS and shutdown.
 
-mod auth;
-pub mod descriptors;
-mod error_bodies;
-mod server;
-pub mod tls;
-mod web_config;
+use std::{sync::Arc, time::Duration};
 
-pub use server::Limits;
-pub use web_config::WebSettings;
-
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
-
-use anyhow::Context as _;
 use axum::{
     Router,
     extract::{Query, State},
@@ -27,15 +14,15 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use tokio::sync::watch;
-
-use crate::{
+use idlecut_check::scheduled;
+use idlecut_core::{
     cuts,
+    listing::{Filter, Watched},
     metrics::{self, Metrics},
-    scheduled,
-    snapshot::{Snapshots, Unavailable},
-    view::{self, Filter},
+    view,
 };
+
+use crate::snapshot::{Snapshots, Unavailable};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -46,6 +33,8 @@ pub struct AppState {
     pub snapshots: Snapshots,
     /// The scheduled checks' last findings, shown next to the paths they cover.
     pub checks: scheduled::Results,
+    /// The services and prefix lengths the listings' filters must name.
+    pub watched: Arc<Watched>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -85,13 +74,16 @@ async fn serve_paths(State(state): State<AppState>) -> axum::response::Response 
     }
 }
 
+/// The query string as its pairs, in order: a repeated parameter is refused, not taken twice.
+type Pairs = Query<Vec<(String, String)>>;
+
 async fn serve_connections(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Pairs,
 ) -> axum::response::Response {
-    let filter = match Filter::from_query(&query) {
+    let filter = match Filter::from_query(&view::LISTING, &query, &state.watched, view::MAX_LIMIT) {
         Ok(filter) => filter,
-        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+        Err(message) => return bad_request(&message),
     };
     match state.snapshots.fresh(SNAPSHOT_PATIENCE).await {
         Ok(snapshot) => axum::Json(view::select(&snapshot.connections, &filter)).into_response(),
@@ -101,21 +93,21 @@ async fn serve_connections(
 
 async fn serve_cuts(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Pairs,
 ) -> axum::response::Response {
     let snapshot = match state.snapshots.fresh(SNAPSHOT_PATIENCE).await {
         Ok(snapshot) => snapshot,
         Err(unavailable) => return unavailable_response(unavailable),
     };
-    match cuts::Filter::from_query(&query, snapshot.cuts_capacity) {
-        Ok(filter) => axum::Json(cuts::select(
-            &snapshot.cuts,
-            &filter,
-            snapshot.cuts_capacity,
-        ))
-        .into_response(),
-        Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    let capacity = snapshot.cuts_capacity;
+    match Filter::from_query(&cuts::LISTING, &query, &state.watched, capacity) {
+        Ok(filter) => axum::Json(cuts::select(&snapshot.cuts, &filter, capacity)).into_response(),
+        Err(message) => bad_request(&message),
     }
+}
+
+fn bad_request(message: &str) -> axum::response::Response {
+    (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
 }
 
 fn unavailable_response(unavailable: Unavailable) -> axum::response::Response {
@@ -154,34 +146,180 @@ async fn serve_metrics(
     }
 }
 
-/// Binds the listener before anything else starts (no runtime needed), so that a taken port is
-/// reported at once. SO_REUSEADDR, as tokio's own bind sets it: a restarted agent must not fail
-/// on its previous connections in TIME_WAIT.
-pub fn bind(listen: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let context = || format!("listening on {listen} (set another address with --listen)");
-    let socket =
-        Socket::new(Domain::for_address(listen), Type::STREAM, None).with_context(context)?;
-    socket.set_reuse_address(true).with_context(context)?;
-    socket.bind(&listen.into()).with_context(context)?;
-    socket.listen(1024).with_context(context)?;
-    socket.set_nonblocking(true).with_context(context)?;
-    Ok(socket.into())
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Serves the router behind the access rules of `web`, within `limits`, until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    web: Arc<WebSettings>,
-    limits: Limits,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let app = router(state).layer(axum::middleware::from_fn_with_state(
-        web.clone(),
-        auth::require,
-    ));
-    server::serve(listener, app, web, limits, shutdown)
-        .await
-        .context("serving HTTP")
+    use idlecut_api::vocabulary::{ConnectionState, ResetOrigin, Role, Signature};
+    use idlecut_core::{
+        cuts::CutRow, events::Nanos, paths::Prefixes, settings::parse_ports, view::ConnectionRow,
+    };
+    use idlecut_web::client::{AgentClient, encode};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::snapshot::{self, Snapshot};
+
+    static CLOCK: AtomicU64 = AtomicU64::new(1);
+
+    /// A clock that moves on each reading: every snapshot is taken after it was asked for.
+    fn tick() -> Nanos {
+        CLOCK.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn connection(path: &str) -> ConnectionRow {
+        ConnectionRow {
+            local: "10.0.1.2:40000".into(),
+            remote: "10.0.2.2:143".into(),
+            service: "imap".into(),
+            role: Role::Client,
+            path: path.into(),
+            netns: None,
+            pid: None,
+            cgroup: None,
+            pod: None,
+            host: None,
+            state: ConnectionState::Open,
+            age_seconds: None,
+            idle_seconds: Some(5.0),
+            keepalive: None,
+            keepalive_interval_seconds: None,
+            keepalive_outlook: None,
+            cadence_seconds: None,
+            retransmits: 0,
+            icmp_error: None,
+            end: None,
+            closed_seconds_ago: None,
+        }
+    }
+
+    fn cut(path: &str) -> CutRow {
+        CutRow {
+            time: "2026-12-03T03:08:44.402Z".into(),
+            seconds_ago: 1.0,
+            service: "imap".into(),
+            role: Role::Client,
+            path: path.into(),
+            local: "[2001:db8:2::2]:40000".into(),
+            remote: "[2001:db8:1::2]:143".into(),
+            netns: None,
+            idle_before_cut_seconds: 350.0,
+            signature: Signature::Reset,
+            origin: Some(ResetOrigin::Path),
+            reset_hops_from_host: Some(1),
+            pid: None,
+            cgroup: None,
+            pod: None,
+            host: None,
+        }
+    }
+
+    /// The agent's router behind its real HTTP server on a loopback port, with a stand-in for
+    /// the pipeline that publishes the same rows whenever asked: no kernel involved.
+    async fn serve() -> (AgentClient, watch::Sender<bool>) {
+        let (publisher, snapshots) = snapshot::channel(tick);
+        tokio::spawn(async move {
+            loop {
+                publisher.wanted().await;
+                publisher.publish(Snapshot {
+                    taken_at: tick(),
+                    connections: vec![connection("10.0.2.0/24"), connection("other")],
+                    cuts: vec![cut("2001:db8:1::/48")],
+                    cuts_capacity: 10,
+                    ..Snapshot::default()
+                });
+            }
+        });
+        let ports = parse_ports("143=imap,587=submission").unwrap();
+        let state = AppState {
+            metrics: Arc::new(Metrics::new(ports.services().map(Arc::from))),
+            snapshots,
+            checks: scheduled::results_channel().1,
+            watched: Arc::new(Watched::new(&ports, Prefixes { ipv4: 24, ipv6: 48 })),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(idlecut_web::serve(
+            listener,
+            router(state),
+            idlecut_web::WebSettings::load(None).unwrap(),
+            idlecut_web::Limits::with_capacity(16),
+            stopped,
+        ));
+        (AgentClient::plain(addr), stop)
+    }
+
+    /// GETs `target`: the body of a 200, or the error that says what the agent answered.
+    async fn get(client: &Arc<AgentClient>, target: &str) -> Result<serde_json::Value, String> {
+        let client = client.clone();
+        let target = target.to_owned();
+        let body = tokio::task::spawn_blocking(move || client.get(&target))
+            .await
+            .unwrap()
+            .map_err(|err| format!("{err:#}"))?;
+        Ok(serde_json::from_str(&body).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listings_refuse_repeated_parameters_and_filters_that_name_nothing() {
+        let (client, _stop) = serve().await;
+        let client = Arc::new(client);
+        for (target, expected) in [
+            (
+                "/api/v1/connections?limit=1&limit=2",
+                "`limit` is given more than once",
+            ),
+            (
+                "/api/v1/connections?service=imap&service=imap",
+                "`service` is given more than once",
+            ),
+            (
+                "/api/v1/cuts?origin=path&origin=peer",
+                "`origin` is given more than once",
+            ),
+            (
+                "/api/v1/cuts?limit=1&limit=1",
+                "`limit` is given more than once",
+            ),
+            ("/api/v1/connections?service=imapp", "service=`imapp`"),
+            ("/api/v1/cuts?service=imapp", "imap, submission"),
+            (
+                "/api/v1/connections?path=10.0.2.0%2F16",
+                "expected 10.0.2.0/24",
+            ),
+            ("/api/v1/cuts?path=10.0.2.0%2F16", "path=`10.0.2.0/16`"),
+            (
+                "/api/v1/connections?path=mail.example.net",
+                "path=`mail.example.net`",
+            ),
+            ("/api/v1/cuts?pid=1", "unknown parameter `pid`"),
+        ] {
+            let err = get(&client, target).await.expect_err(target);
+            assert!(err.contains("answered 400"), "{target}: {err}");
+            assert!(err.contains(expected), "{target}: {err}");
+        }
+        // What names something is answered, the path as the table writes it however spelled.
+        for (target, total) in [
+            ("/api/v1/connections", 2),
+            (
+                "/api/v1/connections?service=imap&path=10.0.2.0%2F24&limit=1",
+                1,
+            ),
+            ("/api/v1/connections?path=other", 1),
+            ("/api/v1/connections?service=submission", 0),
+            (
+                &format!(
+                    "/api/v1/cuts?service=imap&path={}",
+                    encode("2001:db8:1:0::/48")
+                ),
+                1,
+            ),
+        ] {
+            let answer = get(&client, target)
+                .await
+                .unwrap_or_else(|err| panic!("{err}"));
+            assert_eq!(answer["total"], total, "{target}: {answer}");
+        }
+    }
 }

@@ -3,44 +3,37 @@
 //!
 //! Data flows one way: probes (kernel) -> events -> connection model -> paths -> metrics/HTTP.
 
-mod check;
 mod client;
 mod config;
-mod cuts;
-mod discovery;
-mod duration_text;
-mod events;
 mod heap;
 mod http;
-mod inference;
-mod listing;
-mod metrics;
-mod model;
-mod own;
-mod paths;
 mod pipeline;
 mod privileges;
-mod probes;
-mod scheduled;
 mod snapshot;
-mod view;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Parser;
-// The words of the API and metrics, shared with the tests: `crate::vocabulary` everywhere.
-use idlecut_api::vocabulary;
+use idlecut_check::{self as check, registrar, scheduled};
+use idlecut_core::cuts;
+use idlecut_kernel::{clock, discovery::Discovery, probes};
+use idlecut_node::{kubelet::KubeletDirs, timeouts};
+use idlecut_web as web;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::{
-    config::{Config, Flags, LogFormat},
+use crate::{config::Config, config::Flags, config::LogFormat, pipeline::Pipeline};
+use idlecut_core::{
     inference::{Inference, Settings},
+    listing::Watched,
     metrics::{Metrics, ProbeHookLabels, ProbeLabels},
     model::ConnectionModel,
-    paths::PathTable,
-    pipeline::Pipeline,
+    paths::{PathTable, Prefixes},
 };
 
 /// Finds the network paths that cut long-lived mail connections (IMAP IDLE, Submission...),
@@ -60,48 +53,11 @@ struct Cli {
 enum Command {
     /// Print the connections a running agent follows (and those that ended in the last few
     /// minutes) as a table, the way `ss` would
-    Connections(ConnectionsArgs),
+    Connections(client::ConnectionsArgs),
     /// Print the last cuts a running agent saw, newest first: which connection, process and
     /// path, after how long a silence, how, and who sent the RST
-    Cuts(CutsArgs),
+    Cuts(client::CutsArgs),
     Check(check::CheckArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct CutsArgs {
-    #[command(flatten)]
-    agent: client::AgentArgs,
-    #[command(flatten)]
-    filter: client::ListingFilter,
-    /// Only cuts of this signature
-    #[arg(long, value_parser = vocabulary::Signature::ALL.map(vocabulary::Signature::as_str))]
-    signature: Option<String>,
-    /// Only cuts by a RST from this origin: peer, path or unknown
-    #[arg(long, value_parser = ["peer", "path", "unknown"])]
-    origin: Option<String>,
-    /// At most this many rows (the agent caps it at its --recent-cuts)
-    #[arg(long, default_value_t = cuts::DEFAULT_LIMIT)]
-    limit: usize,
-    /// Print the JSON the agent returned instead of a table
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-struct ConnectionsArgs {
-    #[command(flatten)]
-    agent: client::AgentArgs,
-    #[command(flatten)]
-    filter: client::ListingFilter,
-    /// Only open connections idle for at least this long, e.g. 10m
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
-    min_idle: Option<std::time::Duration>,
-    /// At most this many rows (the agent caps it at 10000)
-    #[arg(long, default_value_t = view::DEFAULT_LIMIT)]
-    limit: usize,
-    /// Print the JSON the agent returned instead of a table
-    #[arg(long)]
-    json: bool,
 }
 
 /// A client command's exit status: success, or its error on stderr and failure.
@@ -137,7 +93,7 @@ fn main() -> ExitCode {
     heap::tune();
     init_logging(config.log_format);
     // Usage errors, reported once in the log's format, exit 2.
-    let web = match http::WebSettings::load(config.web_config.0.as_deref()) {
+    let web = match web::WebSettings::load(config.web_config.0.as_deref()) {
         Ok(web) => web,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -145,7 +101,7 @@ fn main() -> ExitCode {
         }
     };
     // Before any descriptor is opened, so that the HTTP side is sized from the raised limit.
-    let max_http_connections = match http::descriptors::raise_open_file_limit() {
+    let max_http_connections = match web::descriptors::raise_open_file_limit() {
         Ok(limit) => {
             info!(
                 soft = limit.soft,
@@ -153,15 +109,15 @@ fn main() -> ExitCode {
                 was = limit.soft_before,
                 "open files limit"
             );
-            http::descriptors::http_connection_capacity(limit.soft)
+            web::descriptors::http_connection_capacity(limit.soft)
         }
         Err(err) => {
             tracing::warn!("cannot read or raise the open files limit: {err}");
-            http::descriptors::MIN_HTTP_CONNECTIONS
+            web::descriptors::MIN_HTTP_CONNECTIONS
         }
     };
     // Bound before the programs load, so that a taken port is reported (exit 2) at once.
-    let listener = match http::bind(config.listen) {
+    let listener = match web::bind(config.listen) {
         Ok(listener) => listener,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -171,14 +127,15 @@ fn main() -> ExitCode {
     // Loaded before the runtime starts its threads: capabilities belong to threads, and the
     // ones only loading needs are dropped here, once, for every thread the agent will have.
     // Errors from here on are reported once, in the log's format.
-    let probes = match probes::load(&config) {
+    let probes = match probes::load(&config.probe_settings()) {
         Ok(probes) => probes,
         Err(err) => {
             tracing::error!("{err:#}");
             return ExitCode::FAILURE;
         }
     };
-    match privileges::drop_after_load() {
+    let net_admin = config.node_timeouts.nftables || config.node_timeouts.ipvs;
+    match privileges::drop_after_load(net_admin) {
         Ok(kept) => info!(?kept, "programs attached: capabilities dropped but these"),
         Err(err) => {
             tracing::error!("{err:#}");
@@ -196,8 +153,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let limits = http::Limits::with_capacity(max_http_connections);
-    match runtime.block_on(run(config, probes, listener, web, limits)) {
+    let limits = web::Limits::with_capacity(max_http_connections);
+    let result = runtime.block_on(run(config, probes, listener, web, limits));
+    // Everything that matters stopped inside `run`. A blocking task may still be under way (a
+    // scheduled check's name lookup, stuck on a silent name server, cannot be cancelled):
+    // it must not hold the exit that README promises within 5 s.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -277,8 +239,8 @@ async fn run(
     config: Config,
     probes: probes::Probes,
     listener: std::net::TcpListener,
-    web: Arc<http::WebSettings>,
-    limits: http::Limits,
+    web: Arc<web::WebSettings>,
+    limits: web::Limits,
 ) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::from_std(listener).context("serving the HTTP listener")?;
@@ -287,6 +249,11 @@ async fn run(
         .ports()
         .filter_map(|port| config.ports.service(port))
         .map(Arc::from);
+    // The one naming of paths, for the path table, the scheduled checks and the filters.
+    let prefixes = Prefixes {
+        ipv4: config.ipv4_prefix,
+        ipv6: config.ipv6_prefix,
+    };
     let mut metrics = Metrics::new(services);
     let check_metrics = scheduled::CheckMetrics::register(
         &mut metrics.registry,
@@ -324,11 +291,11 @@ async fn run(
         state,
         attached: _,
     } = probes;
-    let (publisher, snapshots) = snapshot::channel(pipeline::monotonic_now);
-    let (own_registrar, own_connections) = own::channel();
+    let (publisher, snapshots) = snapshot::channel(clock::monotonic_now);
+    let (own_registrar, own_connections) = registrar::channel();
     let pipeline = Pipeline {
         model: ConnectionModel::new(config.ports.clone()),
-        paths: PathTable::new(config.ipv4_prefix, config.ipv6_prefix, config.max_paths),
+        paths: PathTable::new(prefixes, config.max_paths),
         inference: Inference::new(Settings {
             req5_threshold_seconds: config.req5_threshold.as_secs_f64(),
             min_cuts: config.min_cuts,
@@ -336,7 +303,16 @@ async fn run(
         metrics: metrics.clone(),
         counters,
         kernel: state,
-        ports: config.ports.clone(),
+        discovery: Arc::new(Mutex::new(Discovery::new(
+            config.ports.clone(),
+            config.kubelet_logs.0.as_ref().map(KubeletDirs::new),
+            timeouts::Sources {
+                nftables: config.node_timeouts.nftables,
+                ipvs: config.node_timeouts.ipvs,
+                ..timeouts::Sources::default()
+            },
+            config.node_netns.clone(),
+        ))),
         scan_interval: config.scan_interval,
         snapshots: publisher,
         recent_cuts: cuts::RecentCuts::new(config.recent_cuts),
@@ -352,26 +328,25 @@ async fn run(
                 checks: config.checks.clone(),
                 runner: scheduled::check_runner(own_registrar),
                 metrics: check_metrics,
-                naming: scheduled::PathNaming {
-                    ports: config.ports.clone(),
-                    ipv4_prefix: config.ipv4_prefix,
-                    ipv6_prefix: config.ipv6_prefix,
-                },
+                ports: config.ports.clone(),
+                prefixes,
                 results: check_results,
             }
             .run(stopped.clone()),
         )
     });
+    let events = probes::EventRing::new(events).context("watching the ring buffer")?;
     let pipeline = tokio::spawn(pipeline.run(events, stopped.clone()));
     let kernel_logs =
         logger.map(|logger| tokio::spawn(probes::forward_kernel_logs(logger, stopped.clone())));
-    let server = tokio::spawn(http::serve(
+    let server = tokio::spawn(web::serve(
         listener,
-        http::AppState {
+        http::router(http::AppState {
             metrics,
             snapshots,
             checks,
-        },
+            watched: Arc::new(Watched::new(&config.ports, prefixes)),
+        }),
         web.clone(),
         limits,
         stopped,

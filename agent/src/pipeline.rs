@@ -2,29 +2,32 @@
 //! metrics. One task owns the model, the path table and the inference, so none needs a lock;
 //! readers get snapshots of them that this task takes between two batches (see `snapshot`).
 
-use std::{sync::Arc, time::Duration};
-
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{oneshot, watch},
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
-use tracing::{debug, info, warn};
 
-use crate::{
-    config::PortMap,
+use idlecut_check::registrar::Registrations;
+use idlecut_core::{
     cuts::RecentCuts,
-    discovery::{self, Scan},
-    events::Nanos,
+    events::{Event, Nanos},
     inference::Inference,
     metrics::{KernelCounterSync, Metrics},
     model::{ConnectionModel, Update},
-    own,
+    node::NodeTimeouts,
     paths::PathTable,
-    probes::{self, KernelCounters, KernelState},
-    snapshot::{Publisher, Snapshot},
+    scan::Scan,
     view,
 };
+use idlecut_kernel::{
+    clock::monotonic_now,
+    discovery::{self, Discovery},
+    probes::{self, DecodeError, EventRing, KernelCounters, KernelState},
+};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::snapshot::{Publisher, Snapshot};
 
 /// A finished scan and when it started and ended (kernel time).
 type ScanResult = (Scan, Nanos, Nanos);
@@ -47,24 +50,21 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub counters: KernelCounters,
     pub kernel: KernelState,
-    pub ports: PortMap,
+    /// What a scan reads; locked by the scan's own thread while it runs.
+    pub discovery: Arc<Mutex<Discovery>>,
     pub scan_interval: Duration,
     pub snapshots: Publisher,
     pub recent_cuts: RecentCuts,
     /// Connections the agent's scheduled checks open, to leave out.
-    pub own_connections: own::Registrations,
+    pub own_connections: Registrations,
 }
 
 impl Pipeline {
     pub async fn run(
         mut self,
-        events: RingBuf<MapData>,
+        mut events: EventRing,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        // SAFETY: the ring buffer owns its file descriptor, which stays open for as long as the
-        // `AsyncFd` holds it.
-        let mut events = unsafe { AsyncFd::register(events) }
-            .map_err(|err| anyhow::anyhow!("watching the ring buffer: {err}"))?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut updates = Vec::new();
@@ -79,17 +79,13 @@ impl Pipeline {
         let mut seeding = false;
         loop {
             tokio::select! {
-                guard = events.readable_mut() => {
-                    let mut guard = guard?;
-                    let handled = self.drain(guard.get_inner_mut(), MAX_BATCH, &mut updates);
-                    if handled < MAX_BATCH {
-                        guard.clear_ready();
-                    }
+                ready = events.ready() => {
+                    ready?.drain(MAX_BATCH, |event| self.take(event, &mut updates));
                     self.record(&mut updates);
                 }
                 _ = scan_timer.tick(), if scan_in_flight.is_none() => {
                     self.model.scan_started();
-                    scan_in_flight = Some(start_scan(self.ports.clone()));
+                    scan_in_flight = Some(start_scan(Arc::clone(&self.discovery)));
                 }
                 result = async { scan_in_flight.as_mut().expect("guarded").await }, if scan_in_flight.is_some() => {
                     scan_in_flight = None;
@@ -101,7 +97,7 @@ impl Pipeline {
                     // see it, and every end of one it did not see before it looked: take them
                     // all in first (the ends the ring buffer had no room for too), so that
                     // nothing is counted twice.
-                    self.drain(events.get_mut(), usize::MAX, &mut updates);
+                    events.drain(usize::MAX, |event| self.take(event, &mut updates));
                     self.take_unreported_ends(usize::MAX, &mut updates);
                     self.record(&mut updates);
                     self.take_scan(&scan, started, finished, first_scan, &mut updates);
@@ -113,7 +109,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     // Programs wake the reader only when the buffer fills up: small volumes
                     // are drained here.
-                    self.drain(events.get_mut(), MAX_BATCH, &mut updates);
+                    events.drain(MAX_BATCH, |event| self.take(event, &mut updates));
                     self.take_unreported_ends(MAX_BATCH, &mut updates);
                     self.model.expire(monotonic_now(), &mut updates);
                     self.record(&mut updates);
@@ -140,34 +136,25 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Decodes and applies up to `max` events from the ring buffer; returns how many.
-    fn drain(
-        &mut self,
-        ring: &mut RingBuf<MapData>,
-        max: usize,
-        updates: &mut Vec<Update>,
-    ) -> usize {
-        let mut handled = 0;
-        while handled < max {
-            let Some(record) = ring.next() else { break };
-            handled += 1;
-            // A check registers its connection before connecting: whatever registered before
-            // this event was emitted is in the channel now.
-            while let Ok(own) = self.own_connections.try_recv() {
-                self.model.leave_out(own, monotonic_now());
+    /// Applies one event from the ring buffer (or counts it malformed).
+    fn take(&mut self, event: Result<Event, DecodeError>, updates: &mut Vec<Update>) {
+        // A check registers its connection before connecting: whatever registered before
+        // this event was emitted is in the channel now.
+        while let Ok((notice, given)) = self.own_connections.try_recv() {
+            let given_at = monotonic_now()
+                .saturating_sub(u64::try_from(given.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            self.model.leave_out(notice, given_at);
+        }
+        match event {
+            Ok(event) => {
+                // Off unless asked for (IDLECUT_LOG=idlecut::pipeline=trace): for debugging.
+                tracing::trace!(?event, "event");
+                self.model.apply(event, updates);
             }
-            match probes::decode(&record) {
-                Ok(event) => {
-                    // Off unless asked for (IDLECUT_LOG=idlecut::pipeline=trace): for debugging.
-                    tracing::trace!(?event, "event");
-                    self.model.apply(event, updates);
-                }
-                Err(_) => {
-                    self.metrics.events_malformed.inc();
-                }
+            Err(_) => {
+                self.metrics.events_malformed.inc();
             }
         }
-        handled
     }
 
     /// Applies up to `max` of the ends the ring buffer had no room for, which waited in the
@@ -194,10 +181,10 @@ impl Pipeline {
         // A connection the scan no longer finds, although the model has it open, ended while
         // the kernel skipped its close: its leftover state says whether it died in a stall.
         let kernel = &self.kernel;
-        let stall_of = |socket: u64| kernel.stall_started(socket);
-        let (seeds, vanished) = self
-            .model
-            .apply_scan(scan, started, finished, &stall_of, updates);
+        let kernel_socket = |socket: u64| kernel.socket(socket);
+        let (seeds, vanished) =
+            self.model
+                .apply_scan(scan, started, finished, &kernel_socket, updates);
         if !vanished.is_empty() {
             debug!(
                 connections = vanished.len(),
@@ -208,6 +195,12 @@ impl Pipeline {
         for socket in vanished {
             self.kernel.forget(socket);
         }
+        // What on this host forgets idle flows, for the metrics and the paths' explanations.
+        let node = NodeTimeouts::from_scan(scan);
+        self.metrics
+            .node
+            .set(&node, self.inference.settings().req5_threshold_seconds);
+        self.inference.set_node_timeouts(node);
         let found = updates[before..]
             .iter()
             .filter(|u| matches!(u, Update::Discovered(_)))
@@ -314,7 +307,13 @@ impl Pipeline {
         self.snapshots.publish(Snapshot {
             taken_at,
             paths: self.inference.reports(),
-            connections: view::rows(&self.model, &self.paths, &self.kernel, taken_at),
+            connections: view::rows(
+                &self.model,
+                &self.paths,
+                |socket, cookie| self.kernel.idle_clocks(socket, cookie),
+                |path| self.inference.cutoff_of(path),
+                taken_at,
+            ),
             cuts: self
                 .recent_cuts
                 .rows(taken_at, std::time::SystemTime::now()),
@@ -324,30 +323,21 @@ impl Pipeline {
 }
 
 /// Scans the socket tables on a thread of its own (it enters namespaces).
-fn start_scan(ports: PortMap) -> oneshot::Receiver<ScanResult> {
+fn start_scan(discovery: Arc<Mutex<Discovery>>) -> oneshot::Receiver<ScanResult> {
     let (sender, receiver) = oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("idlecut-scan".into())
         .spawn(move || {
             let started = monotonic_now();
-            let scan = discovery::scan(&ports);
+            // A scan that panicked left nothing half-done that the next one relies on.
+            let scan = discovery
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .scan();
             let _ = sender.send((scan, started, monotonic_now()));
         });
     if let Err(err) = spawned {
         warn!(error = %err, "cannot start the socket table scan");
     }
     receiver
-}
-
-/// Kernel time as the eBPF programs see it (`bpf_ktime_get_ns` is CLOCK_MONOTONIC).
-pub fn monotonic_now() -> Nanos {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and output pointer; CLOCK_MONOTONIC cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
-    seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
 }

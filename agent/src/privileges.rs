@@ -6,6 +6,8 @@
 //!   lookups and updates, program info), which need no capability: they are dropped.
 //! - `CAP_SYS_ADMIN` stays: the periodic scan enters other network namespaces (`setns`).
 //! - `CAP_SYS_PTRACE` stays: the scan looks at other users' processes' namespaces and sockets.
+//! - `CAP_NET_ADMIN` stays only when the operator asked the scan to read nftables or IPVS
+//!   timeouts (`--node-timeouts`), which netlink gives to it alone; otherwise it goes too.
 //!
 //! Capabilities belong to threads: this runs before the runtime starts its threads, which
 //! then inherit the reduced sets.
@@ -15,13 +17,15 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// What the agent needs once its programs are attached.
 const KEPT: [Capability; 2] = [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE];
 
-/// Drops every capability but [`KEPT`] from this thread's effective, permitted, inheritable
-/// and ambient sets; returns the capabilities kept (those of `KEPT` it had).
-pub fn drop_after_load() -> anyhow::Result<Vec<Capability>> {
+/// Drops every capability but [`KEPT`] (and `CAP_NET_ADMIN` when `net_admin`: the scan reads
+/// nftables or IPVS) from this thread's effective, permitted, inheritable and ambient sets;
+/// returns the capabilities kept (those of them it had).
+pub fn drop_after_load(net_admin: bool) -> anyhow::Result<Vec<Capability>> {
     let permitted = caps::read(None, CapSet::Permitted)
         .map_err(|err| anyhow::anyhow!("reading the agent's capabilities: {err}"))?;
     let kept: CapsHashSet = KEPT
         .into_iter()
+        .chain(net_admin.then_some(Capability::CAP_NET_ADMIN))
         .filter(|cap| permitted.contains(cap))
         .collect();
     let fail = |what: &str, err: caps::errors::CapsError| {

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{Notify, watch};
 
-use crate::{cuts::CutRow, events::Nanos, inference::PathReport, view::ConnectionRow};
+use idlecut_core::{cuts::CutRow, events::Nanos, inference::PathReport, view::ConnectionRow};
 
 /// The state readers see, as of `taken_at`.
 #[derive(Debug, Default)]

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocabulary::{ConnectionState, End, KeepaliveSetting, Role};
+use crate::{
+    pods::Pod,
+    vocabulary::{ConnectionState, End, KeepaliveOutlook, KeepaliveSetting, Role},
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConnectionsResponse {
@@ -24,6 +27,14 @@ pub struct ConnectionRow {
     pub netns: Option<u32>,
     pub pid: Option<u32>,
     pub cgroup: Option<String>,
+    /// The Kubernetes pod of the owning process; None for a process of the host (`host`) or
+    /// an unknown owner.
+    #[serde(default)]
+    pub pod: Option<Pod>,
+    /// Whether the owning process is the host's own, outside any pod; None when no scan has
+    /// seen the owner.
+    #[serde(default)]
+    pub host: Option<bool>,
     pub state: ConnectionState,
     /// None when the connection was already open when the agent found it.
     pub age_seconds: Option<f64>,
@@ -32,7 +43,22 @@ pub struct ConnectionRow {
     /// None until a scan has seen it.
     pub keepalive: Option<KeepaliveSetting>,
     pub keepalive_interval_seconds: Option<f64>,
+    /// For an open connection with TCP keepalive on: whether its keepalive comes before its
+    /// path cuts idle connections (`survives`) or not (`will_be_cut`); None while the path's
+    /// cut-off is not known or the interval falls inside it.
+    #[serde(default)]
+    pub keepalive_outlook: Option<KeepaliveOutlook>,
+    /// The connection's own application keepalive cadence, such as the interval of an IMAP
+    /// server's `* OK Still here` during IDLE: the median of the largest group of near-equal
+    /// gaps among its last 8 survived idle gaps, once 4 are. What its path's
+    /// `keepalive_interval_seconds` is made of. None until its gaps showed one.
+    #[serde(default)]
+    pub cadence_seconds: Option<f64>,
     pub retransmits: u32,
+    /// The ICMP error TCP is retransmitting through (the socket's soft error since the peer
+    /// last acknowledged anything: EHOSTUNREACH, ENETUNREACH, EACCES...), while one is.
+    #[serde(default)]
+    pub icmp_error: Option<String>,
     /// For closed connections: how they ended.
     pub end: Option<End>,
     pub closed_seconds_ago: Option<f64>,

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocabulary::{ResetOrigin, Role, Signature};
+use crate::{
+    pods::Pod,
+    vocabulary::{ResetOrigin, Role, Signature},
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CutsResponse {
@@ -37,4 +40,10 @@ pub struct CutRow {
     /// The process that held the connection and its cgroup, when a scan saw it.
     pub pid: Option<u32>,
     pub cgroup: Option<String>,
+    /// The Kubernetes pod of that process; None for a process of the host or an unknown one.
+    #[serde(default)]
+    pub pod: Option<Pod>,
+    /// Whether that process is the host's own, outside any pod; None when unknown.
+    #[serde(default)]
+    pub host: Option<bool>,
 }

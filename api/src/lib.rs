@@ -3,5 +3,7 @@
 
 pub mod connections;
 pub mod cuts;
+pub mod host;
 pub mod paths;
+pub mod pods;
 pub mod vocabulary;

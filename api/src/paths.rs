@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocabulary::{CheckAgreement, CheckStatus, ResetOrigin, Role, Signature};
+use crate::{
+    host::HostTimeout,
+    vocabulary::{CheckAgreement, CheckStatus, CutterLocation, ResetOrigin, Role, Signature},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +106,23 @@ pub struct PathReport {
     /// check covers the path.
     #[serde(default)]
     pub active_checks: Vec<ActiveCheck>,
+    /// Where the cutter sits, as this node's own idle timeouts tell: `node` when one lies inside
+    /// the cut-off interval, `beyond_node` when all are above it; None when the interval is not
+    /// known yet or the node's timeouts cannot tell.
+    #[serde(default)]
+    pub cutter: Option<CutterLocation>,
+    /// The node's timeouts inside the cut-off interval, shortest first: the likely cutters.
+    #[serde(default)]
+    pub node_timeouts: Vec<NodeTimeout>,
+}
+
+/// One of this node's idle timeouts, with the network namespace it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTimeout {
+    /// Inode of the network namespace (as `ls -iL /proc/PID/ns/net` shows).
+    pub netns: u32,
+    #[serde(flatten)]
+    pub timeout: HostTimeout,
 }
 
 /// A scheduled check's last idle cut-off search, next to the passive estimate of its path.

@@ -362,3 +362,90 @@ mod tests {
         );
     }
 }
+
+// Kubernetes words (pods)
+
+words! {
+    /// A pod's Kubernetes QoS class, as the kubelet names the cgroup it puts the pod in
+    /// (`kubepods-burstable.slice`, `kubepods/besteffort`; guaranteed pods sit directly under
+    /// `kubepods`). Carried with a pod's names because the cgroup path gives it without asking
+    /// the API server, and it says whether the pod's containers run under limits.
+    pub enum QosClass {
+        /// Requests equal limits for every resource of every container.
+        Guaranteed = "guaranteed",
+        /// Some request or limit set, not all equal.
+        Burstable = "burstable",
+        /// No request or limit at all.
+        BestEffort = "besteffort",
+    }
+}
+
+words! {
+    /// The container runtime that made a container's cgroup, told by the prefix it gives the
+    /// cgroup (`cri-containerd-`, `crio-`, `docker-`). Reported so that a container ID can be
+    /// looked up with the right tool (`crictl`, `docker`).
+    pub enum Runtime {
+        Containerd = "containerd",
+        CriO = "cri-o",
+        Docker = "docker",
+    }
+}
+
+// Host timeout words
+
+words! {
+    /// Which part of a network namespace's stack a host timeout was read from: what forgets an
+    /// idle TCP flow (or, for `keepalive`, what would keep it from going idle), so the operator
+    /// knows which setting to change.
+    pub enum TimeoutSource {
+        /// conntrack's own sysctls (`net.netfilter.nf_conntrack_tcp_timeout_*`): every tracked
+        /// flow that no policy overrides.
+        Conntrack = "conntrack",
+        /// An nftables `ct timeout` policy: the flows the rules that set it match.
+        Nftables = "nftables",
+        /// IPVS's own connection table (`ipvsadm --set`): flows to virtual services.
+        Ipvs = "ipvs",
+        /// The namespace's TCP keepalive defaults (`net.ipv4.tcp_keepalive_*`): not a cutter,
+        /// but what sockets that turn keepalive on without their own timers probe at.
+        Keepalive = "keepalive",
+    }
+}
+
+words! {
+    /// Which TCP state of a flow a host timeout counts down in: an idle established connection
+    /// meets `established`, the others only after a close or unanswered segments.
+    pub enum TcpTimeoutState {
+        /// Both sides open, nothing in flight: the idle timeout proper.
+        Established = "established",
+        /// One side sent FIN, the other has not yet (a half-closed connection left idle).
+        CloseWait = "close_wait",
+        /// The other side closed first and this one is closing (IPVS's `tcpfin`).
+        FinWait = "fin_wait",
+        /// Data was sent and not acknowledged yet: caps the flow's timeout (conntrack's
+        /// `unacknowledged`), e.g. the first segment after an idle gap to a vanished peer.
+        Unacknowledged = "unacknowledged",
+        /// The same segment was retransmitted several times: caps the flow's timeout
+        /// (conntrack's `max_retrans`).
+        Retransmitting = "retransmitting",
+    }
+}
+
+words! {
+    /// Whether a connection's TCP keepalive comes before its path cuts idle connections.
+    pub enum KeepaliveOutlook {
+        /// Its keepalive time is shorter than the path's cut-off: it will survive silences.
+        Survives = "survives",
+        /// Its keepalive time is longer than the path's cut-off: a silence will get it cut.
+        WillBeCut = "will_be_cut",
+    }
+}
+
+words! {
+    /// Where the cutter of a path sits, as this node's own timeouts tell.
+    pub enum CutterLocation {
+        /// A timeout of this node lies inside the path's cut-off interval.
+        Node = "node",
+        /// Every timeout of this node is above the cut-off: the cutter is further away.
+        BeyondNode = "beyond_node",
+    }
+}

@@ -44,7 +44,7 @@ pub struct HoldArgs {
 /// Runs in the holder process: opens the connections, closes the first ones, says `ready N`
 /// on stdout, and holds the rest until stdin closes.
 pub fn hold(args: &HoldArgs) -> anyhow::Result<()> {
-    net::enter(&args.netns)?;
+    idlecut_integration_tests::enter_netns(&args.netns)?;
     let server = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1 + args.index), 143);
     let listener = net::listener(server, 4096)?;
     let mut pairs: Vec<(u32, TcpStream, TcpStream)> = Vec::with_capacity(args.count as usize);

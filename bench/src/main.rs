@@ -27,6 +27,7 @@ mod latency;
 mod net;
 mod overhead;
 mod report;
+mod results;
 mod scale;
 mod soak;
 mod stats;
@@ -41,7 +42,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
-use serde::{Serialize, Serializer};
+use serde::Serialize;
+
+use self::results::{Outcome, Results};
 
 /// Measures what idlecut costs the host, each cost against a baseline in the same run.
 /// Needs root; loads eBPF programs, creates network namespaces and runs the agent
@@ -77,40 +80,6 @@ enum Section {
     Scale,
     Latency,
     Soak,
-}
-
-/// A section's result, or why it failed.
-type Outcome<T> = Option<anyhow::Result<T>>;
-
-#[derive(Serialize)]
-pub struct Results {
-    #[serde(serialize_with = "outcome")]
-    pub kernel_cost: Outcome<kernel_cost::KernelCost>,
-    #[serde(serialize_with = "outcome")]
-    pub overhead: Outcome<overhead::Overhead>,
-    #[serde(serialize_with = "outcome")]
-    pub churn: Outcome<churn::Churn>,
-    #[serde(serialize_with = "outcome")]
-    pub scale: Outcome<scale::Scale>,
-    #[serde(serialize_with = "outcome")]
-    pub latency: Outcome<latency::Latency>,
-    #[serde(serialize_with = "outcome")]
-    pub soak: Outcome<soak::Soak>,
-}
-
-fn outcome<T: Serialize, S: Serializer>(value: &Outcome<T>, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Failed {
-        error: String,
-    }
-    match value {
-        None => s.serialize_none(),
-        Some(Ok(v)) => v.serialize(s),
-        Some(Err(err)) => Failed {
-            error: format!("{err:#}"),
-        }
-        .serialize(s),
-    }
 }
 
 #[derive(Serialize)]

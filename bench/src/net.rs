@@ -1,20 +1,20 @@
 //! Network plumbing for the workloads: threads inside a network namespace, listeners with a
-//! real backlog, connections from a chosen source address, aborts, descriptor limits.
+//! real backlog, connections from a chosen source address, descriptor limits (aborts are the
+//! integration tests' `abort`).
 //!
 //! All traffic stays on the loopback of namespaces the bench creates (or between them).
 
 use std::{
-    fs::File,
     io::{self, Read as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     sync::atomic::{AtomicU32, Ordering},
     thread::{self, JoinHandle},
     time::Duration,
 };
 
 use anyhow::{Context as _, anyhow};
-use idlecut_integration_tests::{Netns, set_socket_option};
+use idlecut_integration_tests::{Netns, enter_netns};
+use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
 use socket2::{Domain, Protocol, Socket, Type};
 
 static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
@@ -26,18 +26,6 @@ pub fn netns(purpose: &str) -> Netns {
     Netns::new(format!("icb{}-{n}-{purpose}", std::process::id()))
 }
 
-/// Moves the calling thread into the namespace: sockets it creates from now on live there.
-pub fn enter(ns: &str) -> anyhow::Result<()> {
-    let path = format!("/run/netns/{ns}");
-    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: a valid namespace file descriptor; only this thread changes namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("setns {path}"));
-    }
-    Ok(())
-}
-
 /// Runs `f` on a new thread inside the namespace.
 pub fn spawn_in<T: Send + 'static>(
     ns: &str,
@@ -45,7 +33,7 @@ pub fn spawn_in<T: Send + 'static>(
 ) -> JoinHandle<anyhow::Result<T>> {
     let ns = ns.to_owned();
     thread::spawn(move || {
-        enter(&ns)?;
+        enter_netns(&ns)?;
         f()
     })
 }
@@ -75,22 +63,11 @@ pub fn listener(addr: SocketAddrV4, backlog: i32) -> anyhow::Result<TcpListener>
 pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     // Pick the port at connect time, per 4-tuple, so that sources do not run out of ports.
-    set_socket_option(
-        &socket,
-        libc::IPPROTO_IP,
-        libc::IP_BIND_ADDRESS_NO_PORT,
-        1 as libc::c_int,
-    )?;
+    setsockopt(&socket, IpBindAddressNoPort, &true)?;
     socket.bind(&SocketAddr::V4(SocketAddrV4::new(from, 0)).into())?;
     socket.connect(&SocketAddr::V4(to).into())?;
     socket.set_tcp_nodelay(true)?;
     Ok(socket.into())
-}
-
-/// Closes with a RST (SO_LINGER 0), as an aborting application does.
-pub fn abort(stream: TcpStream) {
-    let socket = Socket::from(stream);
-    let _ = socket.set_linger(Some(Duration::ZERO));
 }
 
 /// Reads until the peer's FIN (or an error, or `timeout`); drops the stream.

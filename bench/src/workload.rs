@@ -10,8 +10,9 @@ use std::{
 };
 
 use anyhow::Context as _;
+use idlecut_integration_tests::abort;
 
-use crate::net::{abort, connect_from, drain_to_eof};
+use crate::net::{connect_from, drain_to_eof};
 
 const REQUEST: &[u8] = b"a1 NOOP\r\n";
 const ANSWER: &[u8] = b"a1 OK NOOP completed\r\n";

@@ -17,11 +17,17 @@ use aya_build::{Package, Toolchain};
 /// instead, which the caller must refuse to run with a clear message.
 pub fn build_ebpf(package: &str, crate_dir: &str, object: &str) -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let workspace = manifest_dir
-        .parent()
-        .context("the calling crate lives in the workspace")?;
-    let ebpf_dir = manifest_dir.join(crate_dir).canonicalize()?;
-    let toolchain = pinned_nightly(&workspace.join("agent-ebpf/rust-toolchain.toml"))?;
+    // The calling crate may sit at any depth of the workspace (agent/kernel, bench).
+    let toolchain_file = manifest_dir
+        .ancestors()
+        .map(|dir| dir.join("agent-ebpf/rust-toolchain.toml"))
+        .find(|file| file.exists())
+        .context("the calling crate lives in the workspace, beside agent-ebpf")?;
+    let ebpf_dir = manifest_dir
+        .join(crate_dir)
+        .canonicalize()
+        .with_context(|| format!("the eBPF crate's directory {crate_dir}"))?;
+    let toolchain = pinned_nightly(&toolchain_file)?;
 
     let object = PathBuf::from(env::var("OUT_DIR")?).join(object);
     println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");

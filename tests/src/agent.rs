@@ -12,7 +12,11 @@ use std::{
 use idlecut_api::{connections::ConnectionsResponse, paths::PathReport};
 use serde::de::DeserializeOwned;
 
-use crate::{Scrape, free_local_port, http_get, stop};
+use crate::{
+    http::http_get,
+    prometheus::Scrape,
+    system::{free_local_port, stop},
+};
 
 /// The agent binary, built by `./x test` (which sets IDLECUT_BIN).
 pub fn agent_binary() -> PathBuf {
@@ -156,6 +160,17 @@ impl Agent {
         self.child.id()
     }
 
+    /// Freezes the agent (SIGSTOP) until the guard is dropped (SIGCONT): what a starved or
+    /// descheduled agent looks like to the kernel, so a test can overflow its ring buffer on a
+    /// machine of any speed.
+    pub fn frozen(&self) -> Frozen {
+        let pid = i32::try_from(self.pid()).expect("pid fits in pid_t");
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(pid, libc::SIGSTOP) };
+        assert_eq!(rc, 0, "SIGSTOP agent: {}", std::io::Error::last_os_error());
+        Frozen { pid }
+    }
+
     /// The agent's log, without the loader's own debug chatter.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log)
@@ -245,6 +260,29 @@ impl Agent {
         self.api(&format!("/api/v1/connections?{query}"))
     }
 
+    /// Waits until a row of `/api/v1/connections?{query}` satisfies `done` (10 s at most).
+    pub fn wait_for_connection_view(
+        &self,
+        what: &str,
+        query: &str,
+        done: impl Fn(&idlecut_api::connections::ConnectionRow) -> bool,
+    ) -> ConnectionsResponse {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let view = self.connection_view(query);
+            if view.connections.iter().any(&done) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the view:\n{}\nagent log:\n{}",
+                serde_json::to_string_pretty(&view.connections).unwrap_or_default(),
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The report of one path, if the agent has it.
     pub fn path(&self, service: &str, role: &str, path: &str) -> Option<serde_json::Value> {
         self.paths().into_iter().find(|report| {
@@ -297,4 +335,16 @@ fn parse_json<T: DeserializeOwned>(target: &str, body: &str) -> T {
 /// BPF trampolines do not get it, and the agent degrades to the socket's soft error).
 pub fn icmp_probe_attached(scrape: &Scrape) -> bool {
     scrape.value("idlecut_probe_attached", &[("probe", "fentry:tcp_v4_err")]) == 1.0
+}
+
+/// The agent stays stopped while this lives; see [`Agent::frozen`].
+pub struct Frozen {
+    pid: i32,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
 }

@@ -6,8 +6,10 @@
 //! Everything is re-exported at the root: tests import `idlecut_integration_tests::{...}`.
 
 mod agent;
+mod dashboards;
 mod http;
 pub mod mail;
+mod pods;
 mod prometheus;
 mod sockets;
 mod system;
@@ -19,4 +21,6 @@ pub mod web;
 /// The agent's answer types and words, for typed reads of its API.
 pub use idlecut_api as api;
 
-pub use self::{agent::*, http::*, prometheus::*, sockets::*, system::*, topology::*};
+pub use self::{
+    agent::*, dashboards::*, http::*, pods::*, prometheus::*, sockets::*, system::*, topology::*,
+};

@@ -1,10 +1,11 @@
 //! Real mail servers for tests: private Dovecot (IMAP with STARTTLS) and Postfix (Submission
 //! with STARTTLS) instances in a namespace, configured in a temporary directory with a
 //! certificate generated for the test; a relay that strips STARTTLS from capability lists, as
-//! a meddling firewall does; and a runner for `idlecut check`.
+//! a meddling firewall does; a loopback IMAP server for checks that need no namespace; and a
+//! runner for `idlecut check`.
 
 use std::{
-    io::{ErrorKind, Read as _, Write as _},
+    io::{BufRead as _, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
@@ -17,7 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Netns, agent_binary, sh, stop};
+use crate::{
+    agent::agent_binary,
+    system::{sh, stop},
+    topology::Netns,
+};
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
@@ -203,6 +208,13 @@ pub const IMAP_PASSWORD: &str = "idle-but-not-dead";
 /// LOGIN over TLS for any user with [`IMAP_PASSWORD`] (each gets an empty mail home here; a
 /// wrong password is refused at once, without Dovecot's usual 2 s delay).
 pub fn dovecot(ns: &Netns, addresses: &[&str], cert: &Certificate) -> Server {
+    dovecot_with(ns, addresses, cert, "")
+}
+
+/// The same, with `extra` lines at the end of dovecot.conf. A setting given there again wins
+/// over the one above it (Dovecot takes the last): `disable_plaintext_auth = no` allows LOGIN
+/// without TLS, `imap_idle_notify_interval = 3 secs` sends IDLE's `* OK Still here` every 3 s.
+pub fn dovecot_with(ns: &Netns, addresses: &[&str], cert: &Certificate, extra: &str) -> Server {
     let dir = TempDir::new("dovecot");
     for sub in ["run", "state", "home"] {
         std::fs::create_dir_all(dir.join(sub)).expect("dovecot dirs");
@@ -222,7 +234,8 @@ pub fn dovecot(ns: &Netns, addresses: &[&str], cert: &Certificate) -> Server {
              userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={home}/%u\n}}\n\
              mail_location = maildir:~/Maildir\n\
              auth_failure_delay = 0\n\
-             service imap-login {{\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n",
+             service imap-login {{\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             {extra}\n",
             listen = addresses.join(", "),
             run = path_str(&dir.join("run")),
             state = path_str(&dir.join("state")),
@@ -448,5 +461,91 @@ pub fn run_check(ns: &Netns, args: &[&str]) -> CheckRun {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A minimal IMAP server on 127.0.0.1, in this process, for `idlecut check` runs that need no
+/// namespace (the command line's own behaviour): it greets, lists its capabilities and
+/// completes STARTTLS with a self-signed certificate made for it, then lists them again over
+/// TLS. One thread per session; they end with the test process.
+pub struct LoopbackImap {
+    pub addr: SocketAddr,
+}
+
+impl LoopbackImap {
+    pub fn start() -> Self {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let key =
+            rustls::pki_types::PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key.into())
+        .expect("TLS config");
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the IMAP server");
+        let addr = listener.local_addr().expect("its address");
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let config = config.clone();
+                thread::spawn(move || {
+                    let _ = imap_session(stream, config);
+                });
+            }
+        });
+        Self { addr }
+    }
+}
+
+fn imap_session(stream: TcpStream, config: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut plain = BufReader::new(stream);
+    plain
+        .get_mut()
+        .write_all(b"* OK [CAPABILITY IMAP4rev1 STARTTLS] loopback IMAP ready\r\n")?;
+    if !imap_commands(&mut plain, "IMAP4rev1 IDLE STARTTLS LOGINDISABLED")? {
+        return Ok(());
+    }
+    // The client waits for the go-ahead before its handshake: nothing is left buffered.
+    let connection = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut tls = BufReader::new(rustls::StreamOwned::new(connection, plain.into_inner()));
+    imap_commands(&mut tls, "IMAP4rev1 IDLE AUTH=PLAIN")?;
+    Ok(())
+}
+
+/// Answers CAPABILITY, NOOP and LOGOUT until the session ends (false) or asks for STARTTLS
+/// (true, once it has the go-ahead).
+fn imap_commands<S: Read + Write>(
+    session: &mut BufReader<S>,
+    capabilities: &str,
+) -> std::io::Result<bool> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if session.read_line(&mut line)? == 0 {
+            return Ok(false);
+        }
+        let line = line.trim_end();
+        let (tag, command) = line.split_once(' ').unwrap_or((line, ""));
+        let (answer, next) = match command.to_ascii_uppercase().as_str() {
+            "CAPABILITY" => (
+                format!("* CAPABILITY {capabilities}\r\n{tag} OK done\r\n"),
+                None,
+            ),
+            "NOOP" => (format!("{tag} OK done\r\n"), None),
+            "STARTTLS" => (format!("{tag} OK begin TLS now\r\n"), Some(true)),
+            "LOGOUT" => (format!("* BYE\r\n{tag} OK done\r\n"), Some(false)),
+            _ => (format!("{tag} BAD not here\r\n"), None),
+        };
+        let stream = session.get_mut();
+        stream.write_all(answer.as_bytes())?;
+        stream.flush()?;
+        if let Some(next) = next {
+            return Ok(next);
+        }
     }
 }

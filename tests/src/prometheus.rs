@@ -77,6 +77,16 @@ impl Scrape {
         })
     }
 
+    /// The first series (name and labels) with a label value that contains `needle`: how a
+    /// test tells that something it must not see (an unwatched port) reached a label. The
+    /// text itself is no place to look, a sample's value may hold the same digits.
+    pub fn label_containing(&self, needle: &str) -> Option<(String, BTreeMap<String, String>)> {
+        self.samples
+            .iter()
+            .find(|(_, labels, _)| labels.values().any(|value| value.contains(needle)))
+            .map(|(name, labels, _)| (name.clone(), labels.clone()))
+    }
+
     /// Every label set of `name`.
     pub fn series(&self, name: &str) -> Vec<BTreeMap<String, String>> {
         self.samples

@@ -1,13 +1,15 @@
-//! TCP connections between the topology's namespaces, and the socket options tests set.
+//! TCP connections between the topology's namespaces, and the socket options tests set
+//! (through socket2).
 
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     time::Duration,
 };
 
-use crate::Netns;
+use socket2::{SockRef, TcpKeepalive};
+
+use crate::topology::Netns;
 
 /// A listener in the server namespace.
 pub fn listen(ns: &Netns, addr: &str) -> TcpListener {
@@ -54,53 +56,25 @@ pub fn close_gracefully(client: TcpStream, mut server: TcpStream) {
 
 /// Closes a socket with a RST (SO_LINGER 0), as an aborting application does.
 pub fn abort(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    set_socket_option(&stream, libc::SOL_SOCKET, libc::SO_LINGER, linger)
+    SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
         .unwrap_or_else(|err| panic!("SO_LINGER: {err}"));
     drop(stream);
 }
 
 /// Turns TCP keepalive on with probes after `idle_s` seconds of silence (SO_KEEPALIVE and
 /// TCP_KEEPIDLE).
-pub fn set_keepalive(stream: &TcpStream, idle_s: i32) {
-    set_socket_option(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1i32)
-        .unwrap_or_else(|err| panic!("SO_KEEPALIVE: {err}"));
-    set_socket_option(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s)
-        .unwrap_or_else(|err| panic!("TCP_KEEPIDLE: {err}"));
+pub fn set_keepalive(stream: &TcpStream, idle_s: u32) {
+    let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(idle_s.into()));
+    SockRef::from(stream)
+        .set_tcp_keepalive(&keepalive)
+        .unwrap_or_else(|err| panic!("SO_KEEPALIVE, TCP_KEEPIDLE: {err}"));
 }
 
 /// Makes the kernel give up on unacknowledged data after `ms` (TCP_USER_TIMEOUT), so that a
 /// black-holed connection dies in seconds instead of the default ~15 minutes.
 pub fn set_user_timeout(stream: &TcpStream, ms: u32) {
-    set_socket_option(stream, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)
+    SockRef::from(stream)
+        .set_tcp_user_timeout(Some(Duration::from_millis(ms.into())))
         .unwrap_or_else(|err| panic!("TCP_USER_TIMEOUT: {err}"));
-}
-
-/// `setsockopt(2)` with `value` as the option's buffer (an `int`, a `struct linger`...).
-pub fn set_socket_option<T: Copy>(
-    socket: &impl AsRawFd,
-    level: libc::c_int,
-    option: libc::c_int,
-    value: T,
-) -> std::io::Result<()> {
-    let len = libc::socklen_t::try_from(size_of::<T>())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid descriptor, and a buffer of `len` bytes that lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            std::ptr::from_ref(&value).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

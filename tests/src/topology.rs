@@ -3,14 +3,27 @@
 
 use std::{
     fs::File,
-    io::Write as _,
-    os::fd::AsRawFd as _,
+    io::{self, Write as _},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
 };
 
-use crate::sh;
+use nix::sched::{CloneFlags, setns};
+
+use crate::system::sh;
+
+/// Moves the calling thread into network namespace `name` (`/run/netns/NAME`): sockets it
+/// creates from then on live there. The error names the file and the step that failed.
+pub fn enter_netns(name: &str) -> io::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path)
+        .map_err(|err| io::Error::new(err.kind(), format!("opening {path}: {err}")))?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        let err = io::Error::from(errno);
+        io::Error::new(err.kind(), format!("setns {path}: {err}"))
+    })
+}
 
 /// A network namespace, deleted on drop.
 pub struct Netns {
@@ -63,12 +76,9 @@ impl Netns {
     /// Runs `f` on a thread that has entered the namespace: sockets it creates live there (and
     /// may then be used from any thread).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
         thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|err| panic!("opening {path}: {err}"));
-            // SAFETY: a valid namespace file descriptor; only this thread changes namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            enter_netns(&name).unwrap_or_else(|err| panic!("{err}"));
             f()
         })
         .join()

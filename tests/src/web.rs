@@ -3,12 +3,11 @@
 //! test PKI made at run time, and a TLS client with credentials.
 
 use std::{
-    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, PoisonError,
+        PoisonError,
         atomic::{AtomicU32, Ordering},
     },
     thread,
@@ -19,12 +18,17 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 
-use crate::Agent;
+pub use crate::http::WebClient;
+use crate::{
+    agent::Agent,
+    http::{CLIENTS, STARTING},
+};
 
 /// Sends `request` as is and reads the answer until the server closes (or `timeout` passes):
-/// status, head and body.
+/// status, head and body. Written by hand, not through the agent's client (`http`): the tests
+/// that use it send what that client never does (a POST, a target or a head past the server's
+/// limits, bytes that are not HTTP) and check the answer's head too.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (u16, String, String) {
     let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connecting the agent");
@@ -216,137 +220,6 @@ fn write_leaf(
     cert.der().to_vec()
 }
 
-/// An HTTP client for an agent with a web config: TLS trusting a CA, optionally with a client
-/// certificate, and an Authorization header.
-#[derive(Clone)]
-pub struct WebClient {
-    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
-    authorization: Option<String>,
-}
-
-impl WebClient {
-    pub fn plain() -> Self {
-        Self {
-            tls: None,
-            authorization: None,
-        }
-    }
-
-    /// TLS to `server_name`, trusting the CA in `ca_file`, presenting `client` (certificate
-    /// and key files) if given.
-    pub fn tls(ca_file: &Path, server_name: &str, client: Option<(&Path, &Path)>) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca_file).expect("CA file") {
-            roots
-                .add(cert.expect("CA certificate"))
-                .expect("adding the CA");
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots);
-        let config = match client {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => builder
-                .with_client_auth_cert(
-                    CertificateDer::pem_file_iter(cert)
-                        .expect("client certificate file")
-                        .collect::<Result<Vec<_>, _>>()
-                        .expect("client certificate"),
-                    PrivateKeyDer::from_pem_file(key).expect("client key"),
-                )
-                .expect("client certificate and key"),
-        };
-        let name = ServerName::try_from(server_name.to_owned()).expect("server name");
-        Self {
-            tls: Some((Arc::new(config), name)),
-            authorization: None,
-        }
-    }
-
-    pub fn bearer(mut self, token: &str) -> Self {
-        self.authorization = Some(format!("Bearer {token}"));
-        self
-    }
-
-    pub fn basic(mut self, user: &str, password: &str) -> Self {
-        use base64::Engine as _;
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        self.authorization = Some(format!("Basic {encoded}"));
-        self
-    }
-
-    /// A minimal HTTP/1.0 GET: status and body. A refused handshake is an error.
-    pub fn get(&self, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-        let (answer, _) = self.exchange(addr, path)?;
-        let (status, _, body) = split_answer(&answer);
-        Ok((status, body))
-    }
-
-    /// The certificate the server presented (DER), after a request to /healthz.
-    pub fn server_certificate(&self, addr: SocketAddr) -> std::io::Result<Vec<u8>> {
-        let (_, certificate) = self.exchange(addr, "/healthz")?;
-        certificate.ok_or_else(|| std::io::Error::other("no TLS, no certificate"))
-    }
-
-    fn exchange(&self, addr: SocketAddr, path: &str) -> std::io::Result<(String, Option<Vec<u8>>)> {
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let authorization = self
-            .authorization
-            .as_ref()
-            .map(|value| format!("Authorization: {value}\r\n"))
-            .unwrap_or_default();
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{authorization}\r\n");
-        let mut answer = Vec::new();
-        let Some((config, name)) = &self.tls else {
-            let mut tcp = tcp;
-            tcp.write_all(request.as_bytes())?;
-            tcp.read_to_end(&mut answer)?;
-            return Ok((String::from_utf8_lossy(&answer).into_owned(), None));
-        };
-        let connection = rustls::ClientConnection::new(config.clone(), name.clone())
-            .map_err(std::io::Error::other)?;
-        let mut tls = rustls::StreamOwned::new(connection, tcp);
-        tls.write_all(request.as_bytes())?;
-        match tls.read_to_end(&mut answer) {
-            Ok(_) => {}
-            // The answer is complete when the server closes without close_notify, too.
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
-            Err(err) => return Err(err),
-        }
-        let certificate = tls
-            .conn
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(|cert| cert.to_vec());
-        Ok((String::from_utf8_lossy(&answer).into_owned(), certificate))
-    }
-}
-
-/// Clients of agents started with `Launch::client`, by address: the harness's `http_get` (and
-/// so `Agent::scrape`, `paths`...) speaks TLS with credentials to them.
-static CLIENTS: Mutex<BTreeMap<SocketAddr, WebClient>> = Mutex::new(BTreeMap::new());
-
-thread_local! {
-    /// The client of the agent this thread is starting, before its address is known: the
-    /// harness's start-up check (`/healthz`) goes through it.
-    static STARTING: std::cell::RefCell<Option<WebClient>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The client to reach `addr` with, if it is an agent started with `Launch::client`.
-pub fn client_for(addr: SocketAddr) -> Option<WebClient> {
-    let registered = CLIENTS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&addr)
-        .cloned();
-    registered.or_else(|| STARTING.with(|starting| starting.borrow().clone()))
-}
-
 /// An agent started with what `Agent::start` lacks: an open-files limit, a web config (with the
 /// client to talk to it). Dereferences to `Agent`.
 pub struct Launch {
@@ -414,7 +287,7 @@ impl Launch {
         let runner: Vec<&str> = self.runner.iter().map(String::as_str).collect();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         STARTING.with(|starting| *starting.borrow_mut() = self.client.clone());
-        let started = Agent::try_start_as(&runner, &crate::agent_binary(), &args);
+        let started = Agent::try_start_as(&runner, &crate::agent::agent_binary(), &args);
         STARTING.with(|starting| *starting.borrow_mut() = None);
         let agent = started.unwrap_or_else(|err| panic!("{err}"));
         let client = self.client.map(|client| {

@@ -3,7 +3,10 @@
 
 use std::process::Command;
 
-use idlecut_integration_tests::agent_binary;
+use idlecut_integration_tests::{
+    agent_binary,
+    mail::{LoopbackImap, TempDir},
+};
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(agent_binary())
@@ -90,6 +93,133 @@ fn bad_config_file_names_the_key_and_exits_2() {
     assert!(stderr.contains("/nonexistent/idlecut.toml"), "{stderr}");
 }
 
+/// Issue 21: `idlecut check` values that used to pass the command line and fail later (or
+/// never pass): a timeout TCP_USER_TIMEOUT cannot take, an empty capability, a URL as target.
+/// Each is a usage error naming the option, before any connection.
+#[test]
+fn check_values_out_of_range_name_the_option_and_exit_2() {
+    for (args, names, words) in [
+        (
+            &["check", "127.0.0.1:1", "--answer-timeout", "25d"][..],
+            "--answer-timeout",
+            "at most 24d",
+        ),
+        (
+            &["check", "127.0.0.1:1", "--capability", ""][..],
+            "--capability",
+            "an empty capability: write one such as IDLE",
+        ),
+        (
+            &["check", "imap://mail.example.net:143"][..],
+            "TARGET",
+            "write `mail.example.net:143`",
+        ),
+    ] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error:") && first.contains(names) && first.contains(words),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// The same values in a `[[check]]` table stop the agent at start-up (`Config::load`, the
+/// first thing `main` does, before the web config, the listener or any program loads), naming
+/// the file, the table and the key. A credentials value is never repeated: whoever writes
+/// `user:password` there must not find the password in the log.
+#[test]
+fn bad_check_tables_stop_the_agent_before_anything_loads() {
+    let dir = TempDir::new("cli-check-tables");
+    let path = dir.join("idlecut.toml");
+    // Should a table pass by mistake, the missing web config (read next) still stops the agent
+    // with another message, before it binds or loads anything: the test fails, never hangs.
+    let run = |config: &std::path::Path| {
+        run(&[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--web-config",
+            "/nonexistent/idlecut-web.toml",
+        ])
+    };
+    for (table, expected) in [
+        (
+            "answer_timeout = \"25d\"",
+            "(line 3): [[check]] #1: key `answer_timeout`: `25d` is too long (at most 24d",
+        ),
+        (
+            "capabilities = [\"IDLE\", \"\"]",
+            "(line 3): [[check]] #1: key `capabilities`: an empty capability",
+        ),
+        (
+            "credentials = \"bob:hunter2\"",
+            "(line 3): [[check]] #1: key `credentials`: cannot read the file it names",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!("[[check]]\ntarget = \"mail.example.net\"\n{table}\n"),
+        )
+        .expect("writing the file");
+        let (code, stderr) = run(&path);
+        assert_eq!(code, Some(2), "{table}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{table}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("idlecut: error: config file {}", path.display())),
+            "{table}: {stderr}"
+        );
+        assert!(stderr.contains(expected), "{table}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{table}: {stderr}");
+    }
+    std::fs::write(
+        &path,
+        "[[check]]\ntarget = \"imap://bob:hunter2@mail.example.net:143\"\n",
+    )
+    .expect("writing the file");
+    let (code, stderr) = run(&path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "key `target`: a target is HOST:PORT, not a URL: write `mail.example.net:143`"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+/// Issue 21: a run that could not write `--known-certs` printed only "error: writing ...",
+/// throwing away a report that may have taken two hours. The report comes first, then the
+/// error, and the exit status says a file could not be used.
+#[test]
+fn a_known_certs_file_that_cannot_be_written_follows_the_report() {
+    let server = LoopbackImap::start();
+    let dir = TempDir::new("cli-known-certs");
+    let known = dir.join("no-such-dir/known.json");
+    let output = Command::new(agent_binary())
+        .args(["check", &server.addr.to_string(), "--max-idle", "0s"])
+        .args(["--answer-timeout", "5s", "--known-certs"])
+        .arg(&known)
+        .output()
+        .expect("running idlecut check");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("idlecut check {}", server.addr.ip()))
+            && stdout.contains("identity")
+            && stdout.contains("certificate"),
+        "the report is printed:\n{stdout}\n{stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("idlecut: error: writing") && last.contains("known.json"),
+        "the error comes last:\n{stderr}"
+    );
+}
+
 #[test]
 fn help_documents_every_setting() {
     let output = Command::new(agent_binary())
@@ -123,9 +253,7 @@ fn help_documents_every_setting() {
 /// of silencing every line.
 #[test]
 fn without_privileges_the_error_says_which_and_a_bad_log_filter_is_reported() {
-    if !idlecut_integration_tests::require_root() {
-        return;
-    }
+    idlecut_integration_tests::require_root();
     let binary = idlecut_integration_tests::agent_copy_for_nobody();
     let output = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])

@@ -66,9 +66,7 @@ fn row<'a>(view: &'a Value, local: &str, remote: &str) -> &'a Value {
 
 #[test]
 fn connections_open_before_the_agent_are_found_and_a_later_cut_is_measured_from_the_real_gap() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = Topology::new();
     // The middlebox forgets idle flows after 3 s and answers with a RST (AWS NAT style).
     net.router_conntrack(3, false);
@@ -203,9 +201,7 @@ fn connections_open_before_the_agent_are_found_and_a_later_cut_is_measured_from_
 
 #[test]
 fn keepalive_settings_are_audited() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = Topology::new();
     let agent = Agent::start(&["--scan-interval", "1s"]);
     let imap = listen(&net.server, "0.0.0.0:143");
@@ -282,9 +278,7 @@ fn keepalive_settings_are_audited() {
 
 #[test]
 fn a_periodic_exchange_yields_the_application_keepalive_interval() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = Topology::new();
     let agent = Agent::start(&["--min-idle-gap", "1s"]);
     let imap = listen(&net.server, "0.0.0.0:143");
@@ -320,9 +314,7 @@ fn a_periodic_exchange_yields_the_application_keepalive_interval() {
 
 #[test]
 fn restarting_the_agent_counts_nothing_twice_and_loses_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = Topology::new();
     let imap = listen(&net.server, "0.0.0.0:143");
     let target = format!("{}:143", net.server_v4());

@@ -69,9 +69,7 @@ fn tracefs_readable_by_nobody() -> bool {
 
 #[test]
 fn runs_as_a_non_root_user_with_exactly_the_documented_capabilities() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // Mounted (by root) as on any machine where something traces: what the agent then finds.
     if !std::path::Path::new("/sys/kernel/tracing/events").is_dir() {
         let _ = Command::new("mount")
@@ -143,9 +141,7 @@ fn runs_as_a_non_root_user_with_exactly_the_documented_capabilities() {
 
 #[test]
 fn root_keeps_only_the_scan_capabilities_once_attached() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let agent = Agent::start(&[]);
     assert_eq!(
         effective_capabilities(agent.pid()),

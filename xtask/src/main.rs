@@ -8,6 +8,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod imports;
+mod layers;
+
 #[derive(Debug, Parser)]
 #[command(name = "xtask", about = "Build, run and test idlecut")]
 struct Cli {
@@ -25,7 +28,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// rustfmt check, clippy with warnings denied (host and BPF target), unit tests, then the
+    /// Check the crates against the map of docs/architecture.md: each crate's dependencies, and
+    /// no import cycle among the modules of any crate
+    Layers,
+    /// rustfmt check, the crate map, clippy with warnings denied (host and BPF target), unit tests, then the
     /// kernel integration tests as root, then the benchmark's smoke mode
     Test,
     /// Build, then measure what idlecut costs the host (as root, a few minutes): prints a
@@ -62,6 +68,7 @@ fn run_task(cli: Cli) -> anyhow::Result<()> {
             command.args(args);
             run(&mut command)
         }
+        Task::Layers => layers::check(&root),
         Task::Test => test(&root),
         Task::Bench { smoke, args } => bench(&root, smoke, &args),
     }
@@ -111,6 +118,7 @@ fn build() -> anyhow::Result<()> {
 
 fn test(root: &Path) -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    layers::check(root)?;
     run(cargo().args([
         "clippy",
         "--workspace",

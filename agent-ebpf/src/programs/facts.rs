@@ -7,8 +7,8 @@ use aya_ebpf::bindings::BPF_ANY;
 use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags, event_kind, tcp_state};
 
 use super::{
-    CONNECTIONS, MIN_IDLE_GAP_NS, count, emit, emit_end, event_for, global, kernel_read, netns_of,
-    now_ns, state_of,
+    CONNECTIONS, MIN_IDLE_GAP_NS, SOCK_OFFSETS, count, emit, emit_end, event_for, global,
+    kernel_read, netns_of, now_ns, state_of,
 };
 
 /// A TCP state change on a watched port: connections open (-> ESTABLISHED) and end (-> CLOSE);
@@ -267,7 +267,21 @@ pub(super) fn retransmit(socket: u64, ports: (u16, u16)) {
         event.count = state.retransmits;
         event.value_ns = now.saturating_sub(state.stall_started_ns);
     }
+    event.error = soft_error(socket);
     emit(&event);
+}
+
+/// The socket's soft error (`sk_err_soft`): an ICMP error on an established connection leaves
+/// it there and TCP retransmits on. 0 for none, or when BTF could not tell where it is.
+#[inline(always)]
+fn soft_error(socket: u64) -> u16 {
+    let offsets = global(&SOCK_OFFSETS);
+    if offsets.valid == 0 || offsets.err_soft == 0 {
+        return 0;
+    }
+    kernel_read::<i32>(socket as *const u8, offsets.err_soft).map_or(0, |errno| {
+        errno.unsigned_abs().min(u32::from(u16::MAX)) as u16
+    })
 }
 
 /// The error a socket reports to its application (ETIMEDOUT, ECONNRESET, EHOSTUNREACH...),

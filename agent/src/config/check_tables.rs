@@ -5,7 +5,7 @@
 use std::{collections::HashSet, path::Path};
 
 use super::ConfigError;
-use crate::check::{MAX_CHECKS, ScheduledCheck};
+use idlecut_check::{MAX_CHECKS, ScheduledCheck};
 
 /// The name of the array of tables.
 pub const KEY: &str = "check";

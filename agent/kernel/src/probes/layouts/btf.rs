@@ -1,0 +1,170 @@
+//! Structure layouts from the kernel's BTF (`/sys/kernel/btf/vmlinux`), for the fentry
+//! programs that read kernel structures.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, bail};
+use btf_rs::{Btf, Struct, Type};
+use idlecut_ebpf::{SkbOffsets, SockOffsets};
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// Parses the kernel's BTF, or says why it is not there.
+pub fn vmlinux() -> anyhow::Result<Btf> {
+    if !Path::new(VMLINUX).exists() {
+        bail!("{VMLINUX} does not exist (the kernel was built without CONFIG_DEBUG_INFO_BTF)");
+    }
+    Btf::from_file(VMLINUX).map_err(|err| anyhow!("parsing {VMLINUX}: {err}"))
+}
+
+/// Where `head`, `data`, `transport_header` and `network_header` sit in `struct sk_buff` (it
+/// keeps its header offsets in `struct_group`s, anonymous unions that [`byte_offset`] looks into).
+pub fn skb_offsets(btf: &Btf) -> anyhow::Result<SkbOffsets> {
+    let sk_buff = |name: &str| byte_offset(btf, "sk_buff", &[name]);
+    Ok(SkbOffsets {
+        head: sk_buff("head")?,
+        data: sk_buff("data")?,
+        transport_header: sk_buff("transport_header")?,
+        network_header: sk_buff("network_header")?,
+    })
+}
+
+/// Where the `struct sock` fields the programs read are (see [`SockOffsets`]): the network
+/// namespace (`sock.__sk_common.skc_net.net -> net.ns.inum`), the cookie, and what the BTF
+/// tracepoint programs read directly: ports, family, protocol, error and addresses.
+pub fn sock_offsets(btf: &Btf) -> anyhow::Result<SockOffsets> {
+    let common = |path: &[&str]| {
+        let mut full = vec!["__sk_common"];
+        full.extend_from_slice(path);
+        byte_offset(btf, "sock", &full)
+    };
+    Ok(SockOffsets {
+        net: common(&["skc_net", "net"])?,
+        ns_inum: byte_offset(btf, "net", &["ns", "inum"])?,
+        cookie: common(&["skc_cookie"])?,
+        valid: 1,
+        portpair: common(&["skc_portpair"])?,
+        family: common(&["skc_family"])?,
+        protocol: byte_offset(btf, "sock", &["sk_protocol"])?,
+        err: byte_offset(btf, "sock", &["sk_err"])?,
+        v4_local: common(&["skc_rcv_saddr"])?,
+        v4_remote: common(&["skc_daddr"])?,
+        v6_local: common(&["skc_v6_rcv_saddr"])?,
+        v6_remote: common(&["skc_v6_daddr"])?,
+        inet_sport: byte_offset(btf, "inet_sock", &["inet_sport"])?,
+        err_soft: byte_offset(btf, "sock", &["sk_err_soft"])?,
+    })
+}
+
+/// The byte offset of a member path (`["__sk_common", "skc_net", "net"]`) in a struct,
+/// following embedded structs and unions (not pointers): the one way this module finds where a
+/// member sits.
+fn byte_offset(btf: &Btf, root: &str, path: &[&str]) -> anyhow::Result<u16> {
+    let mut current = struct_named(btf, root)?;
+    let mut bits = 0u32;
+    for (i, name) in path.iter().enumerate() {
+        let member = find_member(btf, &current, name).with_context(|| match i {
+            0 => format!("no member `{name}` in struct {root}"),
+            _ => format!(
+                "no member `{name}` in struct {root} at {}",
+                path[..i].join(".")
+            ),
+        })?;
+        bits += member.0;
+        if i + 1 < path.len() {
+            current = match resolve_aggregate(btf, &member.1) {
+                Some(inner) => inner,
+                None => bail!("{root}.{} is not a struct or union", path[..=i].join(".")),
+            };
+        }
+    }
+    if !bits.is_multiple_of(8) {
+        bail!("{root}.{} is not byte aligned", path.join("."));
+    }
+    u16::try_from(bits / 8).with_context(|| format!("{root}.{} offset too large", path.join(".")))
+}
+
+fn struct_named(btf: &Btf, name: &str) -> anyhow::Result<Struct> {
+    btf.resolve_types_by_name(name)
+        .map_err(|err| anyhow!("looking up struct {name}: {err}"))?
+        .into_iter()
+        .find_map(|ty| match ty {
+            Type::Struct(st) => Some(st),
+            _ => None,
+        })
+        .with_context(|| format!("no struct {name} in BTF"))
+}
+
+/// A member's bit offset and the member itself, looking into anonymous structs and unions.
+fn find_member(btf: &Btf, st: &Struct, name: &str) -> Option<(u32, btf_rs::Member)> {
+    for member in &st.members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        if member_name == name {
+            return Some((member.bit_offset(), member.clone()));
+        }
+        if member_name.is_empty()
+            && let Some(inner) = resolve_aggregate(btf, member)
+            && let Some((offset, found)) = find_member(btf, &inner, name)
+        {
+            return Some((member.bit_offset() + offset, found));
+        }
+    }
+    None
+}
+
+/// The struct or union a member is, through typedefs and qualifiers.
+fn resolve_aggregate(btf: &Btf, member: &btf_rs::Member) -> Option<Struct> {
+    let mut ty = btf.resolve_chained_type(member).ok()?;
+    for _ in 0..8 {
+        ty = match ty {
+            Type::Struct(st) | Type::Union(st) => return Some(st),
+            Type::Typedef(ref t) => btf.resolve_chained_type(t).ok()?,
+            Type::Const(ref t) => btf.resolve_chained_type(t).ok()?,
+            Type::Volatile(ref t) => btf.resolve_chained_type(t).ok()?,
+            _ => return None,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads this machine's BTF: the real thing, where it exists (it does on our machines).
+    #[test]
+    fn offsets_resolve_against_the_running_kernel() {
+        let btf = match vmlinux() {
+            Ok(btf) => btf,
+            Err(err) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+                panic!("our CI machines have BTF: {err:#}")
+            }
+            Err(err) => {
+                eprintln!("SKIPPED: {err:#}");
+                return;
+            }
+        };
+        let skb = skb_offsets(&btf).unwrap();
+        assert!(skb.head > 0 && skb.data > skb.head, "{skb:?}");
+        let sock = sock_offsets(&btf).unwrap();
+        assert_eq!(sock.valid, 1);
+        assert!(sock.net < sock.cookie || sock.cookie < 64, "{sock:?}");
+        // The ports are one 32-bit word, right after the address pair and the hash.
+        assert_eq!(
+            (sock.v4_remote, sock.v4_local, sock.portpair),
+            (0, 4, 12),
+            "{sock:?}"
+        );
+        // One walker for both structs: a missing member is named the same way at any depth.
+        let missing =
+            |root, path: &[&str]| format!("{:#}", byte_offset(&btf, root, path).unwrap_err());
+        assert_eq!(
+            missing("sk_buff", &["nope"]),
+            "no member `nope` in struct sk_buff"
+        );
+        assert_eq!(
+            missing("sock", &["__sk_common", "nope"]),
+            "no member `nope` in struct sock at __sk_common"
+        );
+    }
+}
