@@ -128,6 +128,9 @@ pub mod event_kind {
     /// A segment of the socket was retransmitted. `count` is the total so far, `value_ns` how
     /// long the current stall has lasted (0 for its first retransmission), `error` the
     /// socket's soft error (`sk_err_soft`, a positive errno an ICMP error left; 0 for none).
+    /// `aux_ns` is the segment's size: its payload bytes in the high 32 bits, the socket's MSS
+    /// (`mss_cache`) in the low 32, 0 when BTF could not tell where they are; `flags` has
+    /// [`super::event_flags::PEER_SACKED`] when the peer had acknowledged later data.
     pub const RETRANSMIT: u8 = 5;
     /// The kernel reported an error on a socket (sock:inet_sk_error_report). That tracepoint
     /// has no socket pointer: `socket` is 0 and addresses, ports and `error` identify it.
@@ -163,6 +166,9 @@ pub mod event_flags {
     pub const LOCAL_SPOKE_FIRST: u8 = 1 << 3;
     /// CLOSE: the local side had ended an idle gap and the peer had not answered since.
     pub const AWAITING_ANSWER: u8 = 1 << 4;
+    /// RETRANSMIT: the peer had selectively acknowledged data sent after the retransmitted
+    /// segment (`sacked_out` > 0): segments still reach it while this one does not.
+    pub const PEER_SACKED: u8 = 1 << 5;
 }
 
 /// Indexes of the per-CPU counters in [`COUNTERS_MAP`].
@@ -306,6 +312,11 @@ pub struct SockOffsets {
     /// prohibited...), which TCP keeps retransmitting through. Read at each retransmission,
     /// so ICMP shows with no program on `tcp_v4_err` (fentry, refused on some kernels).
     pub err_soft: u16,
+    /// `tcp_sock.mss_cache` (u32): the MSS the socket sends with now, which the kernel lowers
+    /// when MTU probing finds a black hole.
+    pub mss_cache: u16,
+    /// `tcp_sock.sacked_out` (u32): segments the peer acknowledged selectively, beyond a hole.
+    pub sacked_out: u16,
 }
 
 impl SockOffsets {
@@ -326,6 +337,8 @@ impl SockOffsets {
             v6_remote: 0,
             inet_sport: 0,
             err_soft: 0,
+            mss_cache: 0,
+            sacked_out: 0,
         }
     }
 }
@@ -340,6 +353,8 @@ pub struct SkbOffsets {
     pub data: u16,
     pub transport_header: u16,
     pub network_header: u16,
+    /// `len` (u32): the bytes of data it holds (a retransmitted segment's payload).
+    pub len: u16,
 }
 
 impl SkbOffsets {
@@ -349,6 +364,7 @@ impl SkbOffsets {
             data: 0,
             transport_header: 0,
             network_header: 0,
+            len: 0,
         }
     }
 
@@ -451,8 +467,8 @@ const _: () = {
     assert!(core::mem::align_of::<RawEvent>() == 8);
     assert!(core::mem::size_of::<ConnectionState>() == 40);
     assert!(core::mem::size_of::<FieldOffsets>() == 26);
-    assert!(core::mem::size_of::<SockOffsets>() == 28);
-    assert!(core::mem::size_of::<SkbOffsets>() == 8);
+    assert!(core::mem::size_of::<SockOffsets>() == 32);
+    assert!(core::mem::size_of::<SkbOffsets>() == 10);
     assert!(core::mem::size_of::<PortBitmap>() == 8192);
     assert!(core::mem::size_of::<PortRange>() == 4);
 };

@@ -205,6 +205,8 @@ mod tests {
             netns: None,
             idle_before_cut_seconds: 350.0,
             signature: Signature::Reset,
+            lost_segment_bytes: None,
+            mss: None,
             origin: Some(ResetOrigin::Path),
             reset_hops_from_host: Some(1),
             pid: None,

@@ -33,6 +33,12 @@ pub struct CutRow {
     pub netns: Option<u32>,
     pub idle_before_cut_seconds: f64,
     pub signature: Signature,
+    /// For a PMTU black hole: the payload bytes of the segments that never got through (the
+    /// path's MTU is too small for them) and the MSS they were sent with.
+    #[serde(default)]
+    pub lost_segment_bytes: Option<u16>,
+    #[serde(default)]
+    pub mss: Option<u16>,
     /// For a cut by a RST: who sent it.
     pub origin: Option<ResetOrigin>,
     /// For a RST the path forged: about how many hops from this host the forger sits.

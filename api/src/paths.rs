@@ -22,6 +22,9 @@ pub struct CutCounts {
     pub reset: u64,
     pub blackhole: u64,
     pub icmp: u64,
+    /// Connections lost in a PMTU black hole: not idle cuts, counted apart.
+    #[serde(default)]
+    pub pmtu: u64,
 }
 
 impl CutCounts {
@@ -30,6 +33,7 @@ impl CutCounts {
             Signature::Reset => self.reset,
             Signature::Blackhole => self.blackhole,
             Signature::Icmp => self.icmp,
+            Signature::Pmtu => self.pmtu,
         }
     }
 
@@ -38,12 +42,18 @@ impl CutCounts {
             Signature::Reset => &mut self.reset,
             Signature::Blackhole => &mut self.blackhole,
             Signature::Icmp => &mut self.icmp,
+            Signature::Pmtu => &mut self.pmtu,
         };
         *count += 1;
     }
 
-    pub fn total(&self) -> u64 {
-        Signature::ALL.into_iter().map(|s| self.get(s)).sum()
+    /// The cuts after an idle gap (every signature but `pmtu`).
+    pub fn idle_cuts(&self) -> u64 {
+        Signature::ALL
+            .into_iter()
+            .filter(|s| s.is_idle_cut())
+            .map(|s| self.get(s))
+            .sum()
     }
 }
 

@@ -137,6 +137,18 @@ words! {
         Blackhole = "blackhole",
         /// ICMP unreachable errors arrived for the segments after the gap.
         Icmp = "icmp",
+        /// Not an idle cut: full-size segments were lost again and again while the peer
+        /// acknowledged later, smaller ones. The path's MTU shrank and the ICMP errors that
+        /// say so ("fragmentation needed", "packet too big") never arrived: a PMTU black hole.
+        Pmtu = "pmtu",
+    }
+}
+
+impl Signature {
+    /// Whether it says the path cut the connection for being idle (a PMTU black hole does
+    /// not: it is kept out of the cut-off interval and the REQ-5 verdict).
+    pub fn is_idle_cut(self) -> bool {
+        self != Self::Pmtu
     }
 }
 

@@ -219,7 +219,8 @@ pub fn btf_tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
     if let Some(ports) = mail_ports(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::retransmit(socket, ports);
+        let skb: u64 = ctx.arg(1);
+        facts::retransmit(socket, ports, skb);
     }
     0
 }

@@ -7,8 +7,8 @@ use aya_ebpf::bindings::BPF_ANY;
 use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags, event_kind, tcp_state};
 
 use super::{
-    CONNECTIONS, MIN_IDLE_GAP_NS, SOCK_OFFSETS, count, emit, emit_end, event_for, global,
-    kernel_read, netns_of, now_ns, state_of,
+    CONNECTIONS, MIN_IDLE_GAP_NS, SKB_OFFSETS, SOCK_OFFSETS, count, emit, emit_end, event_for,
+    global, kernel_read, netns_of, now_ns, state_of,
 };
 
 /// A TCP state change on a watched port: connections open (-> ESTABLISHED) and end (-> CLOSE);
@@ -250,10 +250,10 @@ pub(super) fn reset(kind: u8, socket: u64, ports: (u16, u16)) {
     emit(&event);
 }
 
-/// A segment of the socket was retransmitted. The first one since the peer was last heard from
-/// starts a stall.
+/// A segment of the socket was retransmitted (`skb`, 0 where the hook cannot say which). The
+/// first one since the peer was last heard from starts a stall.
 #[inline(always)]
-pub(super) fn retransmit(socket: u64, ports: (u16, u16)) {
+pub(super) fn retransmit(socket: u64, ports: (u16, u16), skb: u64) {
     let now = now_ns();
     let mut event = event_for(event_kind::RETRANSMIT, now, socket, ports.0, ports.1);
     if let Some(state) = state_of(socket) {
@@ -268,7 +268,32 @@ pub(super) fn retransmit(socket: u64, ports: (u16, u16)) {
         event.value_ns = now.saturating_sub(state.stall_started_ns);
     }
     event.error = soft_error(socket);
+    segment_size(socket, skb, &mut event);
     emit(&event);
+}
+
+/// What tells a path MTU black hole from a path that drops everything: the retransmitted
+/// segment's size against the socket's MSS, and whether the peer acknowledged later segments.
+/// Three small reads, only on retransmissions of watched connections; nothing when BTF could
+/// not tell where the fields are.
+#[inline(always)]
+fn segment_size(socket: u64, skb: u64, event: &mut RawEvent) {
+    let sock = global(&SOCK_OFFSETS);
+    let skb_offsets = global(&SKB_OFFSETS);
+    if sock.valid == 0 || sock.mss_cache == 0 || skb_offsets.len == 0 || skb == 0 {
+        return;
+    }
+    let sk = socket as *const u8;
+    let (Some(bytes), Some(mss)) = (
+        kernel_read::<u32>(skb as *const u8, skb_offsets.len),
+        kernel_read::<u32>(sk, sock.mss_cache),
+    ) else {
+        return;
+    };
+    event.aux_ns = (u64::from(bytes) << 32) | u64::from(mss);
+    if sock.sacked_out != 0 && kernel_read::<u32>(sk, sock.sacked_out).is_some_and(|n| n > 0) {
+        event.flags |= event_flags::PEER_SACKED;
+    }
 }
 
 /// The socket's soft error (`sk_err_soft`): an ICMP error on an established connection leaves

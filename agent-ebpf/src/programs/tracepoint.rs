@@ -217,7 +217,8 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
-        facts::retransmit(socket, ports);
+        let skb = read::<u64>(&ctx, off.skbaddr).unwrap_or(0);
+        facts::retransmit(socket, ports, skb);
     }
     0
 }

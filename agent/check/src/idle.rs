@@ -340,6 +340,8 @@ fn signature_words(signature: Signature) -> &'static str {
         Signature::Reset => "with a RST (reset)",
         Signature::Blackhole => "silently: later segments go unanswered (blackhole)",
         Signature::Icmp => "with ICMP unreachable errors (icmp)",
+        // A check's own lines are short: it never meets one, but the words stay true.
+        Signature::Pmtu => "by dropping full-size segments, not for idleness (pmtu)",
     }
 }
 

@@ -118,6 +118,8 @@ impl RecentCuts {
                     netns: (cut.context.netns != 0).then_some(cut.context.netns),
                     idle_before_cut_seconds: Duration::from_nanos(cut.gap).as_secs_f64(),
                     signature: cut.signature,
+                    lost_segment_bytes: cut.context.pmtu.map(|clues| clues.largest),
+                    mss: cut.context.pmtu.map(|clues| clues.mss),
                     origin: reset.map(|verdict| verdict.origin),
                     reset_hops_from_host: reset
                         .filter(|verdict| verdict.origin == ResetOrigin::Path)
@@ -227,7 +229,11 @@ pub fn render_table(response: &CutsResponse) -> String {
                 row.remote.clone(),
                 row.path.clone(),
                 compact(row.idle_before_cut_seconds),
-                row.signature.to_string(),
+                // A PMTU black hole names the size its path could not carry.
+                match row.lost_segment_bytes {
+                    Some(bytes) => format!("{}({bytes}B lost)", row.signature),
+                    None => row.signature.to_string(),
+                },
                 origin,
                 row.pid
                     .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
@@ -292,6 +298,7 @@ mod tests {
                     pod: None,
                 })),
                 reset,
+                pmtu: None,
             },
         }
     }

@@ -60,6 +60,9 @@ pub enum Event {
         /// The socket's soft error when it retransmitted: what an ICMP error left on it since
         /// the peer last acknowledged anything (a positive errno), if one did.
         soft_error: Option<u16>,
+        /// The segment's size against the socket's MSS, where the kernel's BTF told where to
+        /// read them.
+        segment: Option<RetransmittedSegment>,
     },
     ErrorReport {
         at: Nanos,
@@ -96,6 +99,19 @@ pub enum Event {
         socket: u64,
         cookie: u64,
     },
+}
+
+/// What a retransmission says of the path's MTU: a segment as large as the MSS allows, lost
+/// again and again while the peer acknowledges later (smaller) data, is too large for the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmittedSegment {
+    /// Payload bytes of the retransmitted segment.
+    pub bytes: u32,
+    /// The MSS the socket sent with at that moment (the kernel lowers it when MTU probing
+    /// finds a black hole).
+    pub mss: u32,
+    /// The peer had selectively acknowledged data sent after this segment.
+    pub peer_sacked: bool,
 }
 
 /// A TCP state (the kernel's `include/net/tcp_states.h`), typed once, where `idlecut-kernel`

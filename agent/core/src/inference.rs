@@ -19,7 +19,7 @@ use crate::{
     cluster::{self, Spread},
     duration_text::with_seconds,
     events::Nanos,
-    model::{Cadence, ResetVerdict, Update, cadence},
+    model::{Cadence, PmtuClues, ResetVerdict, Update, cadence},
     node::NodeTimeouts,
     paths::PathKey,
 };
@@ -79,6 +79,8 @@ struct PathStats {
     keepalive: Option<DominantCadence>,
     resets_received: ResetOrigins,
     last_forged_reset: Option<ResetVerdict>,
+    /// The segments the latest PMTU black hole lost.
+    last_pmtu: Option<PmtuClues>,
 }
 
 /// The inference for every path. Owned by the pipeline task; reports are read by HTTP.
@@ -148,6 +150,16 @@ impl Inference {
                 }
                 push_bounded(&mut stats.cadences, *to, MAX_CADENCES);
                 stats.keepalive = dominant_cadence(&stats.cadences);
+                true
+            }
+            Update::Cut {
+                signature: Signature::Pmtu,
+                context,
+                ..
+            } => {
+                // Not an idle cut: counted, explained, and kept out of the cut-off and verdict.
+                stats.cut_counts.add(Signature::Pmtu);
+                stats.last_pmtu = context.pmtu.or(stats.last_pmtu);
                 true
             }
             Update::Cut { gap, signature, .. } => {
@@ -366,7 +378,7 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
     let threshold = with_seconds(settings.req5_threshold_seconds);
     let counts = &stats.cut_counts;
     let mut signatures = String::new();
-    for signature in Signature::ALL {
+    for signature in Signature::ALL.into_iter().filter(|s| s.is_idle_cut()) {
         let count = counts.get(signature);
         if count > 0 {
             if !signatures.is_empty() {
@@ -380,15 +392,15 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
         Verdict::ViolatesReq5 => format!(
             "{who} cut {} idle connection{} ({signatures}); its cut-off lies {interval} of \
              silence, below the {threshold} that RFC 5382 REQ-5 requires.",
-            counts.total(),
-            plural(counts.total()),
+            counts.idle_cuts(),
+            plural(counts.idle_cuts()),
         ),
         Verdict::Ok => format!(
             "{who} kept connections idle for up to {} without cutting them, at least the \
              {threshold} that RFC 5382 REQ-5 requires.",
             with_seconds(stats.longest_survived.unwrap_or_default()),
         ),
-        Verdict::Unknown => match (counts.total(), stats.longest_survived) {
+        Verdict::Unknown => match (counts.idle_cuts(), stats.longest_survived) {
             (0, Some(longest)) => format!(
                 "{who} has cut no idle connection yet; the longest silence survived is {}, short \
                  of the {threshold} that would show RFC 5382 REQ-5 compliance.",
@@ -437,6 +449,21 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
         let _ = write!(
             sentence,
             " The resets it received came from the peer itself (the TTL of its segments)."
+        );
+    }
+    if counts.pmtu > 0 {
+        let size = stats
+            .last_pmtu
+            .map(|clues| format!(" of {} bytes (MSS {})", clues.largest, clues.mss))
+            .unwrap_or_default();
+        let _ = write!(
+            sentence,
+            " {} connection{} died in a PMTU black hole, not for being idle: segments{size} were \
+             lost again and again while the peer acknowledged later, smaller ones. The path's MTU \
+             is too small for them and the ICMP errors that would say so (\"fragmentation \
+             needed\", \"packet too big\") do not arrive; they are left out of the cut-off.",
+            counts.pmtu,
+            plural(counts.pmtu)
         );
     }
     if let Some(limit) = stats.duration_limit {
@@ -588,6 +615,50 @@ mod tests {
     }
 
     #[test]
+    fn pmtu_black_holes_are_counted_and_explained_but_are_no_idle_cuts() {
+        let mut inference = inference();
+        let clues = crate::model::PmtuClues::new(crate::events::RetransmittedSegment {
+            bytes: 1448,
+            mss: 1448,
+            peer_sacked: true,
+        });
+        for _ in 0..3 {
+            inference.record(
+                &key(),
+                &Update::Cut {
+                    identity: identity(),
+                    gap: 0,
+                    signature: Signature::Pmtu,
+                    context: CutContext {
+                        pmtu: Some(clues),
+                        ..CutContext::default()
+                    },
+                },
+            );
+        }
+        inference.record(&key(), &Update::IdleGapSurvived(identity(), 30 * S));
+        let report = inference.report(&key()).unwrap();
+        assert_eq!(report.cuts.pmtu, 3);
+        assert_eq!(report.cuts.idle_cuts(), 0);
+        assert_eq!(report.cuts_below_req5, 0);
+        assert_eq!(report.verdict, Verdict::Unknown);
+        assert_eq!(report.cutoff_upper_seconds, None, "{report:#?}");
+        assert!(
+            report.explanation.contains(
+                "3 connections died in a PMTU black hole, not for being idle: segments of 1448 \
+                 bytes (MSS 1448)"
+            ),
+            "{}",
+            report.explanation
+        );
+        assert!(
+            report
+                .explanation
+                .contains("has cut no idle connection yet")
+        );
+    }
+
+    #[test]
     fn resets_forged_by_the_path_are_told_apart_from_the_peers() {
         let mut inference = inference();
         let reset = |peer, reset| {
@@ -654,7 +725,8 @@ mod tests {
             CutCounts {
                 reset: 1,
                 blackhole: 1,
-                icmp: 0
+                icmp: 0,
+                pmtu: 0
             }
         );
         assert_eq!(

@@ -63,12 +63,15 @@ impl Closing {
         );
         let abnormal = end != End::Fin;
         let identity = connection.identity(services);
-        let cut = transient
-            .unanswered
-            .filter(|_| abnormal)
-            .and_then(|unanswered| {
-                cut_signature(unanswered, end, errno).map(|s| (unanswered.gap, s))
-            });
+        // Died in a stall that lost only full-size segments while later data got through.
+        let black_hole = stalled_for.is_some() && transient.pmtu.is_some_and(|p| p.black_hole());
+        let cut = match transient.unanswered.filter(|_| abnormal) {
+            Some(unanswered) => cut_signature(unanswered, end, errno, black_hole)
+                .map(|signature| (unanswered.gap, signature)),
+            // Nothing was unanswered: the peer had been heard since the last silence, and what
+            // broke the connection was the size of what it was sent, right then.
+            None => (abnormal && black_hole).then_some((0, Signature::Pmtu)),
+        };
         if let Some((gap, signature)) = cut {
             out.push(Update::Cut {
                 identity: identity.clone(),
@@ -124,12 +127,20 @@ impl Closing {
 
 /// How the path cut a connection that ended abnormally while this host's first segments after
 /// an idle gap were unanswered. ICMP unreachable errors (seen, or left behind as the socket's
-/// soft error) say the most; then a RST; then retransmissions into nothing.
-fn cut_signature(unanswered: UnansweredGap, end: End, errno: Option<u16>) -> Option<Signature> {
+/// soft error) say the most; then a RST; then full-size segments lost while later data got
+/// through (`black_hole`: the MTU, not the silence); then retransmissions into nothing.
+fn cut_signature(
+    unanswered: UnansweredGap,
+    end: End,
+    errno: Option<u16>,
+    black_hole: bool,
+) -> Option<Signature> {
     if unanswered.icmp || matches!(errno, Some(EHOSTUNREACH | ENETUNREACH)) {
         Some(Signature::Icmp)
     } else if end == End::ResetReceived {
         Some(Signature::Reset)
+    } else if black_hole {
+        Some(Signature::Pmtu)
     } else if unanswered.retransmitted || end == End::Timeout {
         Some(Signature::Blackhole)
     } else {
@@ -228,28 +239,35 @@ mod tests {
     }
 
     #[test]
-    fn cut_signatures_prefer_icmp_then_reset_then_blackhole() {
+    fn cut_signatures_prefer_icmp_then_reset_then_pmtu_then_blackhole() {
         let gap = |retransmitted, icmp| UnansweredGap {
             gap: 1,
             retransmitted,
             icmp,
         };
         assert_eq!(
-            cut_signature(gap(true, true), End::ResetReceived, None),
+            cut_signature(gap(true, true), End::ResetReceived, None, true),
             Some(Signature::Icmp)
         );
         assert_eq!(
-            cut_signature(gap(true, false), End::Error, Some(EHOSTUNREACH)),
+            cut_signature(gap(true, false), End::Error, Some(EHOSTUNREACH), true),
             Some(Signature::Icmp)
         );
         assert_eq!(
-            cut_signature(gap(true, false), End::ResetReceived, None),
+            cut_signature(gap(true, false), End::ResetReceived, None, true),
             Some(Signature::Reset)
         );
         assert_eq!(
-            cut_signature(gap(false, false), End::Timeout, Some(ETIMEDOUT)),
+            cut_signature(gap(false, false), End::Timeout, Some(ETIMEDOUT), false),
             Some(Signature::Blackhole)
         );
-        assert_eq!(cut_signature(gap(false, false), End::ResetSent, None), None);
+        assert_eq!(
+            cut_signature(gap(true, false), End::Timeout, Some(ETIMEDOUT), true),
+            Some(Signature::Pmtu)
+        );
+        assert_eq!(
+            cut_signature(gap(false, false), End::ResetSent, None, false),
+            None
+        );
     }
 }

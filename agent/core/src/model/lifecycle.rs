@@ -4,7 +4,8 @@
 //! is settled by `classify`.
 
 use super::{
-    CLOSE_GRACE_NS, CLOSES_DURING_SCAN_MAX, ConnectionModel, ResetVerdict, Services, Update,
+    CLOSE_GRACE_NS, CLOSES_DURING_SCAN_MAX, ConnectionModel, PmtuClues, ResetVerdict, Services,
+    Update,
     classify::Closing,
     gap_survived,
     table::{Connection, Key, UnansweredGap},
@@ -73,7 +74,10 @@ impl ConnectionModel {
                 self.reset(socket, Direction::Sent, ResetVerdict::sent(), out);
             }
             Event::Retransmit {
-                socket, soft_error, ..
+                socket,
+                soft_error,
+                segment,
+                ..
             } => {
                 if let Some((connection, services)) = self.find_mut(socket) {
                     connection.retransmits = connection.retransmits.saturating_add(1);
@@ -87,6 +91,12 @@ impl ConnectionModel {
                         }
                         let new = soft_error.filter(|&errno| t.soft_error != Some(errno));
                         t.soft_error = soft_error;
+                        if let Some(segment) = segment {
+                            match &mut t.pmtu {
+                                Some(clues) => clues.add(segment),
+                                None => t.pmtu = Some(PmtuClues::new(segment)),
+                            }
+                        }
                         new
                     });
                     let identity = connection.identity(services);
@@ -124,6 +134,8 @@ impl ConnectionModel {
                 ..
             } => {
                 if let Some(connection) = self.table.get_mut(Key::Socket(socket)) {
+                    // The peer was heard: what this stall's sizes said is no longer news.
+                    connection.edit_transient(|t| t.pmtu = None);
                     out.push(Update::Stall {
                         identity: connection.identity(&self.services),
                         duration: stalled_for,

@@ -12,6 +12,7 @@ pub mod cadence;
 mod classify;
 mod lifecycle;
 mod origin;
+mod pmtu;
 mod scan;
 mod table;
 #[cfg(test)]
@@ -23,7 +24,9 @@ use std::{
     sync::Arc,
 };
 
-pub use self::{cadence::Cadence, classify::icmp_errno_name, origin::ResetVerdict};
+pub use self::{
+    cadence::Cadence, classify::icmp_errno_name, origin::ResetVerdict, pmtu::PmtuClues,
+};
 use self::{
     classify::Closing,
     table::{Connection, ConnectionTable},
@@ -241,6 +244,8 @@ pub struct CutContext {
     pub owner: Option<Arc<Owner>>,
     /// For a cut by a RST: who sent it.
     pub reset: Option<ResetVerdict>,
+    /// For a PMTU black hole: the segments that never got through.
+    pub pmtu: Option<PmtuClues>,
 }
 
 /// A connection that ended recently, for the per-connection view.

@@ -19,7 +19,7 @@ use std::{
 use hashbrown::HashTable;
 
 use super::{
-    ConnectionInfo, CutContext, Identity, Keepalive, Kind, ResetVerdict, Services,
+    ConnectionInfo, CutContext, Identity, Keepalive, Kind, PmtuClues, ResetVerdict, Services,
     cadence::CadenceDetector,
 };
 use crate::{
@@ -59,6 +59,8 @@ pub struct Transient {
     /// The soft error (errno) an ICMP error left on the socket, as its latest retransmission
     /// showed it: TCP is retransmitting through it (RFC 1122).
     pub soft_error: Option<u16>,
+    /// What the retransmissions of the current stall said of the path's MTU.
+    pub pmtu: Option<PmtuClues>,
 }
 
 /// `Endpoints` in 38 bytes instead of 64: both addresses as IPv6 (IPv4 mapped, and flagged so
@@ -180,6 +182,10 @@ impl Connection {
                 .transient()
                 .reset
                 .filter(|_| signature == Signature::Reset),
+            pmtu: self
+                .transient()
+                .pmtu
+                .filter(|_| signature == Signature::Pmtu),
         }
     }
 

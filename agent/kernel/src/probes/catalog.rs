@@ -129,7 +129,7 @@ pub const PROBES: [ProbeSpec; 10] = [
     tracepoint(
         "tcp:tcp_retransmit_skb",
         ("tcp", "tcp_retransmit_skb", "btf_tcp_retransmit_skb"),
-        Needs::SocketAndPorts,
+        Needs::SocketPortsAndSegment,
         offsets_global::TCP_RETRANSMIT_SKB,
         "retransmissions and stalls",
     ),

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use idlecut_ebpf::{AF_INET, AF_INET6, RawEvent, event_flags, event_kind, tcp_state};
 
-use idlecut_core::events::{Endpoints, Event, ResetTtls, Side, TcpState};
+use idlecut_core::events::{Endpoints, Event, ResetTtls, RetransmittedSegment, Side, TcpState};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -107,6 +107,7 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
             socket,
             stalled_for: raw.value_ns,
             soft_error: (raw.error != 0).then_some(raw.error),
+            segment: retransmitted_segment(raw),
         },
         event_kind::ERROR_REPORT => Event::ErrorReport {
             at,
@@ -152,6 +153,17 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
 }
 
 /// The kernel stores IPv4 addresses v4-mapped; paths group them as IPv4.
+/// A RETRANSMIT's segment size (`aux_ns`: payload bytes high, MSS low), when the program could
+/// read it: an MSS of 0 means it could not.
+fn retransmitted_segment(raw: &RawEvent) -> Option<RetransmittedSegment> {
+    let mss = (raw.aux_ns & u64::from(u32::MAX)) as u32;
+    (mss != 0).then_some(RetransmittedSegment {
+        bytes: (raw.aux_ns >> 32) as u32,
+        mss,
+        peer_sacked: raw.flags & event_flags::PEER_SACKED != 0,
+    })
+}
+
 fn ip(bytes: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(bytes);
     match v6.to_ipv4_mapped() {

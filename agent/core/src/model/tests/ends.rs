@@ -178,6 +178,7 @@ fn timeout_after_close_is_matched_by_endpoints() {
             socket: SOCK,
             stalled_for: 0,
             soft_error: None,
+            segment: None,
         },
         close(2, TcpState::Established, Some(0)),
         Event::ErrorReport {
@@ -285,6 +286,7 @@ fn events_for_unknown_sockets_are_ignored() {
                 socket: 7,
                 stalled_for: 0,
                 soft_error: None,
+                segment: None,
             },
             Event::IdleGapEnd {
                 at: 1,

@@ -1,9 +1,11 @@
 //! The model's lifecycle, driven by kernel events as the pipeline feeds them: shared fixtures
 //! here, the tests by what they are about in `ends` (roles, how connections end, kernel state
-//! lost or reused) and `gaps` (idle gaps survived or cut, stalls).
+//! lost or reused), `gaps` (idle gaps survived or cut, stalls) and `pmtu` (black holes of the
+//! path's MTU, which are not idle cuts).
 
 mod ends;
 mod gaps;
+mod pmtu;
 
 use super::classify::ETIMEDOUT;
 use super::*;
@@ -99,6 +101,7 @@ pub(super) fn retransmit(at: Nanos, stalled_for: Nanos) -> Event {
         socket: SOCK,
         stalled_for,
         soft_error: None,
+        segment: None,
     }
 }
 
@@ -109,6 +112,7 @@ pub(super) fn retransmit_after_icmp(at: Nanos, stalled_for: Nanos, errno: u16) -
         socket: SOCK,
         stalled_for,
         soft_error: Some(errno),
+        segment: None,
     }
 }
 

@@ -26,12 +26,15 @@ pub fn skb_offsets(btf: &Btf) -> anyhow::Result<SkbOffsets> {
         data: sk_buff("data")?,
         transport_header: sk_buff("transport_header")?,
         network_header: sk_buff("network_header")?,
+        len: sk_buff("len")?,
     })
 }
 
 /// Where the `struct sock` fields the programs read are (see [`SockOffsets`]): the network
 /// namespace (`sock.__sk_common.skc_net.net -> net.ns.inum`), the cookie, and what the BTF
-/// tracepoint programs read directly: ports, family, protocol, error and addresses.
+/// tracepoint programs read directly: ports, family, protocol, error and addresses; and the
+/// `struct tcp_sock` fields a retransmission is judged by (MSS, selectively acknowledged
+/// segments).
 pub fn sock_offsets(btf: &Btf) -> anyhow::Result<SockOffsets> {
     let common = |path: &[&str]| {
         let mut full = vec!["__sk_common"];
@@ -53,6 +56,8 @@ pub fn sock_offsets(btf: &Btf) -> anyhow::Result<SockOffsets> {
         v6_remote: common(&["skc_v6_daddr"])?,
         inet_sport: byte_offset(btf, "inet_sock", &["inet_sport"])?,
         err_soft: byte_offset(btf, "sock", &["sk_err_soft"])?,
+        mss_cache: byte_offset(btf, "tcp_sock", &["mss_cache"])?,
+        sacked_out: byte_offset(btf, "tcp_sock", &["sacked_out"])?,
     })
 }
 

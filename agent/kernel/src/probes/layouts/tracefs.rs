@@ -146,7 +146,8 @@ pub enum Needs {
     /// Socket pointer and host-order ports (tcp_receive_reset, tcp_retransmit_skb).
     SocketAndPorts,
     /// Socket pointer, ports and the segment, when the record has it (tcp_probe: the segment's
-    /// TTL and RST flag; without `skbaddr` they go unread, the rest works).
+    /// TTL and RST flag; tcp_retransmit_skb: its size; without `skbaddr` they go unread, the
+    /// rest works).
     SocketPortsAndSegment,
     /// Socket pointer and ports, which may only exist inside `sockaddr` fields
     /// (tcp:tcp_send_reset since Linux 6.10).
