@@ -2,7 +2,8 @@
 //!
 //! Each setting is declared once, in [`settings!`]'s list below: its type, its parser (shared
 //! by the flag and the file key), its default and its help. The macro derives the flags, the
-//! file keys and the merged [`Config`] from that one line, so a new setting is one line.
+//! file's serde type (whose spans place an error on its line) and the merged [`Config`] from
+//! that one line, so a new setting is one line.
 
 mod check_tables;
 mod values;
@@ -58,16 +59,51 @@ macro_rules! settings {
         /// Every key the file may have, in the order of `--help`.
         const KEYS: &[&str] = &[$( stringify!($name) ),*];
 
-        impl Flags {
-            /// Sets the setting named `key` from its text in the file; false if there is none.
-            fn set_key(&mut self, key: &str, text: &str) -> Result<bool, String> {
-                match key {
-                    $( stringify!($name) => self.$name = Some($parse(text)?), )*
-                    _ => return Ok(false),
-                }
-                Ok(true)
-            }
+        /// The file as written: each setting's value with its place in the text (for the line
+        /// of an error), and the `[[check]]` tables. serde refuses any other key.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileSettings {
+            $( $name: Option<toml::Spanned<toml::Value>>, )*
+            check: Option<toml::Spanned<check_tables::Node>>,
+        }
 
+        impl FileSettings {
+            /// The settings read through the same parsers as the flags, and the checks.
+            fn read(
+                self,
+                path: &Path,
+                text: &str,
+            ) -> Result<(Flags, Vec<ScheduledCheck>), ConfigError> {
+                let flags = Flags {
+                    config: None,
+                    $(
+                        $name: self
+                            .$name
+                            .map(|value| {
+                                value_text(stringify!($name), value.get_ref())
+                                    .and_then(|written| $parse(&written))
+                                    .map_err(|message| {
+                                        file_error(
+                                            path,
+                                            text,
+                                            Some(value.span().start),
+                                            format!("key `{}`: {message}", stringify!($name)),
+                                        )
+                                    })
+                            })
+                            .transpose()?,
+                    )*
+                };
+                let checks = match self.check {
+                    Some(tables) => check_tables::read(path, text, tables)?,
+                    None => Vec::new(),
+                };
+                Ok((flags, checks))
+            }
+        }
+
+        impl Flags {
             /// These flags over `file`, over the defaults.
             fn over(self, file: Flags) -> Config {
                 Config {
@@ -176,42 +212,39 @@ fn read_file(path: &Path) -> Result<(Flags, Vec<ScheduledCheck>), ConfigError> {
 
 /// The settings in a file's text (`path` only names it in errors).
 fn parse_file(path: &Path, text: &str) -> Result<(Flags, Vec<ScheduledCheck>), ConfigError> {
-    let table: toml::Table = toml::from_str(text).map_err(|err| {
-        let at = err
-            .span()
-            .map(|span| format!(" (line {})", line_of(text, span.start)))
-            .unwrap_or_default();
-        ConfigError(format!(
-            "config file {}{at}: {}",
-            path.display(),
-            err.message().trim()
-        ))
-    })?;
-    let mut flags = Flags::default();
-    let mut checks = Vec::new();
-    for (key, value) in &table {
-        if key == check_tables::KEY {
-            checks = check_tables::read(path, text, value)?;
-            continue;
-        }
-        let at = key_line(text, key)
-            .map(|line| format!(" (line {line})"))
-            .unwrap_or_default();
-        let error = |message: String| {
-            ConfigError(format!(
-                "config file {}{at}: key `{key}`: {message}",
-                path.display()
-            ))
-        };
-        let text = value_text(key, value).map_err(error)?;
-        if !flags.set_key(key, &text).map_err(error)? {
-            return Err(error(format!(
-                "unknown key; the keys are {} and [[check]] tables",
+    let file: FileSettings = toml::from_str(text).map_err(|err| {
+        let at = err.span().map(|span| span.start);
+        let message = err.message().trim();
+        // serde refuses a key no field has as "unknown field `KEY`, expected one of ...": say
+        // it in the words of the other key errors, with the keys as the file spells them.
+        let message = match message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once("`, expected"))
+        {
+            // Escaped: a quoted key may hold a line break.
+            Some((key, _)) => format!(
+                "key `{}`: unknown key; the keys are {} and [[check]] tables",
+                key.escape_debug(),
                 KEYS.join(", ")
-            )));
-        }
-    }
-    Ok((flags, checks))
+            ),
+            None => message.to_owned(),
+        };
+        file_error(path, text, at, message)
+    })?;
+    file.read(path, text)
+}
+
+/// An error in the file: names it and, if known, the line of the byte offset `at`.
+fn file_error(
+    path: &Path,
+    text: &str,
+    at: Option<usize>,
+    message: impl std::fmt::Display,
+) -> ConfigError {
+    let at = at
+        .map(|offset| format!(" (line {})", line_of(text, offset)))
+        .unwrap_or_default();
+    ConfigError(format!("config file {}{at}: {message}", path.display()))
 }
 
 /// A value as the parsers read it: strings as written, numbers and booleans as text, and the
@@ -245,18 +278,6 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// The line where `key` is set (`key = ...` or a `[key]` table), if it can be found.
-fn key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|line| {
-            let line = line.trim_start();
-            line.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-                || line.trim_end() == format!("[{key}]")
-        })
-        .map(|index| index + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -284,8 +305,10 @@ mod tests {
         assert_eq!(config.ring_buffer_size, kernel_defaults::RING_BUFFER_BYTES);
     }
 
-    fn file_with(contents: &str) -> tempfile_path::TempPath {
-        tempfile_path::TempPath::with_contents(contents)
+    fn file_with(contents: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, contents.as_bytes()).unwrap();
+        file
     }
 
     fn load_file(contents: &str) -> Result<Config, ConfigError> {
@@ -351,6 +374,53 @@ mod tests {
         }
     }
 
+    /// A key's line is where it is set, not where its words appear first: in a comment, or in
+    /// a string (which the text search the spans replaced took for the key).
+    #[test]
+    fn a_key_error_names_the_line_of_the_key_not_of_its_words() {
+        for (contents, expected) in [
+            (
+                "# max_paths = 3 was too small\nmax_paths = 0\n",
+                "(line 2): key `max_paths`",
+            ),
+            (
+                "web_config = \"\"\"\nmax_paths = 3\n\"\"\"\nmax_paths = 0\n",
+                "(line 4): key `max_paths`",
+            ),
+            (
+                "# [ports] below\n\n[ports]\n143 = 7\n",
+                "(line 3): key `ports`: port 143",
+            ),
+            ("ports.143 = 7\n", "(line 1): key `ports`: port 143"),
+            (
+                "# no_such_key = 2\n\n  no_such_key = 1\n",
+                "config file idlecut.toml (line 3): key `no_such_key`: unknown key; the keys are \
+                 listen, ports,",
+            ),
+            (
+                "[no_such_table]\n",
+                "(line 1): key `no_such_table`: unknown key",
+            ),
+            (
+                "max_paths = 7\n\"two\\nlines\" = 1\n",
+                "(line 2): key `two\\nlines`: unknown key",
+            ),
+        ] {
+            let message = parse_file(Path::new("idlecut.toml"), contents)
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(expected), "{contents:?} gave {message:?}");
+            assert!(!message.contains('\n'), "{message:?} spans lines");
+        }
+        let message = parse_file(Path::new("idlecut.toml"), "x = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.ends_with(&format!("{} and [[check]] tables", KEYS.join(", "))),
+            "every key is listed: {message}"
+        );
+    }
+
     proptest::proptest! {
         /// Whatever a config file holds, reading it answers with settings or a one-line error
         /// naming the file, never a panic.
@@ -379,37 +449,12 @@ mod tests {
                     err.contains(&format!("key `{key}`")) || err.contains("(line 1)"),
                     "{}", err
                 );
-            }
-        }
-    }
-
-    /// A file in the temp dir, removed on drop (enough for these tests, no extra crate).
-    mod tempfile_path {
-        use std::path::{Path, PathBuf};
-
-        pub struct TempPath(PathBuf);
-
-        impl TempPath {
-            pub fn with_contents(contents: &str) -> Self {
-                use std::sync::atomic::{AtomicU32, Ordering};
-                static NEXT: AtomicU32 = AtomicU32::new(0);
-                let path = std::env::temp_dir().join(format!(
-                    "idlecut-config-test-{}-{}.toml",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::Relaxed)
-                ));
-                std::fs::write(&path, contents).unwrap();
-                Self(path)
-            }
-
-            pub fn path(&self) -> &Path {
-                &self.0
-            }
-        }
-
-        impl Drop for TempPath {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
+                // The key named is placed on its line.
+                proptest::prop_assert!(
+                    !err.contains(&format!("key `{key}`"))
+                        || err.contains(&format!("(line 1): key `{key}`")),
+                    "{}", err
+                );
             }
         }
     }
