@@ -273,9 +273,14 @@ fn value_text(key: &str, value: &toml::Value) -> Result<String, String> {
     }
 }
 
-/// The 1-based line of a byte offset.
+/// The 1-based line of a byte offset. An offset past the last non-blank character (toml
+/// places "unterminated string" at the end of the file) is on the last line written, not on
+/// the empty one after the final newline.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+    let written = text.trim_end().len();
+    let offset = offset.min(text.len());
+    let offset = if offset > written { written } else { offset };
+    text[..offset].matches('\n').count() + 1
 }
 
 #[cfg(test)]
@@ -419,6 +424,17 @@ mod tests {
             message.ends_with(&format!("{} and [[check]] tables", KEYS.join(", "))),
             "every key is listed: {message}"
         );
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_the_file_is_on_its_last_line() {
+        // An unterminated multi-line string: toml places the error at the end of the text.
+        let message = load_file("listen = \"\"\"\n").unwrap_err().to_string();
+        assert!(message.contains("(line 1)"), "{message}");
+        let message = load_file("max_paths = 3\n\nlisten = \"\"\"\n\n\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("(line 3)"), "{message}");
     }
 
     proptest::proptest! {
