@@ -526,8 +526,8 @@ mod tests {
 
     #[test]
     fn skb_and_sock_offsets_layouts_are_pinned() {
-        assert_eq!(size_of::<SkbOffsets>(), 8);
-        assert_eq!(size_of::<SockOffsets>(), 28);
+        assert_eq!(size_of::<SkbOffsets>(), 10);
+        assert_eq!(size_of::<SockOffsets>(), 32);
     }
 
     #[test]

@@ -97,6 +97,10 @@ pub struct PathReport {
     pub survived_gaps: u64,
     pub longest_survived_gap_seconds: Option<f64>,
     pub cuts: CutCounts,
+    /// Stalls that ended only once the kernel's MTU probing lowered the connection's MSS:
+    /// survived black holes of the path's MTU.
+    #[serde(default)]
+    pub mss_lowered: u64,
     pub cuts_below_req5: u64,
     pub cutoff_lower_seconds: Option<f64>,
     pub cutoff_upper_seconds: Option<f64>,

@@ -355,7 +355,10 @@ mod tests {
         let err = "peer".parse::<Role>().unwrap_err();
         assert_eq!(err.to_string(), "`peer`: expected server or client");
         let err = "x".parse::<Signature>().unwrap_err();
-        assert_eq!(err.to_string(), "`x`: expected reset, blackhole or icmp");
+        assert_eq!(
+            err.to_string(),
+            "`x`: expected reset, blackhole, icmp or pmtu"
+        );
     }
 
     #[test]

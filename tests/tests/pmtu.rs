@@ -50,16 +50,35 @@ fn answer_after_silence(client: &mut TcpStream, server: &mut TcpStream, bytes: u
     received
 }
 
+/// The topology, with the server's sends cut into segments before they leave it, as a real
+/// NIC does (each meets the router alone, and the small tail of an answer passes where its
+/// full-size segments do not); `mtu_probing` is the server's `net.ipv4.tcp_mtu_probing`.
+fn topology(mtu_probing: &str) -> Topology {
+    let net = Topology::new();
+    net.server
+        .exec("ip", &["link", "set", "dev", "eth0", "gso_max_segs", "1"]);
+    net.server.sysctl("net.ipv4.tcp_mtu_probing", mtu_probing);
+    net
+}
+
+/// Narrows the router's link to the client and drops the ICMP errors that would say so.
+fn narrow_the_path(net: &Topology) {
+    net.router.exec(
+        "ip",
+        &["link", "set", "dev", "eth1", "mtu", &NARROW_MTU.to_string()],
+    );
+    net.router.nft(
+        "table inet pmtu {\n chain output {\n  type filter hook output priority 0; policy accept;\n  \
+         icmp type destination-unreachable icmp code frag-needed drop\n  \
+         icmpv6 type packet-too-big drop\n }\n}\n",
+    );
+}
+
 #[test]
 fn full_size_answers_lost_after_short_silences_are_a_pmtu_black_hole_not_an_idle_cut() {
     require_root();
-    let net = Topology::new();
-    // A real NIC cuts large sends into segments before the wire: each meets the router alone,
-    // and the small tail of an answer passes where its full-size segments do not.
-    net.server
-        .exec("ip", &["link", "set", "dev", "eth0", "gso_max_segs", "1"]);
     // TCP gives up rather than lowering its MSS (the default): the stall is fatal.
-    net.server.sysctl("net.ipv4.tcp_mtu_probing", "0");
+    let net = topology("0");
     let agent = Agent::start(&["--min-idle-gap", "1s"]);
     let imap = listen(&net.server, "[::]:143");
 
@@ -164,4 +183,59 @@ fn full_size_answers_lost_after_short_silences_are_a_pmtu_black_hole_not_an_idle
         cuts.cuts
     );
     drop(survivors);
+}
+
+/// With `net.ipv4.tcp_mtu_probing = 1`, the kernel takes the black hole for one after a few
+/// timeouts and falls back to a smaller MSS: the answer arrives late, the connection survives,
+/// and idlecut tells the MSS it fell back to.
+#[test]
+fn a_black_hole_the_kernel_probes_its_way_through_is_survived_and_the_lower_mss_told() {
+    require_root();
+    let net = topology("1");
+    let agent = Agent::start(&["--min-idle-gap", "1s"]);
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    narrow_the_path(&net);
+
+    thread::sleep(SILENCE);
+    server.write_all(&vec![b'x'; LARGE]).expect("server write");
+    let mut buf = vec![0u8; LARGE];
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    client
+        .read_exact(&mut buf)
+        .expect("the whole answer, once the MSS is lower");
+
+    let path = net.client_path_v4();
+    let report = agent.wait_for_path("imap", "server", &path, "the lower MSS", |report| {
+        report["mss_lowered"] == 1
+    });
+    eprintln!("{report:#}");
+    assert_eq!(report["cuts"]["pmtu"], 0, "{report:#}");
+    assert_eq!(report["cuts_below_req5"], 0, "{report:#}");
+    let explanation = report["explanation"].as_str().unwrap();
+    // The kernel falls back to net.ipv4.tcp_base_mss (1024) or below.
+    let told = explanation
+        .split("lowered the MSS (from 1448 to ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|to| to.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no lower MSS told: {explanation}"));
+    assert!(told + 40 <= NARROW_MTU, "{explanation}");
+    let scrape = agent.scrape();
+    assert_eq!(
+        scrape.value(
+            "idlecut_mss_lowered_total",
+            &[
+                ("service", "imap"),
+                ("role", "server"),
+                ("path", path.as_str())
+            ]
+        ),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    drop((client, server));
 }

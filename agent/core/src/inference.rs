@@ -81,6 +81,9 @@ struct PathStats {
     last_forged_reset: Option<ResetVerdict>,
     /// The segments the latest PMTU black hole lost.
     last_pmtu: Option<PmtuClues>,
+    /// Stalls the kernel's MTU probing ended by lowering the MSS, and the latest (from, to).
+    mss_lowered: u64,
+    last_mss_lowered: Option<(u16, u16)>,
 }
 
 /// The inference for every path. Owned by the pipeline task; reports are read by HTTP.
@@ -179,6 +182,11 @@ impl Inference {
                 }
                 true
             }
+            Update::MssLowered { from, to, .. } => {
+                stats.mss_lowered += 1;
+                stats.last_mss_lowered = Some((*from, *to));
+                true
+            }
             Update::DiedWhileActive { age, .. } => {
                 push_bounded(
                     &mut stats.deaths_while_active,
@@ -226,6 +234,7 @@ impl Inference {
             survived_gaps: stats.survived_total,
             longest_survived_gap_seconds: stats.longest_survived,
             cuts: stats.cut_counts.clone(),
+            mss_lowered: stats.mss_lowered,
             cuts_below_req5: stats.cuts_below_req5,
             cutoff_lower_seconds: stats.cutoff.lower,
             cutoff_upper_seconds: stats.cutoff.upper,
@@ -466,6 +475,16 @@ fn explain(key: &PathKey, stats: &PathStats, verdict: Verdict, settings: Setting
             plural(counts.pmtu)
         );
     }
+    if let Some((from, to)) = stats.last_mss_lowered {
+        let _ = write!(
+            sentence,
+            " {} stall{} ended only once the kernel's MTU probing lowered the MSS (from {from} \
+             to {to} bytes): the path's MTU is smaller than the route says and its ICMP errors \
+             do not arrive.",
+            stats.mss_lowered,
+            plural(stats.mss_lowered)
+        );
+    }
     if let Some(limit) = stats.duration_limit {
         let _ = write!(
             sentence,
@@ -655,6 +674,31 @@ mod tests {
             report
                 .explanation
                 .contains("has cut no idle connection yet")
+        );
+    }
+
+    #[test]
+    fn stalls_ended_by_a_lower_mss_are_told() {
+        let mut inference = inference();
+        for _ in 0..2 {
+            inference.record(
+                &key(),
+                &Update::MssLowered {
+                    identity: identity(),
+                    from: 1448,
+                    to: 1024,
+                },
+            );
+        }
+        let report = inference.report(&key()).unwrap();
+        assert_eq!(report.mss_lowered, 2);
+        assert_eq!(report.cuts.idle_cuts() + report.cuts.pmtu, 0);
+        assert!(
+            report
+                .explanation
+                .contains("2 stalls ended only once the kernel's MTU probing lowered the MSS (from 1448 to 1024 bytes)"),
+            "{}",
+            report.explanation
         );
     }
 

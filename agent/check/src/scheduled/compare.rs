@@ -235,6 +235,7 @@ mod tests {
                 reset: 2,
                 ..CutCounts::default()
             },
+            mss_lowered: 0,
             cuts_below_req5: 2,
             cutoff_lower_seconds: lower,
             cutoff_upper_seconds: upper,

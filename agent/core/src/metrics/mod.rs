@@ -61,6 +61,7 @@ pub struct Metrics {
     duration: Family<EndLabels, Histogram, fn() -> Histogram>,
     resets: Family<ResetLabels, Counter>,
     retransmits: Family<PathKey, Counter>,
+    mss_lowered: Family<PathKey, Counter>,
     idle_gap: Family<PathKey, Histogram, fn() -> Histogram>,
     cuts: Family<CutLabels, Counter>,
     reset_cuts: Family<ResetCutLabels, Counter>,
@@ -150,6 +151,9 @@ impl Metrics {
             }
             Update::Retransmit(_) => {
                 self.retransmits.get_or_create(key).inc();
+            }
+            Update::MssLowered { .. } => {
+                self.mss_lowered.get_or_create(key).inc();
             }
             Update::IdleGapSurvived(_, gap) => {
                 self.idle_gap.get_or_create(key).observe(seconds(*gap));
@@ -552,6 +556,7 @@ mod tests {
             survived_gaps: 1,
             longest_survived_gap_seconds: Some(120.0),
             cuts: CutCounts::default(),
+            mss_lowered: 0,
             cuts_below_req5: 0,
             cutoff_lower_seconds: Some(120.0),
             cutoff_upper_seconds: Some(350.0),

@@ -60,6 +60,12 @@ impl Metrics {
             "Segments retransmitted on watched connections",
             Family::<PathKey, Counter>::default(),
         );
+        let mss_lowered = register(
+            &mut registry,
+            "mss_lowered",
+            "Stalls that ended only once the kernel's MTU probing (net.ipv4.tcp_mtu_probing) lowered the connection's MSS: black holes of the path's MTU that the connection survived",
+            Family::<PathKey, Counter>::default(),
+        );
         let idle_gap: Family<PathKey, Histogram, fn() -> Histogram> = register_seconds(
             &mut registry,
             "idle_gap",
@@ -69,7 +75,7 @@ impl Metrics {
         let cuts = register(
             &mut registry,
             "cuts",
-            "Connections the path cut after an idle gap, by signature (reset, blackhole, icmp)",
+            "Connections the path cut after an idle gap, by signature (reset, blackhole, icmp), and those lost in a PMTU black hole (pmtu: not idle cuts)",
             Family::<CutLabels, Counter>::default(),
         );
         let reset_cuts = register(
@@ -224,6 +230,7 @@ impl Metrics {
             duration,
             resets,
             retransmits,
+            mss_lowered,
             idle_gap,
             cuts,
             reset_cuts,

@@ -134,10 +134,18 @@ impl ConnectionModel {
                 ..
             } => {
                 if let Some(connection) = self.table.get_mut(Key::Socket(socket)) {
-                    // The peer was heard: what this stall's sizes said is no longer news.
-                    connection.edit_transient(|t| t.pmtu = None);
+                    // The peer was heard: what this stall's sizes said is told now, or never.
+                    let clues = connection.edit_transient(|t| t.pmtu.take());
+                    let identity = connection.identity(&self.services);
+                    if let Some((from, to)) = clues.and_then(|clues| clues.mss_lowered()) {
+                        out.push(Update::MssLowered {
+                            identity: identity.clone(),
+                            from,
+                            to,
+                        });
+                    }
                     out.push(Update::Stall {
-                        identity: connection.identity(&self.services),
+                        identity,
                         duration: stalled_for,
                         outcome: StallOutcome::Recovered,
                     });

@@ -183,6 +183,14 @@ pub enum Update {
         identity: Identity,
         errno: u16,
     },
+    /// A stall recovered once the kernel's MTU probing lowered the connection's MSS (`from`
+    /// the one it began with, `to` the one that got through): the path's MTU is smaller than
+    /// the route's and its ICMP errors do not arrive.
+    MssLowered {
+        identity: Identity,
+        from: u16,
+        to: u16,
+    },
     /// The connection died abnormally while it was not idle, at this age: evidence of a limit
     /// on connection age (RFC 5383 section 4.1) when such deaths cluster.
     DiedWhileActive {
@@ -218,6 +226,7 @@ impl Update {
             | Self::Stall { identity, .. }
             | Self::IcmpError { identity, .. }
             | Self::SoftIcmpError { identity, .. }
+            | Self::MssLowered { identity, .. }
             | Self::DiedWhileActive { identity, .. }
             | Self::Closed { identity, .. } => Some(identity),
             Self::UntrackedClose | Self::KernelStateEvicted => None,

@@ -13,14 +13,17 @@ use crate::events::RetransmittedSegment;
 const FULL_SIZE_SLACK: u32 = 64;
 
 /// What the retransmissions of a connection's current stall said of its path's MTU; cleared
-/// when the stall ends.
+/// when the stall ends. Sizes in 16 bits, saturated (an MSS is 16 bits): this rides in the
+/// transient facts of every connection while it retransmits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PmtuClues {
-    /// The largest segment retransmitted in the stall, in payload bytes, and the MSS then
-    /// (16 bits each, saturated: an MSS is, and this rides in every connection's transient
-    /// facts while it retransmits).
+    /// The largest segment retransmitted in the stall, in payload bytes.
     pub largest: u16,
+    /// The MSS at the stall's first retransmission.
     pub mss: u16,
+    /// The lowest MSS of its retransmissions: below `mss` when the kernel's MTU probing
+    /// (`net.ipv4.tcp_mtu_probing`) took a black hole for one and lowered it.
+    pub lowest_mss: u16,
     /// Every retransmission of the stall was a full-size segment.
     pub full_size_only: bool,
     /// The peer acknowledged later data during the stall.
@@ -32,6 +35,7 @@ impl PmtuClues {
         Self {
             largest: saturate(segment.bytes),
             mss: saturate(segment.mss),
+            lowest_mss: saturate(segment.mss),
             full_size_only: is_full_size(segment),
             peer_sacked: segment.peer_sacked,
         }
@@ -39,10 +43,8 @@ impl PmtuClues {
 
     /// Takes in one more retransmission of the same stall.
     pub fn add(&mut self, segment: RetransmittedSegment) {
-        if saturate(segment.bytes) >= self.largest {
-            self.largest = saturate(segment.bytes);
-            self.mss = saturate(segment.mss);
-        }
+        self.largest = self.largest.max(saturate(segment.bytes));
+        self.lowest_mss = self.lowest_mss.min(saturate(segment.mss));
         self.full_size_only &= is_full_size(segment);
         self.peer_sacked |= segment.peer_sacked;
     }
@@ -53,6 +55,15 @@ impl PmtuClues {
     /// after probing lowered the MSS lost the small segments too: not this.)
     pub fn black_hole(&self) -> bool {
         self.full_size_only && self.peer_sacked
+    }
+}
+
+impl PmtuClues {
+    /// The MSS the stall began with and the one the kernel lowered it to, when its MTU
+    /// probing did: a stall that then recovered got through a black hole of the path's MTU
+    /// only with smaller segments.
+    pub fn mss_lowered(&self) -> Option<(u16, u16)> {
+        (self.lowest_mss < self.mss).then_some((self.mss, self.lowest_mss))
     }
 }
 
@@ -93,6 +104,21 @@ mod tests {
         // The first small retransmission of an idle cut (an IMAP line after the silence).
         let clues = PmtuClues::new(segment(45, true));
         assert!(!clues.black_hole());
+    }
+
+    #[test]
+    fn the_mss_the_kernel_falls_back_to_is_kept() {
+        let mut clues = PmtuClues::new(segment(1448, false));
+        assert_eq!(clues.mss_lowered(), None);
+        clues.add(RetransmittedSegment {
+            bytes: 1024,
+            mss: 1024,
+            peer_sacked: false,
+        });
+        assert_eq!(clues.mss_lowered(), Some((1448, 1024)));
+        assert_eq!(clues.largest, 1448);
+        // Full-size at each MSS it was sent with.
+        assert!(clues.full_size_only);
     }
 
     #[test]

@@ -118,3 +118,42 @@ fn a_recovered_stall_leaves_no_clue_for_the_next() {
         age: 3600 * SECOND,
     }));
 }
+
+/// With `net.ipv4.tcp_mtu_probing`, the kernel takes a black hole for one after a few timeouts
+/// and lowers the MSS; the smaller segments get through and the stall recovers: no cut, and the
+/// MSS it fell back to is told.
+#[test]
+fn a_stall_the_kernel_ends_by_lowering_the_mss_is_survived_and_told() {
+    let lowered = |at| Event::Retransmit {
+        at,
+        socket: SOCK,
+        stalled_for: at - 40 * SECOND,
+        soft_error: None,
+        segment: Some(RetransmittedSegment {
+            bytes: 1024,
+            mss: 1024,
+            peer_sacked: false,
+        }),
+    };
+    let updates = run(&[
+        open(0),
+        gap_end(40 * SECOND, 30 * SECOND, Side::Local),
+        retransmit_of(40 * SECOND, 0, MSS, false),
+        retransmit_of(41 * SECOND, SECOND, MSS, false),
+        retransmit_of(43 * SECOND, 3 * SECOND, MSS, false),
+        lowered(44 * SECOND),
+        Event::StallRecovered {
+            at: 44 * SECOND + 1_000_000,
+            socket: SOCK,
+            stalled_for: 4 * SECOND,
+        },
+        close(60 * SECOND, TcpState::LastAck, Some(0)),
+    ]);
+    assert!(cuts(&updates).is_empty(), "{updates:#?}");
+    assert!(updates.contains(&Update::MssLowered {
+        identity: imap_server(),
+        from: 1448,
+        to: 1024,
+    }));
+    assert_eq!(ends(&updates), vec![End::Fin]);
+}
