@@ -94,15 +94,7 @@ fn full_size_answers_lost_after_short_silences_are_a_pmtu_black_hole_not_an_idle
             connections.push((address.clone(), bytes, client, server));
         }
     }
-    net.router.exec(
-        "ip",
-        &["link", "set", "dev", "eth1", "mtu", &NARROW_MTU.to_string()],
-    );
-    net.router.nft(
-        "table inet pmtu {\n chain output {\n  type filter hook output priority 0; policy accept;\n  \
-         icmp type destination-unreachable icmp code frag-needed drop\n  \
-         icmpv6 type packet-too-big drop\n }\n}\n",
-    );
+    narrow_the_path(&net);
 
     let answers: Vec<_> = connections
         .into_iter()
