@@ -277,9 +277,7 @@ fn value_text(key: &str, value: &toml::Value) -> Result<String, String> {
 /// places "unterminated string" at the end of the file) is on the last line written, not on
 /// the empty one after the final newline.
 fn line_of(text: &str, offset: usize) -> usize {
-    let written = text.trim_end().len();
-    let offset = offset.min(text.len());
-    let offset = if offset > written { written } else { offset };
+    let offset = offset.min(text.trim_end().len());
     text[..offset].matches('\n').count() + 1
 }
 

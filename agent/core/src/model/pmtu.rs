@@ -56,9 +56,7 @@ impl PmtuClues {
     pub fn black_hole(&self) -> bool {
         self.full_size_only && self.peer_sacked
     }
-}
 
-impl PmtuClues {
     /// The MSS the stall began with and the one the kernel lowered it to, when its MTU
     /// probing did: a stall that then recovered got through a black hole of the path's MTU
     /// only with smaller segments.

@@ -173,19 +173,14 @@ impl Connection {
     /// Where and when a cut of this connection happened, for the log and the exemplars; with
     /// who sent the RST when a RST cut it.
     pub fn cut_context(&self, at: Nanos, signature: Signature) -> CutContext {
+        let transient = self.transient();
         CutContext {
             at,
             endpoints: Some(self.endpoints()),
             netns: self.netns,
             owner: self.owner.clone(),
-            reset: self
-                .transient()
-                .reset
-                .filter(|_| signature == Signature::Reset),
-            pmtu: self
-                .transient()
-                .pmtu
-                .filter(|_| signature == Signature::Pmtu),
+            reset: transient.reset.filter(|_| signature == Signature::Reset),
+            pmtu: transient.pmtu.filter(|_| signature == Signature::Pmtu),
         }
     }
 
