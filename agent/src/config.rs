@@ -15,8 +15,8 @@ use idlecut_core::duration_text;
 // The settings' parsers, each in the crate that knows its rules.
 pub use idlecut_core::settings::*;
 pub use idlecut_kernel::settings::{
-    Hooks, KubeletLogs, NodeTimeoutSources, parse_hooks, parse_kubelet_logs, parse_max_connections,
-    parse_node_netns, parse_node_timeouts, parse_ring_buffer_bytes,
+    Hooks, NodeTimeoutSources, OptionalPath, parse_cri_socket, parse_hooks, parse_kubelet_logs,
+    parse_max_connections, parse_node_netns, parse_node_timeouts, parse_ring_buffer_bytes,
 };
 use idlecut_kernel::{probes::ProbeSettings, settings::defaults as kernel_defaults};
 pub use idlecut_web::{DEFAULT_LISTEN, parse_listen};
@@ -156,8 +156,10 @@ settings! {
         "Cuts the log of recent cuts keeps (/api/v1/cuts, idlecut cuts), each with its connection, process and origin; 0 keeps none";
     scan_interval: std::time::Duration, parse_scan_interval, "30s", "DURATION",
         "How often the kernel's socket tables are read (in every network namespace) for keepalive settings, owners, and connections the probes missed";
-    kubelet_logs: KubeletLogs, parse_kubelet_logs, "/var/log", "DIR",
+    kubelet_logs: OptionalPath, parse_kubelet_logs, "/var/log", "DIR",
         "Directory holding the kubelet's pods/ and containers/ log directories, which name the pod and container of each process (mount them read-only in a DaemonSet); none: pods are known by their UID only";
+    cri_socket: OptionalPath, parse_cri_socket, "none", "SOCKET",
+        "The container runtime's CRI socket (containerd: /run/containerd/containerd.sock), asked for each pod's names, labels and owning workload before the kubelet's directories; its holder can run containers, so it is off unless named here";
     node_netns: std::path::PathBuf, parse_node_netns, "/proc/1/ns/net", "PATH",
         "The node's own network namespace, whose conntrack, nftables and IPVS timeouts a path's connections traverse (PID 1's: the host's, with hostPID)";
     node_timeouts: NodeTimeoutSources, parse_node_timeouts, "conntrack", "SOURCES",

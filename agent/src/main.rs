@@ -21,8 +21,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use idlecut_check::{self as check, registrar, scheduled};
 use idlecut_core::cuts;
+use idlecut_cri::CriDirectory;
 use idlecut_kernel::{clock, discovery::Discovery, probes};
-use idlecut_node::{kubelet::KubeletDirs, timeouts};
+use idlecut_node::{directory::PodDirectory, kubelet::KubeletDirs, timeouts};
 use idlecut_web as web;
 use tokio::sync::watch;
 use tracing::info;
@@ -305,7 +306,7 @@ async fn run(
         kernel: state,
         discovery: Arc::new(Mutex::new(Discovery::new(
             config.ports.clone(),
-            config.kubelet_logs.0.as_ref().map(KubeletDirs::new),
+            pod_directories(&config),
             timeouts::Sources {
                 nftables: config.node_timeouts.nftables,
                 ipvs: config.node_timeouts.ipvs,
@@ -405,4 +406,20 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = interrupt.recv() => {},
     }
     Ok(())
+}
+
+/// Where pods get their names, the richest source first: the container runtime (labels and
+/// workload too), when named; then the kubelet's log directories, unless turned off.
+fn pod_directories(config: &Config) -> Vec<Box<dyn PodDirectory>> {
+    let mut directories: Vec<Box<dyn PodDirectory>> = Vec::new();
+    if let Some(socket) = &config.cri_socket.0 {
+        directories.push(Box::new(CriDirectory::new(
+            socket,
+            tokio::runtime::Handle::current(),
+        )));
+    }
+    if let Some(logs) = &config.kubelet_logs.0 {
+        directories.push(Box::new(KubeletDirs::new(logs)));
+    }
+    directories
 }

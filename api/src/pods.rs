@@ -4,9 +4,11 @@
 //! the kubelet's log directories for the names), so it is carried as plain text: no type here
 //! depends on a Kubernetes client.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::vocabulary::QosClass;
+use crate::vocabulary::{QosClass, WorkloadKind};
 
 /// The pod (and container) a process runs in.
 ///
@@ -27,6 +29,27 @@ pub struct Pod {
     pub container: Option<String>,
     /// None when the cgroup path did not say it.
     pub qos: Option<QosClass>,
+    /// The controller that owns the pod, from its labels; None without the container
+    /// runtime's socket (`--cri-socket`), or for a pod no controller owns.
+    #[serde(default)]
+    pub workload: Option<Workload>,
+    /// The pod's labels as the container runtime has them (less the kubelet's own
+    /// `io.kubernetes.*`); empty without the runtime's socket.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A pod's owning workload, as `kubectl` spells it: `deployment/imap-proxy`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
 }
 
 impl Pod {
@@ -57,16 +80,25 @@ mod tests {
             uid: "3f5a2c1e-8b7d-4e0f-9a6b-1c2d3e4f5a6b".to_owned(),
             container: Some("imap".to_owned()),
             qos: Some(QosClass::BestEffort),
+            workload: Some(Workload {
+                kind: WorkloadKind::StatefulSet,
+                name: "dovecot".to_owned(),
+            }),
+            labels: BTreeMap::from([("app".to_owned(), "dovecot".to_owned())]),
         };
         let json = serde_json::to_string(&pod).unwrap();
         assert_eq!(
             json,
-            r#"{"namespace":"mail","pod":"dovecot-0","uid":"3f5a2c1e-8b7d-4e0f-9a6b-1c2d3e4f5a6b","container":"imap","qos":"besteffort"}"#
+            r#"{"namespace":"mail","pod":"dovecot-0","uid":"3f5a2c1e-8b7d-4e0f-9a6b-1c2d3e4f5a6b","container":"imap","qos":"besteffort","workload":{"kind":"statefulset","name":"dovecot"},"labels":{"app":"dovecot"}}"#
         );
         assert_eq!(serde_json::from_str::<Pod>(&json).unwrap(), pod);
 
         let bare = r#"{"namespace":"mail","pod":"p","uid":"u","container":null,"qos":null}"#;
         let pod: Pod = serde_json::from_str(bare).unwrap();
-        assert_eq!((pod.container, pod.qos), (None, None));
+        assert_eq!((pod.container, pod.qos, pod.workload), (None, None, None));
+        assert!(
+            pod.labels.is_empty(),
+            "an older agent's answer has no labels"
+        );
     }
 }

@@ -406,6 +406,19 @@ words! {
     }
 }
 
+words! {
+    /// What kind of controller owns a pod, as its labels tell (the container runtime reports
+    /// them; the API server is not asked): `pod-template-hash` is set by a Deployment's
+    /// ReplicaSets, `statefulset.kubernetes.io/pod-name` by a StatefulSet,
+    /// `pod-template-generation` by a DaemonSet, `batch.kubernetes.io/job-name` by a Job.
+    pub enum WorkloadKind {
+        Deployment = "deployment",
+        StatefulSet = "statefulset",
+        DaemonSet = "daemonset",
+        Job = "job",
+    }
+}
+
 // Host timeout words
 
 words! {

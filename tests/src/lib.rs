@@ -6,6 +6,7 @@
 //! Everything is re-exported at the root: tests import `idlecut_integration_tests::{...}`.
 
 mod agent;
+mod containerd;
 mod dashboards;
 mod http;
 pub mod mail;
@@ -22,5 +23,6 @@ pub mod web;
 pub use idlecut_api as api;
 
 pub use self::{
-    agent::*, dashboards::*, http::*, pods::*, prometheus::*, sockets::*, system::*, topology::*,
+    agent::*, containerd::*, dashboards::*, http::*, pods::*, prometheus::*, sockets::*, system::*,
+    topology::*,
 };

@@ -78,3 +78,32 @@ pub fn set_user_timeout(stream: &TcpStream, ms: u32) {
         .set_tcp_user_timeout(Some(Duration::from_millis(ms.into())))
         .unwrap_or_else(|err| panic!("TCP_USER_TIMEOUT: {err}"));
 }
+
+/// The next connection to `listener`, or a failure after `timeout` (the pod's process may
+/// have failed to start). The stream it returns blocks, with a 10 s read timeout.
+pub fn accept_within(listener: &std::net::TcpListener, timeout: Duration) -> TcpStream {
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                listener.set_nonblocking(false).expect("blocking listener");
+                stream.set_nonblocking(false).expect("blocking stream");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("read timeout");
+                return stream;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the pod's process did not connect within {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(err) => panic!("accept: {err}"),
+        }
+    }
+}

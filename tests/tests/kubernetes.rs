@@ -20,7 +20,7 @@ use std::{
 };
 
 use idlecut_integration_tests::{
-    Agent, FakePod, KubeletLogs, Topology, agent_binary,
+    Agent, FakePod, KubeletLogs, Topology, accept_within, agent_binary,
     api::{
         cuts::CutsResponse,
         vocabulary::{CutterLocation, KeepaliveOutlook, Role, Signature, TimeoutSource},
@@ -63,35 +63,6 @@ fn node_ruleset(policy_s: u32) -> String {
          }}\n\
          table ip nat {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"eth2\" masquerade\n }}\n}}\n"
     )
-}
-
-/// The next connection to `listener`, or a failure after `timeout` (the pod's process may
-/// have failed to start).
-fn accept_within(listener: &std::net::TcpListener, timeout: Duration) -> TcpStream {
-    listener
-        .set_nonblocking(true)
-        .expect("non-blocking listener");
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                listener.set_nonblocking(false).expect("blocking listener");
-                stream.set_nonblocking(false).expect("blocking stream");
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(10)))
-                    .expect("read timeout");
-                return stream;
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the pod's process did not connect within {timeout:?}"
-                );
-                thread::sleep(Duration::from_millis(50));
-            }
-            Err(err) => panic!("accept: {err}"),
-        }
-    }
 }
 
 fn netns_inode(name: &str) -> u32 {

@@ -211,8 +211,9 @@ pub fn render_table(response: &CutsResponse) -> String {
         "ORIGIN",
         "PID",
         "POD",
+        "WORKLOAD",
     ];
-    let rows: Vec<[String; 11]> = response
+    let rows: Vec<[String; 12]> = response
         .cuts
         .iter()
         .map(|row| {
@@ -238,6 +239,7 @@ pub fn render_table(response: &CutsResponse) -> String {
                 row.pid
                     .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
                 listing::owner_cell(row.pod.as_ref(), row.host),
+                listing::workload_cell(row.pod.as_ref()),
             ]
         })
         .collect();

@@ -245,6 +245,13 @@ pub fn owner_cell(pod: Option<&Pod>, host: Option<bool>) -> String {
     }
 }
 
+/// The workload column of both tables: the pod's owner as `kubectl` names it
+/// (`deployment/imap-proxy`), `-` when it is not known (no `--cri-socket`, a bare pod, the host).
+pub fn workload_cell(pod: Option<&Pod>) -> String {
+    pod.and_then(|pod| pod.workload.as_ref())
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
 /// The rows `filter` matches, at most its limit of them, and how many it matched in all.
 pub fn select<R: Row + Clone>(rows: &[R], filter: &Filter) -> (usize, Vec<R>) {
     let mut total = 0;

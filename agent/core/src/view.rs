@@ -181,8 +181,9 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
         "END",
         "PID",
         "POD",
+        "WORKLOAD",
     ];
-    let rows: Vec<[String; 14]> = response
+    let rows: Vec<[String; 15]> = response
         .connections
         .iter()
         .map(|row| {
@@ -209,6 +210,7 @@ pub fn render_table(response: &ConnectionsResponse) -> String {
                 row.end.map_or("-".to_owned(), |end| end.to_string()),
                 row.pid.map_or("-".to_owned(), |p| p.to_string()),
                 listing::owner_cell(row.pod.as_ref(), row.host),
+                listing::workload_cell(row.pod.as_ref()),
             ]
         })
         .collect();
@@ -396,6 +398,11 @@ mod tests {
             uid: "3f5a2c1e-8b7d-4e0f-9a6b-1c2d3e4f5a6b".into(),
             container: Some("imap".into()),
             qos: None,
+            workload: Some(idlecut_api::pods::Workload {
+                kind: idlecut_api::vocabulary::WorkloadKind::StatefulSet,
+                name: "dovecot".into(),
+            }),
+            labels: Default::default(),
         };
         let mut in_pod = row(ConnectionState::Open, Some(1.0));
         in_pod.pod = Some(pod.clone());
@@ -419,6 +426,11 @@ mod tests {
         );
         assert_eq!(crate::listing::owner_cell(None, Some(true)), "host");
         assert_eq!(crate::listing::owner_cell(None, None), "-");
+        assert_eq!(
+            crate::listing::workload_cell(in_pod.pod.as_ref()),
+            "statefulset/dovecot"
+        );
+        assert_eq!(crate::listing::workload_cell(None), "-");
     }
 
     #[test]

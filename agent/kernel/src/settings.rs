@@ -84,12 +84,12 @@ pub fn parse_node_timeouts(value: &str) -> Result<NodeTimeoutSources, String> {
     Ok(sources)
 }
 
-/// `--kubelet-logs`: the directory holding the kubelet's `pods/` and `containers/` log
-/// directories, or `none`.
+/// A path, or `none`: `--kubelet-logs` (the directory holding the kubelet's `pods/` and
+/// `containers/` log directories) and `--cri-socket` (the container runtime's CRI socket).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KubeletLogs(pub Option<std::path::PathBuf>);
+pub struct OptionalPath(pub Option<std::path::PathBuf>);
 
-impl std::fmt::Display for KubeletLogs {
+impl std::fmt::Display for OptionalPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             Some(path) => write!(f, "{}", path.display()),
@@ -98,11 +98,25 @@ impl std::fmt::Display for KubeletLogs {
     }
 }
 
-pub fn parse_kubelet_logs(value: &str) -> Result<KubeletLogs, String> {
+pub fn parse_kubelet_logs(value: &str) -> Result<OptionalPath, String> {
+    optional_path(
+        value,
+        "a directory",
+        "name pods without the kubelet's directories",
+    )
+}
+
+pub fn parse_cri_socket(value: &str) -> Result<OptionalPath, String> {
+    optional_path(value, "a socket", "leave the container runtime unasked")
+}
+
+fn optional_path(value: &str, what: &str, none_does: &str) -> Result<OptionalPath, String> {
     match value.trim() {
-        "" => Err("an empty path is not a directory (write none to name pods by UID only)".into()),
-        "none" => Ok(KubeletLogs(None)),
-        path => Ok(KubeletLogs(Some(path.into()))),
+        "" => Err(format!(
+            "an empty path is not {what} (write none to {none_does})"
+        )),
+        "none" => Ok(OptionalPath(None)),
+        path => Ok(OptionalPath(Some(path.into()))),
     }
 }
 
@@ -133,7 +147,15 @@ mod tests {
                 .unwrap_err()
                 .contains("conntrack, nftables or ipvs")
         );
-        assert_eq!(parse_kubelet_logs("none"), Ok(KubeletLogs(None)));
+        assert_eq!(parse_kubelet_logs("none"), Ok(OptionalPath(None)));
+        assert_eq!(parse_cri_socket("none"), Ok(OptionalPath(None)));
+        assert_eq!(
+            parse_cri_socket("/run/containerd/containerd.sock")
+                .unwrap()
+                .to_string(),
+            "/run/containerd/containerd.sock"
+        );
+        assert!(parse_cri_socket("").unwrap_err().contains("none to leave"));
         assert_eq!(
             parse_kubelet_logs("/var/log").unwrap().to_string(),
             "/var/log"

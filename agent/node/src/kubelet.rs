@@ -18,41 +18,16 @@
 //! container it has not seen (a pod that started since), never more than once per question.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs, io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use idlecut_api::{pods::Pod, vocabulary::QosClass};
-
-use crate::cgroup::{PodCgroup, canonical_uid, is_container_id};
-
-/// A pod's names, as the kubelet's directories give them for a pod UID (and container ID).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PodName {
-    pub namespace: String,
-    pub name: String,
-    /// The UID asked for.
-    pub uid: String,
-    /// The name of the container asked for; None when no container ID was given, or the
-    /// kubelet keeps no log for it (a pod's sandbox, a container that is gone).
-    pub container: Option<String>,
-}
-
-impl PodName {
-    /// The answer of the HTTP API, with the QoS class the cgroup gave (the kubelet's
-    /// directories do not say it).
-    pub fn into_pod(self, qos: Option<QosClass>) -> Pod {
-        Pod {
-            namespace: Some(self.namespace),
-            pod: Some(self.name),
-            uid: self.uid,
-            container: self.container,
-            qos,
-        }
-    }
-}
+use crate::{
+    cgroup::{canonical_uid, is_container_id},
+    directory::{PodDirectory, PodName, Problems, Relisting},
+};
 
 /// A pod's entry in `/var/log/pods`.
 #[derive(Clone, Debug)]
@@ -80,51 +55,29 @@ struct ContainerEntry {
 pub struct KubeletDirs {
     /// Where `pods/` and `containers/` are (the host's `/var/log`, mounted read-only).
     root: PathBuf,
-    /// How old the listing may grow before a lookup lists the directories again, found or not:
-    /// bounds how long a gone pod stays in memory.
-    refresh_every: Duration,
-    /// How soon after a listing a lookup that found nothing may list them again: bounds the
-    /// cost of looking up, again and again, a UID that has no directory.
-    miss_floor: Duration,
+    relisting: Relisting,
     pods: HashMap<String, PodEntry>,
     containers: HashMap<String, ContainerEntry>,
-    listed_at: Option<Instant>,
-    /// How many times the directories were listed (tests check the bounds with it).
-    listings: u64,
-    /// What kept the latest listing from reading a directory, if anything.
-    problem: Option<String>,
-    /// The problem [`KubeletDirs::take_new_problem`] last handed out.
-    told: Option<String>,
+    problems: Problems,
 }
 
 impl KubeletDirs {
-    /// Lists again at least this often: a gone pod is forgotten within a minute.
-    pub const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
-    /// Lists again for an unknown pod or container at most this often: a new pod is named
-    /// within a second, and a UID without a directory costs one listing a second at most.
-    pub const DEFAULT_MISS_FLOOR: Duration = Duration::from_secs(1);
-
     /// The kubelet's directories under `root` (`/var/log` on the host, or where it is mounted
     /// in the agent's pod). Nothing is read before the first lookup or [`KubeletDirs::refresh`].
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            refresh_every: Self::DEFAULT_REFRESH,
-            miss_floor: Self::DEFAULT_MISS_FLOOR,
+            relisting: Relisting::default(),
             pods: HashMap::new(),
             containers: HashMap::new(),
-            listed_at: None,
-            listings: 0,
-            problem: None,
-            told: None,
+            problems: Problems::default(),
         }
     }
 
-    /// Other bounds than [`Self::DEFAULT_REFRESH`] and [`Self::DEFAULT_MISS_FLOOR`]: how old
-    /// a listing may grow, and how soon a lookup that found nothing may list again.
+    /// Other bounds than [`Relisting`]'s defaults: how old a listing may grow, and how soon a
+    /// lookup that found nothing may list again.
     pub fn with_intervals(mut self, refresh_every: Duration, miss_floor: Duration) -> Self {
-        self.refresh_every = refresh_every;
-        self.miss_floor = miss_floor;
+        self.relisting = Relisting::new(refresh_every, miss_floor);
         self
     }
 
@@ -141,33 +94,10 @@ impl KubeletDirs {
     /// listing is older than the miss floor.
     pub fn pod(&mut self, uid: &str, container_id: Option<&str>) -> Option<PodName> {
         let now = Instant::now();
-        let older_than = |listed_at: Option<Instant>, age: Duration| {
-            listed_at.is_none_or(|at| now.saturating_duration_since(at) >= age)
-        };
-        let stale = older_than(self.listed_at, self.refresh_every);
-        let missed = !self.knows(uid, container_id) && older_than(self.listed_at, self.miss_floor);
-        if stale || missed {
+        if self.relisting.due(now, self.knows(uid, container_id)) {
             self.list(now);
         }
         self.answer(uid, container_id)
-    }
-
-    /// The pod a process's cgroup names, as the HTTP API reports it; None when the kubelet's
-    /// directories do not have the pod (the caller still has its UID from `cgroup`).
-    /// The pod a process of this cgroup runs in: named when the directories list it, by its
-    /// UID alone when they do not.
-    pub fn describe(&mut self, cgroup: &PodCgroup) -> Pod {
-        self.pod(&cgroup.pod_uid, cgroup.container_id.as_deref())
-            .map_or_else(
-                || Pod {
-                    namespace: None,
-                    pod: None,
-                    uid: cgroup.pod_uid.clone(),
-                    container: None,
-                    qos: Some(cgroup.qos),
-                },
-                |name| name.into_pod(Some(cgroup.qos)),
-            )
     }
 
     /// The names of pod `uid`'s containers as the latest listing saw them (sorted), without
@@ -186,18 +116,12 @@ impl KubeletDirs {
     /// `/var/log/pods not readable: No such file or directory (os error 2)`; None when it
     /// read them.
     pub fn problem(&self) -> Option<&str> {
-        self.problem.as_deref()
+        self.problems.current()
     }
 
-    /// The problem, once: Some the first time a listing meets it, None after that while it
-    /// lasts (so that the caller logs it once, not at every listing), and again Some if
-    /// another problem follows, or the same one after the directories were read fine.
+    /// The problem, once (see [`Problems`]).
     pub fn take_new_problem(&mut self) -> Option<String> {
-        if self.problem == self.told {
-            return None;
-        }
-        self.told.clone_from(&self.problem);
-        self.problem.clone()
+        self.problems.take_new()
     }
 
     /// Whether the listing has pod `uid` (and container `container_id`).
@@ -218,6 +142,8 @@ impl KubeletDirs {
             name: pod.name.clone(),
             uid: uid.to_owned(),
             container,
+            labels: BTreeMap::new(),
+            workload: None,
         })
     }
 
@@ -225,8 +151,7 @@ impl KubeletDirs {
     /// that cannot be listed keeps what the previous listing had of it (a passing error does
     /// not unname every pod) and is told in `problem`.
     fn list(&mut self, now: Instant) {
-        self.listed_at = Some(now);
-        self.listings += 1;
+        self.relisting.listed(now);
         let mut problems = Vec::new();
 
         let pods_dir = self.root.join("pods");
@@ -239,11 +164,27 @@ impl KubeletDirs {
             Ok(containers) => self.containers = containers,
             Err(err) => problems.push(format!("{} not readable: {err}", containers_dir.display())),
         }
+        self.problems
+            .set((!problems.is_empty()).then(|| problems.join("; ")));
+    }
+}
 
-        self.problem = (!problems.is_empty()).then(|| problems.join("; "));
-        if self.problem.is_none() {
-            self.told = None;
-        }
+impl PodDirectory for KubeletDirs {
+    fn source(&self) -> &'static str {
+        "the kubelet's log directories"
+    }
+
+    fn remedy(&self) -> &'static str {
+        "mount the kubelet's /var/log/pods and /var/log/containers read-only (or set \
+         --kubelet-logs none)"
+    }
+
+    fn pod(&mut self, uid: &str, container_id: Option<&str>) -> Option<PodName> {
+        KubeletDirs::pod(self, uid, container_id)
+    }
+
+    fn take_new_problem(&mut self) -> Option<String> {
+        KubeletDirs::take_new_problem(self)
     }
 }
 
@@ -355,7 +296,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::cgroup::pod_of;
+    use idlecut_api::{pods::Pod, vocabulary::QosClass};
+
+    use crate::{cgroup::pod_of, directory::describe};
 
     const DOVECOT: &str = "3f5a2c1e-8b7d-4e0f-9a6b-1c2d3e4f5a6b";
     const IMAP_1: &str = "8c7fa0b7e0c5d1f39a2be4c6d8f01a2b3c4d5e6f708192a3b4c5d6e7f8091a2b";
@@ -429,6 +372,8 @@ mod tests {
             name: pod.to_owned(),
             uid: uid.to_owned(),
             container: container.map(str::to_owned),
+            labels: BTreeMap::new(),
+            workload: None,
         })
     }
 
@@ -571,7 +516,7 @@ mod tests {
             assert_eq!(dirs.pod(NEW_POD, None), None);
         }
         // The first lookup listed; misses within the floor did not list again.
-        assert_eq!(dirs.listings, 1);
+        assert_eq!(dirs.relisting.listings, 1);
         var_log.container("mail", "dovecot-1", NEW_POD, "imap", 0, NEW_ID);
         assert_eq!(dirs.pod(NEW_POD, None), None, "within the miss floor");
         dirs.refresh();
@@ -583,7 +528,7 @@ mod tests {
             .with_intervals(Duration::ZERO, Duration::ZERO);
         assert_eq!(dirs.pod("11111111-2222-4333-8444-555555555555", None), None);
         assert!(dirs.pod(DOVECOT, Some(PAUSE)).is_some());
-        assert_eq!(dirs.listings, 2);
+        assert_eq!(dirs.relisting.listings, 2);
     }
 
     #[test]
@@ -653,20 +598,22 @@ mod tests {
     fn a_process_cgroup_becomes_the_apis_pod() {
         let var_log = VarLog::new();
         var_log.mail();
-        let mut dirs = var_log.dirs();
+        let mut directories: Vec<Box<dyn PodDirectory>> = vec![Box::new(var_log.dirs())];
         let cgroup = pod_of(&format!(
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{IMAP_2}.scope\n",
             DOVECOT.replace('-', "_")
         ))
         .unwrap();
         assert_eq!(
-            dirs.describe(&cgroup),
+            describe(&mut directories, &cgroup),
             Pod {
                 namespace: Some("mail".to_owned()),
                 pod: Some("dovecot-0".to_owned()),
                 uid: DOVECOT.to_owned(),
                 container: Some("imap".to_owned()),
                 qos: Some(QosClass::Burstable),
+                workload: None,
+                labels: BTreeMap::new(),
             }
         );
         // A pod the directories do not list is still a pod, known by its UID.
@@ -674,7 +621,7 @@ mod tests {
             "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f0f0f0f_1111_2222_3333_444444444444.slice/cri-containerd-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.scope\n",
         )
         .unwrap();
-        let pod = dirs.describe(&unlisted);
+        let pod = describe(&mut directories, &unlisted);
         assert_eq!((pod.namespace, pod.pod), (None, None));
         assert_eq!(pod.uid, "0f0f0f0f-1111-2222-3333-444444444444");
     }

@@ -496,6 +496,8 @@ mod tests {
                     uid: "3f0c6a4e-0000-4000-8000-000000000001".to_owned(),
                     container: None,
                     qos: None,
+                    workload: None,
+                    labels: Default::default(),
                 }),
             };
             Update::Cut {

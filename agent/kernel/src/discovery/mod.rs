@@ -29,7 +29,7 @@ use idlecut_core::{
     scan::{NetnsTimeouts, Scan},
     settings::PortMap,
 };
-use idlecut_node::{kubelet::KubeletDirs, timeouts};
+use idlecut_node::{directory::PodDirectory, timeouts};
 use tracing::warn;
 
 pub use self::capabilities::has_sys_ptrace;
@@ -38,9 +38,9 @@ pub use self::capabilities::has_sys_ptrace;
 /// problems already reported). Moved to the scan's thread and back.
 pub struct Discovery {
     pub ports: PortMap,
-    /// The kubelet's log directories (`/var/log`, holding `pods/` and `containers/`), for pod
-    /// names; None: pods are known by their UID only.
-    pub kubelet: Option<KubeletDirs>,
+    /// Where pod names come from, the richest first (the runtime's CRI socket, the kubelet's
+    /// log directories); none: pods are known by their UID only.
+    pub directories: Vec<Box<dyn PodDirectory>>,
     /// Which sources of idle timeouts to read in each namespace.
     pub timeouts: timeouts::Sources,
     /// A path to the node's own network namespace (`/proc/1/ns/net`: PID 1's, the host's).
@@ -52,13 +52,13 @@ pub struct Discovery {
 impl Discovery {
     pub fn new(
         ports: PortMap,
-        kubelet: Option<KubeletDirs>,
+        directories: Vec<Box<dyn PodDirectory>>,
         timeouts: timeouts::Sources,
         node_netns: PathBuf,
     ) -> Self {
         Self {
             ports,
-            kubelet,
+            directories,
             timeouts,
             node_netns,
             reported: HashSet::new(),
@@ -70,22 +70,23 @@ impl Discovery {
     pub fn scan(&mut self) -> Scan {
         let mut scan = scan_namespaces(&self.ports, &self.timeouts, &mut self.reported);
         scan.node_netns = namespaces::inode_of(&self.node_netns);
-        if let Some(kubelet) = &mut self.kubelet
-            && let Some(problem) = kubelet.take_new_problem()
-        {
-            warn!(
-                problem,
-                "pods are named by their UID only: mount the kubelet's /var/log/pods and \
-                 /var/log/containers read-only (or set --kubelet-logs none)"
-            );
-        }
         let wanted: HashSet<u32> = scan
             .connections
             .iter()
             .map(|c| c.inode)
             .filter(|&i| i != 0)
             .collect();
-        scan.owners = processes::owners(&wanted, self.kubelet.as_mut());
+        scan.owners = processes::owners(&wanted, &mut self.directories);
+        for directory in &mut self.directories {
+            if let Some(problem) = directory.take_new_problem() {
+                warn!(
+                    problem,
+                    source = directory.source(),
+                    "pods this source would name are known by less: {}",
+                    directory.remedy()
+                );
+            }
+        }
         scan
     }
 }

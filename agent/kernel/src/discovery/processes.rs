@@ -7,16 +7,18 @@ use std::{
     sync::Arc,
 };
 
-use idlecut_api::pods::Pod;
 use idlecut_core::scan::Owner;
-use idlecut_node::{cgroup, kubelet::KubeletDirs};
+use idlecut_node::{
+    cgroup,
+    directory::{self, PodDirectory},
+};
 
 /// Finds the processes that hold the given socket inodes, and their cgroups, by reading
 /// /proc/*/fd. Sockets nobody holds (already closed by their application) are left out. The
 /// sockets of one process share one `Owner` (the model keeps it with each connection).
 pub fn owners(
     wanted: &HashSet<u32>,
-    mut kubelet: Option<&mut KubeletDirs>,
+    directories: &mut [Box<dyn PodDirectory>],
 ) -> HashMap<u32, Arc<Owner>> {
     let mut owners = HashMap::new();
     if wanted.is_empty() {
@@ -48,7 +50,8 @@ pub fn owners(
                         cgroup: text.as_deref().and_then(cgroup_in),
                         pod: text
                             .as_deref()
-                            .and_then(|text| pod_of(text, kubelet.as_deref_mut())),
+                            .and_then(cgroup::pod_of)
+                            .map(|pod| directory::describe(directories, &pod)),
                     })
                 });
                 owners.insert(inode, Arc::clone(owner));
@@ -69,22 +72,6 @@ fn socket_inode(target: &Path) -> Option<u32> {
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-/// The pod a process runs in, from its `/proc/PID/cgroup` text: named from the kubelet's
-/// directories where they are readable, known by its UID otherwise; None outside any pod.
-fn pod_of(text: &str, kubelet: Option<&mut KubeletDirs>) -> Option<Pod> {
-    let cgroup = cgroup::pod_of(text)?;
-    Some(match kubelet {
-        Some(kubelet) => kubelet.describe(&cgroup),
-        None => Pod {
-            namespace: None,
-            pod: None,
-            uid: cgroup.pod_uid,
-            container: None,
-            qos: Some(cgroup.qos),
-        },
-    })
 }
 
 /// The cgroup v2 path of a `/proc/PID/cgroup` text (the `0::` line), or its first v1 hierarchy.
@@ -134,7 +121,7 @@ mod tests {
             .unwrap()
             .ino();
         let inode = u32::try_from(inode).unwrap();
-        let found = owners(&HashSet::from([inode]), None);
+        let found = owners(&HashSet::from([inode]), &mut []);
         assert_eq!(found[&inode].pid, std::process::id());
         assert_eq!(
             found[&inode].pod, None,
