@@ -65,6 +65,10 @@ pub struct ListingFilter {
     /// Only processes of this pod (its name, or its UID)
     #[arg(long)]
     pod: Option<String>,
+    /// Only pods of this workload: kind/name (deployment/imap-proxy) or a name of any kind
+    /// (known with --cri-socket only)
+    #[arg(long)]
+    workload: Option<String>,
 }
 
 pub fn connections(args: &ConnectionsArgs) -> anyhow::Result<()> {
@@ -116,6 +120,7 @@ impl ListingFilter {
             ("path", self.path.as_deref()),
             ("namespace", self.namespace.as_deref()),
             ("pod", self.pod.as_deref()),
+            ("workload", self.workload.as_deref()),
         ];
         for &(key, value) in filters.iter().chain(more) {
             if let Some(value) = value {

@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use idlecut_api::{connections::ConnectionsResponse, paths::PathReport};
+use idlecut_api::{
+    connections::ConnectionsResponse,
+    cuts::{CutRow, CutsResponse},
+    paths::PathReport,
+};
 use serde::de::DeserializeOwned;
 
 use crate::{
@@ -212,21 +216,15 @@ impl Agent {
     /// period), then returns a scrape taken a moment later, so that counts that would overshoot
     /// are caught too.
     pub fn wait_for(&self, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let scrape = self.scrape();
-            if done(&scrape) {
-                thread::sleep(Duration::from_millis(300));
-                return self.scrape();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last scrape:\n{}\nagent log:\n{}",
-                scrape.text,
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(
+            what,
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || done(&self.scrape()).then_some(()),
+            || format!("last scrape:\n{}\nagent log:\n{}", self.scrape().text, self.log_text()),
+        );
+        thread::sleep(Duration::from_millis(300));
+        self.scrape()
     }
 
     /// An API answer: `GET target` must answer 200 with JSON that reads as `T` (one of the
@@ -267,20 +265,47 @@ impl Agent {
         query: &str,
         done: impl Fn(&idlecut_api::connections::ConnectionRow) -> bool,
     ) -> ConnectionsResponse {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let view = self.connection_view(query);
-            if view.connections.iter().any(&done) {
-                return view;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; the view:\n{}\nagent log:\n{}",
-                serde_json::to_string_pretty(&view.connections).unwrap_or_default(),
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(
+            what,
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let view = self.connection_view(query);
+                view.connections.iter().any(&done).then_some(view)
+            },
+            || {
+                format!(
+                    "the view:\n{}\nagent log:\n{}",
+                    serde_json::to_string_pretty(&self.connection_view(query).connections)
+                        .unwrap_or_default(),
+                    self.log_text()
+                )
+            },
+        )
+    }
+
+    /// Waits until a cut of `/api/v1/cuts?{query}` satisfies `done` (30 s at most: a cut comes
+    /// once the path has forgotten the connection and someone spoke), and returns it.
+    pub fn wait_for_cut(
+        &self,
+        what: &str,
+        query: &str,
+        done: impl Fn(&CutRow) -> bool,
+    ) -> CutRow {
+        let cuts = |agent: &Self| agent.api::<CutsResponse>(&format!("/api/v1/cuts?{query}"));
+        poll_until(
+            what,
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || cuts(self).cuts.into_iter().find(|cut| done(cut)),
+            || {
+                format!(
+                    "the cuts:\n{:#?}\nagent log:\n{}",
+                    cuts(self).cuts,
+                    self.log_text()
+                )
+            },
+        )
     }
 
     /// The report of one path, if the agent has it.
@@ -299,22 +324,44 @@ impl Agent {
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(report) = self.path(service, role, path)
-                && done(&report)
-            {
-                return report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what} on {service}/{role}/{path}; paths:\n{}\nagent health:\n{}\nagent log:\n{}",
-                serde_json::to_string_pretty(&self.paths()).unwrap_or_default(),
-                self.health(),
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(100));
+        poll_until(
+            &format!("{what} on {service}/{role}/{path}"),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                self.path(service, role, path)
+                    .filter(|report| done(report))
+            },
+            || {
+                format!(
+                    "paths:\n{}\nagent health:\n{}\nagent log:\n{}",
+                    serde_json::to_string_pretty(&self.paths()).unwrap_or_default(),
+                    self.health(),
+                    self.log_text()
+                )
+            },
+        )
+    }
+}
+
+/// Calls `attempt` every `interval` until it gives a value, for `timeout` at most; then fails
+/// with what was awaited and what `last_state` says (asked only then).
+pub fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut attempt: impl FnMut() -> Option<T>,
+    last_state: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = attempt() {
+            return value;
         }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; {}", last_state());
+        }
+        thread::sleep(interval);
     }
 }
 

@@ -17,7 +17,6 @@ use std::{
 use idlecut_integration_tests::{
     Agent, Containerd, CriPod, Topology, accept_within, agent_binary,
     api::{
-        cuts::CutsResponse,
         pods::Pod,
         vocabulary::{Role, Signature, WorkloadKind},
     },
@@ -110,24 +109,9 @@ fn the_runtime_names_the_pod_its_labels_and_its_deployment() {
     assert_eq!(row.host, Some(false));
 
     // Its cut names it too, in the API and in `idlecut cuts`.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let cut = loop {
-        let cuts: CutsResponse = agent.api("/api/v1/cuts?namespace=mail");
-        if let Some(cut) = cuts
-            .cuts
-            .into_iter()
-            .find(|cut| cut.service == "imap" && cut.role == Role::Client)
-        {
-            break cut;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod's cut did not come; agent log:\n{}\ncontainerd:\n{}",
-            agent.log_text(),
-            containerd.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let cut = agent.wait_for_cut("the pod's cut", "namespace=mail", |cut| {
+        cut.service == "imap" && cut.role == Role::Client
+    });
     assert_eq!(cut.signature, Signature::Reset);
     assert_names_the_pod(cut.pod.as_ref().expect("the cut's pod"), &pod);
 

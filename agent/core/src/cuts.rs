@@ -157,6 +157,7 @@ pub const LISTING: Listing = Listing {
         Parameter::Path,
         Parameter::Namespace,
         Parameter::Pod,
+        Parameter::Workload,
         Parameter::Signature,
         Parameter::Origin,
         Parameter::Limit,

@@ -5,8 +5,8 @@
 use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
 
 use idlecut_api::{
-    pods::Pod,
-    vocabulary::{ResetOrigin, Role, Signature},
+    pods::{Pod, Workload},
+    vocabulary::{ResetOrigin, Role, Signature, WorkloadKind},
 };
 
 use crate::{
@@ -33,6 +33,8 @@ pub enum Parameter {
     Path,
     Namespace,
     Pod,
+    /// The pod's owning workload: `kind/name` or a name of any kind.
+    Workload,
     /// Connections only: open ones idle for at least this long.
     MinIdle,
     /// Cuts only.
@@ -50,6 +52,7 @@ impl Parameter {
             Self::Path => "path",
             Self::Namespace => "namespace",
             Self::Pod => "pod",
+            Self::Workload => "workload",
             Self::MinIdle => "min_idle",
             Self::Signature => "signature",
             Self::Origin => "origin",
@@ -152,6 +155,10 @@ impl Filter {
                 Parameter::Path => filter.path = Some(watched.path(value)?),
                 Parameter::Namespace => filter.pods.namespace = Some(value.clone()),
                 Parameter::Pod => filter.pods.pod = Some(value.clone()),
+                Parameter::Workload => {
+                    filter.pods.workload =
+                        Some(value.parse().map_err(|err| format!("workload={err}"))?);
+                }
                 Parameter::MinIdle => {
                     filter.min_idle =
                         Some(parse_duration(value).map_err(|err| format!("min_idle: {err}"))?);
@@ -210,17 +217,51 @@ pub trait Row {
     }
 }
 
-/// The Kubernetes filters both listings take: a namespace, a pod (by name or UID).
+/// The Kubernetes filters both listings take: a namespace, a pod (by name or UID), a workload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodFilter {
     pub namespace: Option<String>,
     pub pod: Option<String>,
+    pub workload: Option<WorkloadFilter>,
+}
+
+/// `workload=deployment/imap-proxy`, or `workload=imap-proxy` for that name of any kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadFilter {
+    pub kind: Option<WorkloadKind>,
+    pub name: String,
+}
+
+impl WorkloadFilter {
+    fn matches(&self, workload: &Workload) -> bool {
+        self.kind.is_none_or(|kind| kind == workload.kind) && self.name == workload.name
+    }
+}
+
+impl std::str::FromStr for WorkloadFilter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (kind, name) = match text.split_once('/') {
+            Some((kind, name)) => (Some(kind.parse().map_err(|err| format!("{err}"))?), name),
+            None => (None, text),
+        };
+        if name.is_empty() {
+            return Err(format!(
+                "`{text}` names no workload: give kind/name (deployment/imap-proxy) or a name"
+            ));
+        }
+        Ok(Self {
+            kind,
+            name: name.to_owned(),
+        })
+    }
 }
 
 impl PodFilter {
     /// Whether a row of a process in `pod` (None: the host's, or unknown) passes.
     pub fn matches(&self, pod: Option<&Pod>) -> bool {
-        if self.namespace.is_none() && self.pod.is_none() {
+        if self.namespace.is_none() && self.pod.is_none() && self.workload.is_none() {
             return true;
         }
         pod.is_some_and(|pod| {
@@ -231,6 +272,11 @@ impl PodFilter {
                     .pod
                     .as_ref()
                     .is_none_or(|name| pod.pod.as_ref() == Some(name) || pod.uid == *name)
+                && self.workload.as_ref().is_none_or(|wanted| {
+                    pod.workload
+                        .as_ref()
+                        .is_some_and(|workload| wanted.matches(workload))
+                })
         })
     }
 }

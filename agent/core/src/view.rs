@@ -34,6 +34,7 @@ pub const LISTING: Listing = Listing {
         Parameter::Path,
         Parameter::Namespace,
         Parameter::Pod,
+        Parameter::Workload,
         Parameter::MinIdle,
         Parameter::Limit,
     ],
@@ -414,11 +415,21 @@ mod tests {
             &[("pod", "dovecot-0")],
             &[("pod", pod.uid.as_str())],
             &[("namespace", "mail"), ("pod", "dovecot-0")],
+            &[("workload", "statefulset/dovecot")],
+            &[("workload", "dovecot")],
         ] {
             assert!(filter(query).matches(&in_pod), "{query:?}");
             assert!(!filter(query).matches(&on_host), "{query:?}");
         }
         assert!(!filter(&[("namespace", "kube-system")]).matches(&in_pod));
+        assert!(!filter(&[("workload", "deployment/dovecot")]).matches(&in_pod));
+        assert!(!filter(&[("workload", "postfix")]).matches(&in_pod));
+        let bad = query(&[("workload", "sts/dovecot")]).unwrap_err();
+        assert!(
+            bad.starts_with("workload=") && bad.contains("statefulset"),
+            "{bad}"
+        );
+        assert!(query(&[("workload", "deployment/")]).is_err());
         assert!(filter(&[]).matches(&on_host));
         assert_eq!(
             crate::listing::owner_cell(in_pod.pod.as_ref(), in_pod.host),
