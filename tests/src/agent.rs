@@ -221,7 +221,13 @@ impl Agent {
             Duration::from_secs(10),
             Duration::from_millis(50),
             || done(&self.scrape()).then_some(()),
-            || format!("last scrape:\n{}\nagent log:\n{}", self.scrape().text, self.log_text()),
+            || {
+                format!(
+                    "last scrape:\n{}\nagent log:\n{}",
+                    self.scrape().text,
+                    self.log_text()
+                )
+            },
         );
         thread::sleep(Duration::from_millis(300));
         self.scrape()
@@ -286,12 +292,7 @@ impl Agent {
 
     /// Waits until a cut of `/api/v1/cuts?{query}` satisfies `done` (30 s at most: a cut comes
     /// once the path has forgotten the connection and someone spoke), and returns it.
-    pub fn wait_for_cut(
-        &self,
-        what: &str,
-        query: &str,
-        done: impl Fn(&CutRow) -> bool,
-    ) -> CutRow {
+    pub fn wait_for_cut(&self, what: &str, query: &str, done: impl Fn(&CutRow) -> bool) -> CutRow {
         let cuts = |agent: &Self| agent.api::<CutsResponse>(&format!("/api/v1/cuts?{query}"));
         poll_until(
             what,
@@ -328,10 +329,7 @@ impl Agent {
             &format!("{what} on {service}/{role}/{path}"),
             Duration::from_secs(20),
             Duration::from_millis(100),
-            || {
-                self.path(service, role, path)
-                    .filter(|report| done(report))
-            },
+            || self.path(service, role, path).filter(|report| done(report)),
             || {
                 format!(
                     "paths:\n{}\nagent health:\n{}\nagent log:\n{}",
@@ -359,7 +357,10 @@ pub fn poll_until<T>(
             return value;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; {}", last_state());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; {}",
+                last_state()
+            );
         }
         thread::sleep(interval);
     }
