@@ -108,7 +108,7 @@ fn the_runtime_names_the_pod_its_labels_and_its_deployment() {
     assert_names_the_pod(row.pod.as_ref().expect("named"), &pod);
     assert_eq!(row.host, Some(false));
 
-    // Its cut names it too, in the API and in `idlecut cuts`.
+    // Its cut names it too, in the API and in `idlecut cuts`, which finds it by its workload.
     let cut = agent.wait_for_cut("the pod's cut", "namespace=mail", |cut| {
         cut.service == "imap" && cut.role == Role::Client
     });
@@ -120,18 +120,31 @@ fn the_runtime_names_the_pod_its_labels_and_its_deployment() {
             "cuts",
             "--agent",
             &agent.addr.to_string(),
-            "--pod",
-            &pod.name,
+            "--workload",
+            "deployment/imap-client",
         ])
         .output()
         .expect("idlecut cuts");
     let table = String::from_utf8_lossy(&output.stdout);
-    eprintln!("idlecut cuts --pod {}:\n{table}", pod.name);
+    eprintln!("idlecut cuts --workload deployment/imap-client:\n{table}");
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Another workload's filter leaves it out.
+    let other = Command::new(agent_binary())
+        .args([
+            "cuts",
+            "--agent",
+            &agent.addr.to_string(),
+            "--workload",
+            "statefulset/imap-client",
+        ])
+        .output()
+        .expect("idlecut cuts");
+    let other = String::from_utf8_lossy(&other.stdout);
+    assert!(!other.contains(&pod.name), "{other}");
     let last_two = |line: &str| {
         let cells: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         cells[cells.len().saturating_sub(2)..].to_vec()
