@@ -115,35 +115,29 @@ fn the_runtime_names_the_pod_its_labels_and_its_deployment() {
     assert_eq!(cut.signature, Signature::Reset);
     assert_names_the_pod(cut.pod.as_ref().expect("the cut's pod"), &pod);
 
-    let output = Command::new(agent_binary())
-        .args([
-            "cuts",
-            "--agent",
-            &agent.addr.to_string(),
-            "--workload",
-            "deployment/imap-client",
-        ])
-        .output()
-        .expect("idlecut cuts");
-    let table = String::from_utf8_lossy(&output.stdout);
+    // `idlecut cuts --workload W`: its table, which must come with success.
+    let cuts_of = |workload: &str| {
+        let output = Command::new(agent_binary())
+            .args([
+                "cuts",
+                "--agent",
+                &agent.addr.to_string(),
+                "--workload",
+                workload,
+            ])
+            .output()
+            .expect("idlecut cuts");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let table = cuts_of("deployment/imap-client");
     eprintln!("idlecut cuts --workload deployment/imap-client:\n{table}");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     // Another workload's filter leaves it out.
-    let other = Command::new(agent_binary())
-        .args([
-            "cuts",
-            "--agent",
-            &agent.addr.to_string(),
-            "--workload",
-            "statefulset/imap-client",
-        ])
-        .output()
-        .expect("idlecut cuts");
-    let other = String::from_utf8_lossy(&other.stdout);
+    let other = cuts_of("statefulset/imap-client");
     assert!(!other.contains(&pod.name), "{other}");
     let last_two = |line: &str| {
         let cells: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
