@@ -153,6 +153,24 @@ pub mod event_kind {
     pub const ADOPTED: u8 = 11;
 }
 
+/// A RETRANSMIT's `aux_ns`: the segment's payload bytes in the high 32 bits, the socket's MSS
+/// in the low 32 (0: the program could not read them). Packed and unpacked here only.
+pub mod segment_size {
+    pub const fn pack(bytes: u32, mss: u32) -> u64 {
+        ((bytes as u64) << 32) | mss as u64
+    }
+
+    /// (payload bytes, MSS); None when the MSS is 0 (not read).
+    pub const fn unpack(aux_ns: u64) -> Option<(u32, u32)> {
+        let mss = aux_ns as u32;
+        if mss == 0 {
+            None
+        } else {
+            Some(((aux_ns >> 32) as u32, mss))
+        }
+    }
+}
+
 /// Bits of [`RawEvent::flags`].
 pub mod event_flags {
     /// CLOSE: the kernel held no state for this socket (opened before the agent started, or
@@ -311,6 +329,8 @@ pub struct SockOffsets {
     /// connection (RFC 1122 soft errors: net and host unreachable, administratively
     /// prohibited...), which TCP keeps retransmitting through. Read at each retransmission,
     /// so ICMP shows with no program on `tcp_v4_err` (fentry, refused on some kernels).
+    /// This and the two below are 0 where the kernel's BTF lacks them (never their offset):
+    /// the programs then leave out the fact they serve.
     pub err_soft: u16,
     /// `tcp_sock.mss_cache` (u32): the MSS the socket sends with now, which the kernel lowers
     /// when MTU probing finds a black hole.
@@ -353,7 +373,8 @@ pub struct SkbOffsets {
     pub data: u16,
     pub transport_header: u16,
     pub network_header: u16,
-    /// `len` (u32): the bytes of data it holds (a retransmitted segment's payload).
+    /// `len` (u32): the bytes of data it holds (a retransmitted segment's payload); 0 where
+    /// the kernel's BTF lacks it (never its offset): no PMTU facts then.
     pub len: u16,
 }
 
@@ -494,6 +515,15 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_retransmitted_segments_size_round_trips() {
+        use super::segment_size::{pack, unpack};
+        assert_eq!(unpack(pack(1448, 1448)), Some((1448, 1448)));
+        assert_eq!(unpack(pack(u32::MAX, 1)), Some((u32::MAX, 1)));
+        assert_eq!(unpack(pack(200, 0)), None, "an MSS of 0 was not read");
+        assert_eq!(unpack(0), None);
+    }
+
     use core::mem::{align_of, offset_of, size_of};
 
     use super::*;

@@ -4,7 +4,9 @@
 //! exactly the same events.
 
 use aya_ebpf::bindings::BPF_ANY;
-use idlecut_ebpf::{ConnectionState, RawEvent, counter, event_flags, event_kind, tcp_state};
+use idlecut_ebpf::{
+    ConnectionState, RawEvent, counter, event_flags, event_kind, segment_size, tcp_state,
+};
 
 use super::{
     CONNECTIONS, MIN_IDLE_GAP_NS, SKB_OFFSETS, SOCK_OFFSETS, count, emit, emit_end, event_for,
@@ -290,7 +292,7 @@ fn segment_size(socket: u64, skb: u64, event: &mut RawEvent) {
     ) else {
         return;
     };
-    event.aux_ns = (u64::from(bytes) << 32) | u64::from(mss);
+    event.aux_ns = segment_size::pack(bytes, mss);
     if sock.sacked_out != 0 && kernel_read::<u32>(sk, sock.sacked_out).is_some_and(|n| n > 0) {
         event.flags |= event_flags::PEER_SACKED;
     }

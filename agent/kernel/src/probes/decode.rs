@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use idlecut_ebpf::{AF_INET, AF_INET6, RawEvent, event_flags, event_kind, tcp_state};
+use idlecut_ebpf::{AF_INET, AF_INET6, RawEvent, event_flags, event_kind, segment_size, tcp_state};
 
 use idlecut_core::events::{Endpoints, Event, ResetTtls, RetransmittedSegment, Side, TcpState};
 
@@ -153,12 +153,10 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
 }
 
 /// The kernel stores IPv4 addresses v4-mapped; paths group them as IPv4.
-/// A RETRANSMIT's segment size (`aux_ns`: payload bytes high, MSS low), when the program could
-/// read it: an MSS of 0 means it could not.
+/// A RETRANSMIT's segment size, when the program could read it.
 fn retransmitted_segment(raw: &RawEvent) -> Option<RetransmittedSegment> {
-    let mss = (raw.aux_ns & u64::from(u32::MAX)) as u32;
-    (mss != 0).then_some(RetransmittedSegment {
-        bytes: (raw.aux_ns >> 32) as u32,
+    segment_size::unpack(raw.aux_ns).map(|(bytes, mss)| RetransmittedSegment {
+        bytes,
         mss,
         peer_sacked: raw.flags & event_flags::PEER_SACKED != 0,
     })

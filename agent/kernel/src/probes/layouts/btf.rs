@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow, bail};
 use btf_rs::{Btf, Struct, Type};
 use idlecut_ebpf::{SkbOffsets, SockOffsets};
+use tracing::warn;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -26,7 +27,7 @@ pub fn skb_offsets(btf: &Btf) -> anyhow::Result<SkbOffsets> {
         data: sk_buff("data")?,
         transport_header: sk_buff("transport_header")?,
         network_header: sk_buff("network_header")?,
-        len: sk_buff("len")?,
+        len: optional_offset(btf, "sk_buff", &["len"], "PMTU black holes"),
     })
 }
 
@@ -55,9 +56,20 @@ pub fn sock_offsets(btf: &Btf) -> anyhow::Result<SockOffsets> {
         v6_local: common(&["skc_v6_rcv_saddr"])?,
         v6_remote: common(&["skc_v6_daddr"])?,
         inet_sport: byte_offset(btf, "inet_sock", &["inet_sport"])?,
-        err_soft: byte_offset(btf, "sock", &["sk_err_soft"])?,
-        mss_cache: byte_offset(btf, "tcp_sock", &["mss_cache"])?,
-        sacked_out: byte_offset(btf, "tcp_sock", &["sacked_out"])?,
+        err_soft: optional_offset(btf, "sock", &["sk_err_soft"], "ICMP errors without fentry"),
+        mss_cache: optional_offset(btf, "tcp_sock", &["mss_cache"], "PMTU black holes"),
+        sacked_out: optional_offset(btf, "tcp_sock", &["sacked_out"], "PMTU black holes"),
+    })
+}
+
+/// The offset of a member that only one fact needs (`fact`), or 0 when this kernel's BTF does
+/// not have it: the programs then leave that fact out (each of these members sits after its
+/// struct's first, so 0 never is its offset), and everything else still works. Said once, at
+/// start-up.
+fn optional_offset(btf: &Btf, root: &str, path: &[&str], fact: &str) -> u16 {
+    byte_offset(btf, root, path).unwrap_or_else(|err| {
+        warn!(error = %format!("{err:#}"), "{fact} are not told on this kernel");
+        0
     })
 }
 
@@ -171,5 +183,10 @@ mod tests {
             missing("sock", &["__sk_common", "nope"]),
             "no member `nope` in struct sock at __sk_common"
         );
+        // The members one fact needs are found here, and a kernel without one loses that fact
+        // only.
+        assert!(sock.err_soft > 0 && sock.mss_cache > 0 && sock.sacked_out > 0);
+        assert!(skb.len > 0);
+        assert_eq!(optional_offset(&btf, "tcp_sock", &["nope"], "a test"), 0);
     }
 }
