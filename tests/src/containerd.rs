@@ -19,15 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
     PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
     StopPodSandboxRequest, runtime_service_client::RuntimeServiceClient,
 };
-use tokio::{net::UnixStream, runtime::Runtime};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tokio::runtime::Runtime;
+use tonic::transport::Channel;
 
 use crate::topology::Netns;
 
@@ -316,18 +315,13 @@ impl Drop for Containerd {
     }
 }
 
-/// A CRI client on the socket.
+/// A CRI client on the socket, dialled as the agent dials it.
 async fn client(
     socket: &Path,
 ) -> Result<RuntimeServiceClient<Channel>, Box<dyn std::error::Error>> {
-    let socket = socket.to_owned();
-    let channel = Endpoint::from_static("http://cri.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        }))
-        .await?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(RuntimeServiceClient::new(
+        idlecut_cri::channel(socket).await?,
+    ))
 }
 
 /// containerd 1.6's configuration: everything under `dir`, the native snapshotter (plain

@@ -23,8 +23,9 @@ use std::{
 };
 
 use hyper_util::rt::TokioIo;
+use idlecut_api::pods::Workload;
 use idlecut_node::{
-    directory::{PodDirectory, PodName, Problems, Relisting},
+    directory::{PodDirectory, PodName, Problems, Relisting, listing_has},
     workload::workload_of,
 };
 use k8s_cri::v1::{
@@ -32,7 +33,7 @@ use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient,
 };
 use tokio::{net::UnixStream, runtime::Handle};
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 /// How long one listing (connecting, then both calls) may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,12 +41,14 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Labels the kubelet adds for the runtime's own use: they repeat the pod's metadata.
 const KUBELET_LABEL_PREFIX: &str = "io.kubernetes.";
 
-/// A pod as the runtime lists it.
+/// A pod as the runtime lists it, with the workload its labels tell (found once per listing,
+/// not at each lookup).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PodEntry {
     namespace: String,
     name: String,
     labels: BTreeMap<String, String>,
+    workload: Option<Workload>,
 }
 
 /// Pods and containers from the runtime, listed into memory.
@@ -66,7 +69,7 @@ pub struct CriDirectory {
 impl CriDirectory {
     /// The runtime behind `socket`, asked through `runtime` (a handle of the agent's tokio
     /// runtime; the lookups themselves must be made from outside it). Nothing is asked before
-    /// the first lookup or [`CriDirectory::refresh`].
+    /// the first lookup.
     pub fn new(socket: impl Into<PathBuf>, runtime: Handle) -> Self {
         Self {
             socket: socket.into(),
@@ -87,23 +90,9 @@ impl CriDirectory {
         self
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// Lists now, whatever the intervals: at start, so that a problem can be told at once.
-    pub fn refresh(&mut self) {
-        self.list(Instant::now());
-    }
-
     /// How many listings were made (tests check the bounds with it).
     pub fn listings(&self) -> u64 {
         self.relisting.listings
-    }
-
-    fn knows(&self, uid: &str, container_id: Option<&str>) -> bool {
-        self.pods.contains_key(uid)
-            && container_id.is_none_or(|id| self.containers.contains_key(id))
     }
 
     fn answer(&self, uid: &str, container_id: Option<&str>) -> Option<PodName> {
@@ -117,7 +106,7 @@ impl CriDirectory {
             name: pod.name.clone(),
             uid: uid.to_owned(),
             container,
-            workload: workload_of(&pod.name, &pod.labels),
+            workload: pod.workload.clone(),
             labels: pod.labels.clone(),
         })
     }
@@ -157,7 +146,10 @@ impl PodDirectory for CriDirectory {
 
     fn pod(&mut self, uid: &str, container_id: Option<&str>) -> Option<PodName> {
         let now = Instant::now();
-        if self.relisting.due(now, self.knows(uid, container_id)) {
+        if self.relisting.due(
+            now,
+            listing_has(&self.pods, &self.containers, uid, container_id),
+        ) {
             self.list(now);
         }
         self.answer(uid, container_id)
@@ -168,15 +160,21 @@ impl PodDirectory for CriDirectory {
     }
 }
 
-/// Both listings, over one connection to the socket.
-async fn fetch(socket: &Path) -> Result<(Vec<PodSandbox>, Vec<Container>), String> {
+/// A gRPC channel to the runtime's CRI socket: the one way to dial it.
+pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_owned();
     // The URI is a placeholder that gRPC needs; the connector ignores it and dials the socket.
-    let channel = Endpoint::from_static("http://cri.invalid")
+    Endpoint::from_static("http://cri.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
+        .await
+}
+
+/// Both listings, over one connection to the socket.
+async fn fetch(socket: &Path) -> Result<(Vec<PodSandbox>, Vec<Container>), String> {
+    let channel = channel(socket)
         .await
         .map_err(|err| format!("cannot connect: {}", source_chain(&err)))?;
     let mut client = RuntimeServiceClient::new(channel);
@@ -229,6 +227,7 @@ fn index(sandboxes: Vec<PodSandbox>, containers: Vec<Container>) -> Index {
             .filter(|(key, _)| !key.starts_with(KUBELET_LABEL_PREFIX))
             .collect();
         let entry = PodEntry {
+            workload: workload_of(&metadata.name, &labels),
             namespace: metadata.namespace,
             name: metadata.name,
             labels,
@@ -348,7 +347,12 @@ mod tests {
         // The sandbox's own process (pause) names no container.
         assert_eq!(directory.answer(UID, Some("new")).unwrap().container, None);
         assert!(directory.answer("another-uid", None).is_none());
-        assert!(!directory.knows(UID, Some("orphan")));
+        assert!(!listing_has(
+            &directory.pods,
+            &directory.containers,
+            UID,
+            Some("orphan")
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! again ([`Relisting`]) and of telling a problem once ([`Problems`]).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
@@ -84,6 +84,17 @@ pub fn describe(directories: &mut [Box<dyn PodDirectory>], cgroup: &PodCgroup) -
             },
             |name| name.into_pod(Some(cgroup.qos)),
         )
+}
+
+/// Whether a source's listing, pods by UID and containers by ID, has pod `uid` (and container
+/// `container_id`): what a lookup tells [`Relisting::due`].
+pub fn listing_has<P, C>(
+    pods: &HashMap<String, P>,
+    containers: &HashMap<String, C>,
+    uid: &str,
+    container_id: Option<&str>,
+) -> bool {
+    pods.contains_key(uid) && container_id.is_none_or(|id| containers.contains_key(id))
 }
 
 /// When a source lists again: when its listing is older than `refresh_every` (which bounds how

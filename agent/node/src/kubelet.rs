@@ -26,7 +26,7 @@ use std::{
 
 use crate::{
     cgroup::{canonical_uid, is_container_id},
-    directory::{PodDirectory, PodName, Problems, Relisting},
+    directory::{PodDirectory, PodName, Problems, Relisting, listing_has},
 };
 
 /// A pod's entry in `/var/log/pods`.
@@ -50,7 +50,7 @@ struct ContainerEntry {
 /// and container names, container ID to container name.
 ///
 /// Not being able to read them is not an error for the agent, which then shows pods by UID:
-/// the lookup answers None, and [`KubeletDirs::take_new_problem`] says why, once.
+/// the lookup answers None, and [`PodDirectory::take_new_problem`] says why, once.
 #[derive(Debug)]
 pub struct KubeletDirs {
     /// Where `pods/` and `containers/` are (the host's `/var/log`, mounted read-only).
@@ -86,20 +86,6 @@ impl KubeletDirs {
         &self.root
     }
 
-    /// The names of pod `uid` (as [`crate::cgroup::pod_of`] spells it), and of its container
-    /// `container_id` when given; None when the kubelet's directories do not have the pod.
-    ///
-    /// Answers from memory; lists the directories again, at most once, when the listing is
-    /// older than the refresh interval, or when the pod or container is not in it and the
-    /// listing is older than the miss floor.
-    pub fn pod(&mut self, uid: &str, container_id: Option<&str>) -> Option<PodName> {
-        let now = Instant::now();
-        if self.relisting.due(now, self.knows(uid, container_id)) {
-            self.list(now);
-        }
-        self.answer(uid, container_id)
-    }
-
     /// The names of pod `uid`'s containers as the latest listing saw them (sorted), without
     /// listing again: every container the kubelet logs for, whether it runs now or not.
     pub fn containers(&self, uid: &str) -> Option<&[String]> {
@@ -117,17 +103,6 @@ impl KubeletDirs {
     /// read them.
     pub fn problem(&self) -> Option<&str> {
         self.problems.current()
-    }
-
-    /// The problem, once (see [`Problems`]).
-    pub fn take_new_problem(&mut self) -> Option<String> {
-        self.problems.take_new()
-    }
-
-    /// Whether the listing has pod `uid` (and container `container_id`).
-    fn knows(&self, uid: &str, container_id: Option<&str>) -> bool {
-        self.pods.contains_key(uid)
-            && container_id.is_none_or(|id| self.containers.contains_key(id))
     }
 
     fn answer(&self, uid: &str, container_id: Option<&str>) -> Option<PodName> {
@@ -179,12 +154,26 @@ impl PodDirectory for KubeletDirs {
          --kubelet-logs none)"
     }
 
+    /// The names of pod `uid` (as [`crate::cgroup::pod_of`] spells it), and of its container
+    /// `container_id` when given; None when the kubelet's directories do not have the pod.
+    ///
+    /// Answers from memory; lists the directories again, at most once, when the listing is
+    /// older than the refresh interval, or when the pod or container is not in it and the
+    /// listing is older than the miss floor.
     fn pod(&mut self, uid: &str, container_id: Option<&str>) -> Option<PodName> {
-        KubeletDirs::pod(self, uid, container_id)
+        let now = Instant::now();
+        if self.relisting.due(
+            now,
+            listing_has(&self.pods, &self.containers, uid, container_id),
+        ) {
+            self.list(now);
+        }
+        self.answer(uid, container_id)
     }
 
+    /// The problem, once (see [`Problems`]).
     fn take_new_problem(&mut self) -> Option<String> {
-        KubeletDirs::take_new_problem(self)
+        self.problems.take_new()
     }
 }
 

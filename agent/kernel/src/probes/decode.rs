@@ -152,7 +152,6 @@ pub fn from_raw(raw: &RawEvent) -> Result<Event, DecodeError> {
     })
 }
 
-/// The kernel stores IPv4 addresses v4-mapped; paths group them as IPv4.
 /// A RETRANSMIT's segment size, when the program could read it.
 fn retransmitted_segment(raw: &RawEvent) -> Option<RetransmittedSegment> {
     segment_size::unpack(raw.aux_ns).map(|(bytes, mss)| RetransmittedSegment {
@@ -162,6 +161,7 @@ fn retransmitted_segment(raw: &RawEvent) -> Option<RetransmittedSegment> {
     })
 }
 
+/// The kernel stores IPv4 addresses v4-mapped; paths group them as IPv4.
 fn ip(bytes: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(bytes);
     match v6.to_ipv4_mapped() {
