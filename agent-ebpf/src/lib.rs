@@ -34,6 +34,10 @@ pub const MIN_IDLE_GAP_GLOBAL: &str = "MIN_IDLE_GAP_NS";
 pub const SKB_OFFSETS_GLOBAL: &str = "SKB_OFFSETS";
 /// Name of the global holding [`SockOffsets`] (from BTF): network namespace and cookie.
 pub const SOCK_OFFSETS_GLOBAL: &str = "SOCK_OFFSETS";
+/// Name of the global holding [`SocketClocks`] (from BTF and the kernel's tick): what lets the
+/// BTF programs settle most segments and sends of a mail connection from the socket's own
+/// clocks, without its state.
+pub const SOCKET_CLOCKS_GLOBAL: &str = "SOCKET_CLOCKS";
 
 /// Every map the agent opens or sizes, by name: the built object must have exactly these (plus
 /// aya-log's), which a test of the agent checks against the embedded object.
@@ -48,13 +52,14 @@ pub const MAPS: [&str; 6] = [
 
 /// Every global the agent sets at load time, by name: the built object must have exactly these
 /// (plus aya-log's level), which a test of the agent checks against the embedded object.
-pub const GLOBALS: [&str; 14] = [
+pub const GLOBALS: [&str; 15] = [
     PORTS_GLOBAL,
     PORT_RANGE_GLOBAL,
     WAKEUP_BYTES_GLOBAL,
     MIN_IDLE_GAP_GLOBAL,
     SKB_OFFSETS_GLOBAL,
     SOCK_OFFSETS_GLOBAL,
+    SOCKET_CLOCKS_GLOBAL,
     offsets_global::INET_SOCK_SET_STATE,
     offsets_global::TCP_PROBE,
     offsets_global::TCP_RECEIVE_RESET,
@@ -104,6 +109,18 @@ pub mod tcp_state {
             state,
             ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | CLOSING | LAST_ACK
         )
+    }
+
+    /// Who sent the first FIN, from the state a connection left for CLOSE: this host went
+    /// through FIN_WAIT1 (and on to FIN_WAIT2 or CLOSING, where a simultaneous close lands) when
+    /// it closed first, the peer's FIN put it in CLOSE_WAIT then LAST_ACK. A flag of
+    /// [`super::event_flags`], 0 when nobody had (a reset or an abort from ESTABLISHED).
+    pub const fn first_fin(old_state: u8) -> u8 {
+        match old_state {
+            FIN_WAIT1 | FIN_WAIT2 | CLOSING => super::event_flags::LOCAL_CLOSED_FIRST,
+            CLOSE_WAIT | LAST_ACK => super::event_flags::REMOTE_CLOSED_FIRST,
+            _ => 0,
+        }
     }
 }
 
@@ -394,6 +411,60 @@ impl SkbOffsets {
     }
 }
 
+/// What lets a BTF program settle a segment or a send of a mail connection from the socket's
+/// own clocks, without looking its state up (a hash lookup and a clock read cost most of a
+/// program's run). TCP keeps, in jiffies, when the socket last received data
+/// (`icsk_ack.lrcvtime`) and an acknowledgement (`rcv_tstamp`), and since when it retransmits
+/// (`retrans_stamp`, 0 when it does not). An event is quiet, and ends at that test, when the
+/// peer was heard from less than the minimum idle gap ago (so no gap ends, and no answer is
+/// awaited: an answer ends a gap of the peer's), nothing is being retransmitted (no stall
+/// ends), it is not a RST nor a connection's first segment (whose TTL the state keeps), and the
+/// peer was last heard from in the same refresh period as now. So the first event of each
+/// period takes the full path, and the state's idle clocks are at most one period (under a
+/// second) old for the connection view; the programs correct the state's clock of the peer
+/// from the socket's before they measure a gap. `tick_ns` is 0 when the agent could not fill
+/// this in: every event then takes the full path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketClocks {
+    /// Nanoseconds per jiffy (the resolution of CLOCK_MONOTONIC_COARSE); 0: unknown.
+    pub tick_ns: u64,
+    /// The minimum idle gap in whole jiffies, less one: never longer than the gap.
+    pub min_gap_jiffies: u32,
+    /// The refresh period is `1 << refresh_shift` jiffies.
+    pub refresh_shift: u32,
+    /// In `struct tcp_sock`: u32s of jiffies but `segs_in`, a count of segments received.
+    pub rcv_tstamp: u16,
+    /// `inet_conn.icsk_ack.lrcvtime`.
+    pub lrcvtime: u16,
+    pub retrans_stamp: u16,
+    pub segs_in: u16,
+    /// Of a received segment's TCP flags in `struct sk_buff`: `cb` plus the offset of
+    /// `tcp_skb_cb.tcp_flags`, which TCP fills in before tcp_probe fires.
+    pub skb_tcp_flags: u16,
+    pub _pad: [u16; 3],
+}
+
+impl SocketClocks {
+    pub const fn unknown() -> Self {
+        Self {
+            tick_ns: 0,
+            min_gap_jiffies: 0,
+            refresh_shift: 0,
+            rcv_tstamp: 0,
+            lrcvtime: 0,
+            retrans_stamp: 0,
+            segs_in: 0,
+            skb_tcp_flags: 0,
+            _pad: [0; 3],
+        }
+    }
+
+    pub const fn known(&self) -> bool {
+        self.tick_ns != 0
+    }
+}
+
 /// Where the fields the programs read sit in a tracepoint's record, read from tracefs at
 /// start-up so that one binary works across kernel versions. [`FieldOffsets::ABSENT`] marks a
 /// field this kernel's tracepoint does not have.
@@ -490,13 +561,16 @@ const _: () = {
     assert!(core::mem::size_of::<FieldOffsets>() == 26);
     assert!(core::mem::size_of::<SockOffsets>() == 32);
     assert!(core::mem::size_of::<SkbOffsets>() == 10);
+    assert!(core::mem::size_of::<SocketClocks>() == 32);
     assert!(core::mem::size_of::<PortBitmap>() == 8192);
     assert!(core::mem::size_of::<PortRange>() == 4);
 };
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{ConnectionState, FieldOffsets, PortRange, RawEvent, SkbOffsets, SockOffsets};
+    use super::{
+        ConnectionState, FieldOffsets, PortRange, RawEvent, SkbOffsets, SockOffsets, SocketClocks,
+    };
 
     // SAFETY: `#[repr(C)]`, only integer fields and arrays, no implicit padding (pinned by the
     // layout tests below), so every bit pattern is a valid value.
@@ -511,6 +585,8 @@ mod user {
     unsafe impl aya::Pod for SockOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PortRange {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SocketClocks {}
 }
 
 #[cfg(test)]
@@ -558,6 +634,9 @@ mod tests {
     fn skb_and_sock_offsets_layouts_are_pinned() {
         assert_eq!(size_of::<SkbOffsets>(), 10);
         assert_eq!(size_of::<SockOffsets>(), 32);
+        assert_eq!(size_of::<SocketClocks>(), 32);
+        assert_eq!(offset_of!(SocketClocks, rcv_tstamp), 16);
+        assert_eq!(offset_of!(SocketClocks, _pad), 26);
     }
 
     #[test]
@@ -571,5 +650,22 @@ mod tests {
         assert!(tcp_state::was_established(tcp_state::LAST_ACK));
         assert!(!tcp_state::was_established(tcp_state::SYN_SENT));
         assert!(!tcp_state::was_established(tcp_state::LISTEN));
+    }
+
+    #[test]
+    fn the_state_left_for_close_tells_who_sent_the_first_fin() {
+        use super::event_flags::{LOCAL_CLOSED_FIRST, REMOTE_CLOSED_FIRST};
+        for local in [
+            tcp_state::FIN_WAIT1,
+            tcp_state::FIN_WAIT2,
+            tcp_state::CLOSING,
+        ] {
+            assert_eq!(tcp_state::first_fin(local), LOCAL_CLOSED_FIRST);
+        }
+        for remote in [tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK] {
+            assert_eq!(tcp_state::first_fin(remote), REMOTE_CLOSED_FIRST);
+        }
+        assert_eq!(tcp_state::first_fin(tcp_state::ESTABLISHED), 0);
+        assert_eq!(tcp_state::first_fin(0), 0);
     }
 }

@@ -6,17 +6,22 @@
 //! Fields are read with plain loads ([`load`]), not `bpf_probe_read_kernel`.
 
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_probe_read_kernel, macros::btf_tracepoint,
+    EbpfContext,
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_jiffies64, bpf_skc_to_tcp_sock},
+    },
+    macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use idlecut_ebpf::{
-    AF_INET, IPPROTO_TCP, RawEvent, SkbOffsets, SockOffsets, event_kind, tcp_state,
+    AF_INET, IPPROTO_TCP, RawEvent, SkbOffsets, SockOffsets, SocketClocks, event_kind, tcp_state,
 };
 
 use super::{
-    SKB_OFFSETS, SOCK_OFFSETS,
-    facts::{self, Segment, Side},
-    kernel_read, v4_mapped, watched,
+    SKB_OFFSETS, SOCK_OFFSETS, SOCKET_CLOCKS,
+    facts::{self, Heard, Segment, Side},
+    global, kernel_read, v4_mapped, watched,
 };
 
 /// The offset of one `struct sock` field, as the agent set it from BTF.
@@ -109,6 +114,18 @@ fn fill_addresses(sk: *const u8, event: &mut RawEvent) {
     }
 }
 
+/// The inode of the socket's network namespace: `sk->__sk_common.skc_net.net` is typed
+/// (`struct net *`), so both steps are plain loads the verifier checks (see [`load`]).
+#[inline(always)]
+fn netns(sk: *const u8) -> u32 {
+    let offsets: SockOffsets = global(&SOCK_OFFSETS);
+    let net = load::<u64>(sk, offsets.net) as *const u8;
+    if net.is_null() {
+        return 0;
+    }
+    load::<u32>(net, offsets.ns_inum)
+}
+
 /// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate). It fires after the
 /// kernel has unbound a socket going to CLOSE, so only that transition needs `inet_sport`.
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -116,6 +133,11 @@ pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
+    // Only opens and ends are reported (who closed first is told at the end): the states in
+    // between, half of a connection's changes, stop at this test.
+    if !matches!(new_state as u8, tcp_state::ESTABLISHED | tcp_state::CLOSE) {
+        return 0;
+    }
     let ports = if new_state as u8 == tcp_state::CLOSE {
         ports_of_closing(sk)
     } else {
@@ -131,23 +153,119 @@ pub fn btf_inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     facts::state_change(socket, ports, old_state as u8, new_state as u8, |event| {
-        fill_addresses(sk, event)
+        fill_addresses(sk, event);
+        event.netns = netns(sk);
     });
     0
 }
 
+/// A socket's own clocks, read where [`SocketClocks`] says they are (see there). In jiffies,
+/// as TCP keeps them (32 bits, compared with wrapping arithmetic).
+struct Clocks {
+    layout: SocketClocks,
+    now: u32,
+    /// The later of the last data and the last acknowledgement received.
+    received: u32,
+    retransmitting: bool,
+    segments_in: u32,
+}
+
+impl Clocks {
+    /// The socket's clocks; None when the agent could not tell where they are, or `sk` is not
+    /// a full TCP socket.
+    #[inline(always)]
+    fn of(sk: *const u8) -> Option<Self> {
+        let layout: SocketClocks = global(&SOCKET_CLOCKS);
+        if !layout.known() {
+            return None;
+        }
+        // SAFETY: `sk` is the tracepoint's `struct sock *`; the helper returns it typed as
+        // `struct tcp_sock *` (which the verifier then checks loads against), or NULL.
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
+        if tp.is_null() {
+            return None;
+        }
+        let data = load::<u32>(tp, layout.lrcvtime);
+        let ack = load::<u32>(tp, layout.rcv_tstamp);
+        Some(Self {
+            // SAFETY: helper without preconditions (the verifier inlines it as a load).
+            now: unsafe { bpf_jiffies64() } as u32,
+            received: if ack.wrapping_sub(data) as i32 > 0 {
+                ack
+            } else {
+                data
+            },
+            retransmitting: load::<u32>(tp, layout.retrans_stamp) != 0,
+            segments_in: load::<u32>(tp, layout.segs_in),
+            layout,
+        })
+    }
+
+    /// Jiffies since the peer was last heard from.
+    #[inline(always)]
+    fn since_received(&self) -> u32 {
+        self.now.wrapping_sub(self.received)
+    }
+
+    /// Whether an event changes nothing the connection's state keeps but its idle clocks,
+    /// which the first event of each refresh period brings up to date (see [`SocketClocks`]).
+    #[inline(always)]
+    fn quiet(&self) -> bool {
+        !self.retransmitting
+            && self.since_received() < self.layout.min_gap_jiffies
+            && self.now >> self.layout.refresh_shift == self.received >> self.layout.refresh_shift
+    }
+
+    /// What the state's clock of the peer may have missed: when it was last heard from.
+    #[inline(always)]
+    fn heard(&self) -> Heard {
+        Heard {
+            received_ago_ns: u64::from(self.since_received()) * self.layout.tick_ns,
+        }
+    }
+}
+
+/// A connection's first segments lend the state their TTL, against which a RST's is judged (a
+/// lookup, even when they are quiet). Counted by `segs_in`, which includes the handshake's
+/// and, on the accepting side, what the child socket took in before its first tcp_probe (seen
+/// here: more than 2 by the first segment an accepted connection's program met).
+const FIRST_SEGMENTS: u32 = 4;
+
 /// tcp_probe(struct sock *sk, const struct sk_buff *skb): every segment received on an
-/// established socket.
+/// established socket. Most of a busy connection's segments are quiet (see [`Clocks::quiet`])
+/// and end here, with no lookup and no clock read.
 #[btf_tracepoint(function = "tcp_probe")]
 pub fn btf_tcp_probe(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    if let Some(ports) = mail_ports(sk)
-        && let Some(socket) = socket_id(&ctx)
+    let Some(ports) = mail_ports(sk) else {
+        return 0;
+    };
+    let skb: *const u8 = ctx.arg(1);
+    let clocks = Clocks::of(sk);
+    if let Some(clocks) = &clocks
+        && clocks.quiet()
+        && !is_reset(skb, &clocks.layout)
     {
-        let skb: *const u8 = ctx.arg(1);
-        facts::activity(socket, ports, Side::Remote(segment(skb)));
+        // A quiet first segment only lends the state its TTL.
+        if clocks.segments_in <= FIRST_SEGMENTS
+            && let Some(socket) = socket_id(&ctx)
+        {
+            facts::peer_ttl(socket, segment(skb));
+        }
+        return 0;
+    }
+    if let Some(socket) = socket_id(&ctx) {
+        let heard = clocks.map_or(Heard::NOTHING, |clocks| clocks.heard());
+        facts::activity(socket, ports, Side::Remote(segment(skb)), heard);
     }
     0
+}
+
+/// Whether a received segment is a RST, from the flags TCP keeps in its control block.
+#[inline(always)]
+fn is_reset(skb: *const u8, layout: &SocketClocks) -> bool {
+    const RST: u8 = 0x04;
+    load::<u8>(skb, layout.skb_tcp_flags) & RST != 0
 }
 
 /// The TTL and RST flag of a received segment. `skb` is typed (`struct sk_buff *`), so its
@@ -167,7 +285,7 @@ fn segment(skb: *const u8) -> Segment {
 
 /// sock_send_length(struct sock *sk, int ret, int flags): every send on every socket of the
 /// host, so the cheapest tests come first and no map is looked up for a socket that is not on
-/// a watched port.
+/// a watched port, nor for a quiet send (see [`Clocks::quiet`]).
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
     let sent: i32 = ctx.arg(1);
@@ -175,11 +293,16 @@ pub fn btf_sock_send_length(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
-    if mail_ports(sk).is_some()
-        && is_tcp(sk)
-        && let Some(socket) = socket_id(&ctx)
-    {
-        facts::activity(socket, (0, 0), Side::Local);
+    if mail_ports(sk).is_none() || !is_tcp(sk) {
+        return 0;
+    }
+    let clocks = Clocks::of(sk);
+    if clocks.as_ref().is_some_and(Clocks::quiet) {
+        return 0;
+    }
+    if let Some(socket) = socket_id(&ctx) {
+        let heard = clocks.map_or(Heard::NOTHING, |clocks| clocks.heard());
+        facts::activity(socket, (0, 0), Side::Local, heard);
     }
     0
 }
@@ -249,7 +372,10 @@ pub fn btf_tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
     if let Some(ports) = ports_of_closing(sk)
         && let Some(socket) = socket_id(&ctx)
     {
-        facts::destroyed(socket, ports, |event| fill_addresses(sk, event));
+        facts::destroyed(socket, ports, |event| {
+            fill_addresses(sk, event);
+            event.netns = netns(sk);
+        });
     }
     0
 }

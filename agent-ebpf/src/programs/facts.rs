@@ -10,19 +10,21 @@ use idlecut_ebpf::{
 
 use super::{
     CONNECTIONS, MIN_IDLE_GAP_NS, SKB_OFFSETS, SOCK_OFFSETS, count, emit, emit_end, event_for,
-    global, kernel_read, netns_of, now_ns, state_of,
+    global, kernel_read, now_ns, state_of,
 };
 
-/// A TCP state change on a watched port: connections open (-> ESTABLISHED) and end (-> CLOSE);
-/// who sent the first FIN is remembered on the way. `addresses` fills in the family and
-/// addresses, only for the events that carry them.
+/// A TCP state change on a watched port: connections open (-> ESTABLISHED) and end (-> CLOSE).
+/// Who sent the first FIN is told by the state a connection leaves for CLOSE
+/// ([`tcp_state::first_fin`]), so the states in between cost no lookup. `whereabouts` fills
+/// in the family, the addresses and the network namespace, only for the events that carry
+/// them (each hook kind reads them its own way).
 #[inline(always)]
 pub(super) fn state_change(
     socket: u64,
     (local_port, remote_port): (u16, u16),
     old_state: u8,
     new_state: u8,
-    addresses: impl FnOnce(&mut RawEvent),
+    whereabouts: impl FnOnce(&mut RawEvent),
 ) {
     match new_state {
         tcp_state::ESTABLISHED => {
@@ -50,29 +52,11 @@ pub(super) fn state_change(
             let mut event = event_for(event_kind::OPEN, now, socket, local_port, remote_port);
             // SYN_SENT: this host connected; SYN_RECV: it accepted.
             event.old_state = old_state;
-            event.netns = netns_of(socket);
-            addresses(&mut event);
+            whereabouts(&mut event);
             emit(&event);
         }
         tcp_state::CLOSE if tcp_state::was_established(old_state) => {
-            close(socket, (local_port, remote_port), old_state, addresses);
-        }
-        tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT => {
-            if let Some(state) = state_of(socket) {
-                // SAFETY: pointer from a successful lookup. Only flags of this connection are
-                // written, and only on its own state transitions.
-                let state = unsafe { &mut *state };
-                if state.flags
-                    & (event_flags::LOCAL_CLOSED_FIRST | event_flags::REMOTE_CLOSED_FIRST)
-                    == 0
-                {
-                    state.flags |= if new_state == tcp_state::FIN_WAIT1 {
-                        event_flags::LOCAL_CLOSED_FIRST
-                    } else {
-                        event_flags::REMOTE_CLOSED_FIRST
-                    };
-                }
-            }
+            close(socket, (local_port, remote_port), old_state, whereabouts);
         }
         _ => {}
     }
@@ -84,12 +68,11 @@ fn close(
     socket: u64,
     (local_port, remote_port): (u16, u16),
     old_state: u8,
-    addresses: impl FnOnce(&mut RawEvent),
+    whereabouts: impl FnOnce(&mut RawEvent),
 ) {
     let now = now_ns();
     let mut event = event_for(event_kind::CLOSE, now, socket, local_port, remote_port);
     event.old_state = old_state;
-    event.netns = netns_of(socket);
     let state = state_of(socket);
     match state {
         Some(state) => {
@@ -98,16 +81,21 @@ fn close(
             event.value_ns = state.opened_ns;
             event.count = state.retransmits;
             event.flags = state.flags;
+            if state.flags & (event_flags::LOCAL_CLOSED_FIRST | event_flags::REMOTE_CLOSED_FIRST)
+                == 0
+            {
+                event.flags |= tcp_state::first_fin(old_state);
+            }
             if state.stall_started_ns != 0 {
                 event.aux_ns = now.saturating_sub(state.stall_started_ns);
             }
         }
         None => {
-            event.flags = event_flags::NO_STATE;
+            event.flags = event_flags::NO_STATE | tcp_state::first_fin(old_state);
             count(counter::CLOSE_WITHOUT_STATE);
         }
     }
-    addresses(&mut event);
+    whereabouts(&mut event);
     emit_end(&event);
     if state.is_some() {
         let _ = CONNECTIONS.remove(&socket);
@@ -118,9 +106,9 @@ fn close(
 /// CLOSE removed it); if it is still there, the kernel skipped the program run on that CLOSE,
 /// and this reports the end instead, with the state the connection left unknown (0).
 #[inline(always)]
-pub(super) fn destroyed(socket: u64, ports: (u16, u16), addresses: impl FnOnce(&mut RawEvent)) {
+pub(super) fn destroyed(socket: u64, ports: (u16, u16), whereabouts: impl FnOnce(&mut RawEvent)) {
     if CONNECTIONS.get_ptr(&socket).is_some() {
-        close(socket, ports, 0, addresses);
+        close(socket, ports, 0, whereabouts);
     }
 }
 
@@ -163,13 +151,41 @@ pub(super) fn segment_at(head: *const u8, network_header: u16, data: *const u8) 
     Segment { ttl, rst }
 }
 
+/// How long ago, by the socket's own clocks, the peer was last heard from, where a BTF program
+/// read them: the events it settled without the state (see [`idlecut_ebpf::SocketClocks`])
+/// left the state's clock of the peer behind, and this brings it up to date before a gap is
+/// measured. The state's clock of this host's sends needs none: every data segment sent is
+/// acknowledged, and the acknowledgement is heard (a send the peer never acknowledges is
+/// retransmitted, which the state records). Not the socket's own `lsndtime` either: a send's
+/// segments leave, and may be acknowledged, before sock_send_length reports it.
+/// [`Heard::UNKNOWN`] where the clock was not read: a plain number rather than an `Option`,
+/// whose unset payload the compiler may spill and the verifier then refuses to read.
+#[derive(Clone, Copy)]
+pub(super) struct Heard {
+    pub received_ago_ns: u64,
+}
+
+impl Heard {
+    /// A clock not read: so long ago that it changes nothing.
+    pub const UNKNOWN: u64 = u64::MAX;
+    /// Where the state's clocks are kept by every event (classic tracepoints).
+    pub const NOTHING: Self = Self {
+        received_ago_ns: Self::UNKNOWN,
+    };
+}
+
 /// Traffic on a tracked connection: ends an idle gap if the connection was silent long enough,
 /// answers a pending gap, ends a stall, and remembers the TTL the peer's segments arrive with.
 /// A received RST does none of the middle two (it is no answer: the connection ends, and
 /// tcp_receive_reset reports it with its TTL, kept here). `ports` are (0, 0) where the hook
 /// does not have them (user space knows the connection by its socket).
 #[inline(always)]
-pub(super) fn activity(socket: u64, (local_port, remote_port): (u16, u16), side: Side) {
+pub(super) fn activity(
+    socket: u64,
+    (local_port, remote_port): (u16, u16),
+    side: Side,
+    heard: Heard,
+) {
     let Some(state) = state_of(socket) else {
         return;
     };
@@ -178,6 +194,10 @@ pub(super) fn activity(socket: u64, (local_port, remote_port): (u16, u16), side:
     // socket lock in the kernel paths these tracepoints sit on; a race at worst misreports
     // one gap.
     let state = unsafe { &mut *state };
+    let received = now.saturating_sub(heard.received_ago_ns);
+    if received > state.last_received_ns {
+        state.last_received_ns = received;
+    }
     let last = if state.last_received_ns > state.last_sent_ns {
         state.last_received_ns
     } else {
@@ -232,6 +252,18 @@ pub(super) fn activity(socket: u64, (local_port, remote_port): (u16, u16), side:
             state.flags |= event_flags::AWAITING_ANSWER;
         }
         emit(&event);
+    }
+}
+
+/// The TTL a connection's segment arrived with, kept in its state for a later RST to be judged
+/// against; for segments that change nothing else (see `btf::Clocks::quiet`).
+#[inline(always)]
+pub(super) fn peer_ttl(socket: u64, segment: Segment) {
+    if segment.ttl != 0
+        && let Some(state) = state_of(socket)
+    {
+        // SAFETY: pointer from a successful lookup; one byte of this connection's state.
+        unsafe { (*state).peer_ttl = segment.ttl };
     }
 }
 

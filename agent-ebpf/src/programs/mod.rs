@@ -18,8 +18,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use idlecut_ebpf::{
-    ConnectionState, PortBitmap, PortRange, RawEvent, SkbOffsets, SockOffsets, counter, defaults,
-    event_kind,
+    ConnectionState, PortBitmap, PortRange, RawEvent, SkbOffsets, SockOffsets, SocketClocks,
+    counter, defaults, event_kind,
 };
 
 // Sizes the agent overrides at load time (`--ring-buffer-size`, `--max-connections`).
@@ -69,6 +69,8 @@ static WAKEUP_BYTES: u64 = DEFAULT_RING_BUFFER_BYTES as u64 / 4;
 static SOCK_OFFSETS: SockOffsets = SockOffsets::unknown();
 #[unsafe(no_mangle)]
 static SKB_OFFSETS: SkbOffsets = SkbOffsets::unknown();
+#[unsafe(no_mangle)]
+static SOCKET_CLOCKS: SocketClocks = SocketClocks::unknown();
 
 /// A global's value as the agent set it.
 #[inline(always)]
@@ -200,8 +202,9 @@ fn state_of(socket: u64) -> Option<*mut ConnectionState> {
     CONNECTIONS.get_ptr_mut(&socket)
 }
 
-/// The inode of the socket's network namespace, or 0 when BTF could not tell where it is.
-/// Read on opens, closes and adoptions only, so the checked read is not worth avoiding.
+/// The inode of the socket's network namespace, or 0 when BTF could not tell where it is,
+/// through checked reads: for classic tracepoints (whose socket is a number) and adoptions
+/// (the BTF programs read it with plain loads on opens and closes).
 #[inline(always)]
 fn netns_of(socket: u64) -> u32 {
     let offsets = global(&SOCK_OFFSETS);

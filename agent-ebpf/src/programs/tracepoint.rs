@@ -8,8 +8,8 @@ use idlecut_ebpf::{FieldOffsets, IPPROTO_TCP, RawEvent, event_kind};
 
 use super::{
     SKB_OFFSETS, SOCK_OFFSETS,
-    facts::{self, Segment, Side},
-    global, kernel_read, watched,
+    facts::{self, Heard, Segment, Side},
+    global, kernel_read, netns_of, watched,
 };
 
 #[unsafe(no_mangle)]
@@ -92,7 +92,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     facts::state_change(socket, ports, old_state as u8, new_state as u8, |event| {
-        fill_addresses(&ctx, &off, event)
+        fill_addresses(&ctx, &off, event);
+        event.netns = netns_of(socket);
     });
     0
 }
@@ -108,7 +109,7 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
         let segment =
             read::<u64>(&ctx, off.skbaddr).map_or(Segment::UNREAD, |skb| segment(skb as *const u8));
-        facts::activity(socket, ports, Side::Remote(segment));
+        facts::activity(socket, ports, Side::Remote(segment), Heard::NOTHING);
     }
     0
 }
@@ -171,7 +172,7 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    facts::activity(socket, (0, 0), Side::Local);
+    facts::activity(socket, (0, 0), Side::Local, Heard::NOTHING);
     0
 }
 
@@ -247,7 +248,10 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
-        facts::destroyed(socket, ports, |event| fill_addresses(&ctx, &off, event));
+        facts::destroyed(socket, ports, |event| {
+            fill_addresses(&ctx, &off, event);
+            event.netns = netns_of(socket);
+        });
     }
     0
 }

@@ -18,8 +18,8 @@ use aya::{
 use idlecut_ebpf::{
     CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL,
     PORT_RANGE_GLOBAL, PORTS_GLOBAL, PortBitmap, PortRange, SEEDING_MAP, SEEDS_MAP,
-    SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SkbOffsets, SockOffsets, UNREPORTED_MAP,
-    WAKEUP_BYTES_GLOBAL,
+    SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SOCKET_CLOCKS_GLOBAL, SkbOffsets, SockOffsets,
+    SocketClocks, UNREPORTED_MAP, WAKEUP_BYTES_GLOBAL,
 };
 use layouts::{
     btf,
@@ -36,6 +36,7 @@ pub use self::{
 };
 use idlecut_core::settings::PortMap;
 
+use crate::clock;
 use crate::settings::Hooks;
 
 /// What loading the programs needs to know of the agent's settings.
@@ -101,6 +102,8 @@ pub struct Probes {
 struct KernelLayouts {
     sock: anyhow::Result<SockOffsets>,
     skb: anyhow::Result<SkbOffsets>,
+    /// Where TCP keeps a socket's clocks, timing left unknown.
+    clocks: anyhow::Result<SocketClocks>,
     /// Each tracepoint's record offsets for its classic program, or why there are none; in
     /// `PROBES` order (`Ok(None)` for hooks that are not tracepoints).
     records: Vec<Result<Option<FieldOffsets>, String>>,
@@ -111,9 +114,17 @@ struct KernelLayouts {
 /// and BTF, tracefs is read only if it is already mounted (for a fallback that is rarely
 /// needed), so that the agent needs neither the mount nor root's access to tracefs.
 fn kernel_layouts(config: &ProbeSettings) -> anyhow::Result<(KernelLayouts, bool)> {
-    let (sock, skb) = match btf::vmlinux() {
-        Ok(btf) => (btf::sock_offsets(&btf), btf::skb_offsets(&btf)),
-        Err(err) => (Err(anyhow::anyhow!("{err:#}")), Err(err)),
+    let (sock, skb, clocks) = match btf::vmlinux() {
+        Ok(btf) => (
+            btf::sock_offsets(&btf),
+            btf::skb_offsets(&btf),
+            btf::socket_clock_offsets(&btf),
+        ),
+        Err(err) => (
+            Err(anyhow::anyhow!("{err:#}")),
+            Err(anyhow::anyhow!("{err:#}")),
+            Err(err),
+        ),
     };
     if let Err(err) = &sock {
         warn!(
@@ -149,7 +160,15 @@ fn kernel_layouts(config: &ProbeSettings) -> anyhow::Result<(KernelLayouts, bool
             Hook::FEntry { .. } => Ok(None),
         })
         .collect();
-    Ok((KernelLayouts { sock, skb, records }, prefer_btf))
+    Ok((
+        KernelLayouts {
+            sock,
+            skb,
+            clocks,
+            records,
+        },
+        prefer_btf,
+    ))
 }
 
 pub fn load(config: &ProbeSettings) -> anyhow::Result<Probes> {
@@ -182,6 +201,24 @@ pub fn load(config: &ProbeSettings) -> anyhow::Result<Probes> {
     if let Ok(sock_offsets) = &layouts.sock {
         loader.override_global(SOCK_OFFSETS_GLOBAL, sock_offsets, true);
     }
+    let socket_clocks = match (&layouts.clocks, clock::tick_ns()) {
+        (Ok(offsets), Some(tick)) => clock::socket_clocks(*offsets, tick, min_idle_gap_ns),
+        (offsets, tick) => {
+            if layouts.sock.is_ok() {
+                let why = match offsets {
+                    Err(err) => format!("{err:#}"),
+                    Ok(_) => format!("the kernel's tick is unknown ({tick:?})"),
+                };
+                warn!(
+                    error = why,
+                    "each segment and send of a mail connection looks its state up (slower): \
+                     this kernel does not tell where TCP keeps a socket's clocks"
+                );
+            }
+            SocketClocks::unknown()
+        }
+    };
+    loader.override_global(SOCKET_CLOCKS_GLOBAL, &socket_clocks, true);
     for (spec, record) in PROBES.iter().zip(&layouts.records) {
         if let (Hook::Tracepoint { offsets_global, .. }, Ok(Some(offsets))) = (spec.hook, record) {
             loader.override_global(offsets_global, offsets, true);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow, bail};
 use btf_rs::{Btf, Struct, Type};
-use idlecut_ebpf::{SkbOffsets, SockOffsets};
+use idlecut_ebpf::{SkbOffsets, SockOffsets, SocketClocks};
 use tracing::warn;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -59,6 +59,22 @@ pub fn sock_offsets(btf: &Btf) -> anyhow::Result<SockOffsets> {
         err_soft: optional_offset(btf, "sock", &["sk_err_soft"], "ICMP errors without fentry"),
         mss_cache: optional_offset(btf, "tcp_sock", &["mss_cache"], "PMTU black holes"),
         sacked_out: optional_offset(btf, "tcp_sock", &["sacked_out"], "PMTU black holes"),
+    })
+}
+
+/// Where TCP keeps a socket's own clocks (`struct tcp_sock`) and a received segment's flags
+/// (`struct sk_buff`'s control block), for [`SocketClocks`]; its timing fields are left for
+/// the caller (`clock::socket_clocks`).
+pub fn socket_clock_offsets(btf: &Btf) -> anyhow::Result<SocketClocks> {
+    let tcp_sock = |path: &[&str]| byte_offset(btf, "tcp_sock", path);
+    Ok(SocketClocks {
+        rcv_tstamp: tcp_sock(&["rcv_tstamp"])?,
+        lrcvtime: tcp_sock(&["inet_conn", "icsk_ack", "lrcvtime"])?,
+        retrans_stamp: tcp_sock(&["retrans_stamp"])?,
+        segs_in: tcp_sock(&["segs_in"])?,
+        skb_tcp_flags: byte_offset(btf, "sk_buff", &["cb"])?
+            + byte_offset(btf, "tcp_skb_cb", &["tcp_flags"])?,
+        ..SocketClocks::unknown()
     })
 }
 
@@ -188,5 +204,16 @@ mod tests {
         assert!(sock.err_soft > 0 && sock.mss_cache > 0 && sock.sacked_out > 0);
         assert!(skb.len > 0);
         assert_eq!(optional_offset(&btf, "tcp_sock", &["nope"], "a test"), 0);
+        let clocks = socket_clock_offsets(&btf).unwrap();
+        assert!(
+            clocks.rcv_tstamp > 0 && clocks.lrcvtime > 0 && clocks.segs_in > 0,
+            "{clocks:?}"
+        );
+        // The flags lie within the 48-byte control block.
+        let cb = byte_offset(&btf, "sk_buff", &["cb"]).unwrap();
+        assert!(
+            (cb..cb + 48).contains(&clocks.skb_tcp_flags),
+            "{clocks:?}, cb at {cb}"
+        );
     }
 }
