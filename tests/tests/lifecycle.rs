@@ -557,3 +557,54 @@ fn ends_that_overflow_the_ring_buffer_are_kept_and_outlive_their_namespaces() {
         scrape.text
     );
 }
+
+/// Under BTF most segments and sends of a busy mail connection are quiet: the programs settle
+/// them from the socket's own clocks and leave the connection's state alone but for the first
+/// event of each refresh period (under a second). The connection view must still show a busy
+/// connection as busy, and then measure its silence from its last exchange.
+#[test]
+fn a_busy_connections_idle_clock_stays_fresh_and_its_silence_is_measured() {
+    require_root();
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    let (client_local, server_local) = (
+        client.local_addr().expect("address").to_string(),
+        server.local_addr().expect("address").to_string(),
+    );
+    // Three seconds of small exchanges, one every 20 ms: several refresh periods, in each of
+    // which all but the first segment and send are quiet.
+    let busy = std::time::Instant::now();
+    while busy.elapsed() < Duration::from_secs(3) {
+        exchange(&mut client, &mut server);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let idle_of = |local: &str| {
+        let view = agent
+            .wait_for_connection_view("the connection", "service=imap", |row| row.local == local);
+        view.connections
+            .iter()
+            .find(|row| row.local == local)
+            .and_then(|row| row.idle_seconds)
+            .unwrap_or_else(|| panic!("no idle clock for {local}: {view:#?}"))
+    };
+    for local in [&client_local, &server_local] {
+        let idle = idle_of(local);
+        assert!(
+            idle < 0.9,
+            "{local}: idle for {idle} s right after 3 s of exchanges"
+        );
+    }
+    let silent = std::time::Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    for local in [&client_local, &server_local] {
+        let idle = idle_of(local);
+        let elapsed = silent.elapsed().as_secs_f64();
+        assert!(
+            idle >= elapsed - 0.05 && idle <= elapsed + 0.8,
+            "{local}: idle for {idle} s after {elapsed} s of silence"
+        );
+    }
+    close_gracefully(client, server);
+}
