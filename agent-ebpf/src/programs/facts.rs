@@ -81,19 +81,18 @@ fn close(
             event.value_ns = state.opened_ns;
             event.count = state.retransmits;
             event.flags = state.flags;
-            if state.flags & (event_flags::LOCAL_CLOSED_FIRST | event_flags::REMOTE_CLOSED_FIRST)
-                == 0
-            {
-                event.flags |= tcp_state::first_fin(old_state);
-            }
             if state.stall_started_ns != 0 {
                 event.aux_ns = now.saturating_sub(state.stall_started_ns);
             }
         }
         None => {
-            event.flags = event_flags::NO_STATE | tcp_state::first_fin(old_state);
+            event.flags = event_flags::NO_STATE;
             count(counter::CLOSE_WITHOUT_STATE);
         }
+    }
+    // A seed may know who sent the first FIN (the scan saw it); else the state left tells.
+    if event.flags & (event_flags::LOCAL_CLOSED_FIRST | event_flags::REMOTE_CLOSED_FIRST) == 0 {
+        event.flags |= tcp_state::first_fin(old_state);
     }
     whereabouts(&mut event);
     emit_end(&event);

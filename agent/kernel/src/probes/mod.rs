@@ -203,16 +203,18 @@ pub fn load(config: &ProbeSettings) -> anyhow::Result<Probes> {
     }
     let socket_clocks = match (&layouts.clocks, clock::tick_ns()) {
         (Ok(offsets), Some(tick)) => clock::socket_clocks(*offsets, tick, min_idle_gap_ns),
-        (offsets, tick) => {
+        (offsets, _) => {
             if layouts.sock.is_ok() {
                 let why = match offsets {
                     Err(err) => format!("{err:#}"),
-                    Ok(_) => format!("the kernel's tick is unknown ({tick:?})"),
+                    Ok(_) => "CLOCK_MONOTONIC_COARSE gives no resolution to take the kernel's \
+                              tick from"
+                        .to_owned(),
                 };
                 warn!(
                     error = why,
                     "each segment and send of a mail connection looks its state up (slower): \
-                     this kernel does not tell where TCP keeps a socket's clocks"
+                     the programs cannot read TCP's own clocks on this kernel"
                 );
             }
             SocketClocks::unknown()
