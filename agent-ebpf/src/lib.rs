@@ -414,10 +414,14 @@ impl SkbOffsets {
 /// What lets a BTF program settle a segment or a send of a mail connection from the socket's
 /// own clocks, without looking its state up (a hash lookup and a clock read cost most of a
 /// program's run). TCP keeps, in jiffies, when the socket last received data
-/// (`icsk_ack.lrcvtime`) and an acknowledgement (`rcv_tstamp`), and since when it retransmits
-/// (`retrans_stamp`, 0 when it does not). An event is quiet, and ends at that test, when the
+/// (`icsk_ack.lrcvtime`) and an acknowledgement (`rcv_tstamp`), and whether it is recovering
+/// from a loss: its congestion state (`icsk_ca_state`, not TCP_CA_Open, as after an RTO or a
+/// fast retransmit), retransmitted segments not yet acknowledged (`retrans_out`), a tail loss
+/// probe in flight (`tlp_high_seq`: a probe retransmits without changing the congestion state,
+/// nor setting `retrans_stamp`, which this used to read and so took the probe's acknowledgement
+/// for a quiet segment, leaving the stall open). An event is quiet, and ends at that test, when the
 /// peer was heard from less than the minimum idle gap ago (so no gap ends, and no answer is
-/// awaited: an answer ends a gap of the peer's), nothing is being retransmitted (no stall
+/// awaited: an answer ends a gap of the peer's), TCP is not recovering from a loss (no stall
 /// ends), it is not a RST nor a connection's first segment (whose TTL the state keeps), and the
 /// peer was last heard from in the same refresh period as now. So the first event of each
 /// period takes the full path, and the state's idle clocks are at most one period (under a
@@ -433,16 +437,23 @@ pub struct SocketClocks {
     pub min_gap_jiffies: u32,
     /// The refresh period is `1 << refresh_shift` jiffies.
     pub refresh_shift: u32,
-    /// In `struct tcp_sock`: u32s of jiffies but `segs_in`, a count of segments received.
+    /// In `struct tcp_sock`: u32s of jiffies (`rcv_tstamp`, `lrcvtime`), then what tells a
+    /// loss recovery, and `segs_in`, a count of segments received.
     pub rcv_tstamp: u16,
     /// `inet_conn.icsk_ack.lrcvtime`.
     pub lrcvtime: u16,
-    pub retrans_stamp: u16,
+    /// The byte whose low [`SocketClocks::CA_STATE_BITS`] bits are `inet_conn.icsk_ca_state`
+    /// (a bitfield, the first of its byte: the low bits on this little-endian target).
+    pub ca_state: u16,
+    /// Segments (u32s).
+    pub retrans_out: u16,
+    /// A sequence number, 0 when no tail loss probe is in flight.
+    pub tlp_high_seq: u16,
     pub segs_in: u16,
     /// Of a received segment's TCP flags in `struct sk_buff`: `cb` plus the offset of
     /// `tcp_skb_cb.tcp_flags`, which TCP fills in before tcp_probe fires.
     pub skb_tcp_flags: u16,
-    pub _pad: [u16; 3],
+    pub _pad: u16,
 }
 
 impl SocketClocks {
@@ -453,12 +464,17 @@ impl SocketClocks {
             refresh_shift: 0,
             rcv_tstamp: 0,
             lrcvtime: 0,
-            retrans_stamp: 0,
+            ca_state: 0,
+            retrans_out: 0,
+            tlp_high_seq: 0,
             segs_in: 0,
             skb_tcp_flags: 0,
-            _pad: [0; 3],
+            _pad: 0,
         }
     }
+
+    /// Width of `icsk_ca_state` (`u8 icsk_ca_state:5`); TCP_CA_Open, its normal state, is 0.
+    pub const CA_STATE_BITS: u32 = 5;
 
     pub const fn known(&self) -> bool {
         self.tick_ns != 0
@@ -636,7 +652,7 @@ mod tests {
         assert_eq!(size_of::<SockOffsets>(), 32);
         assert_eq!(size_of::<SocketClocks>(), 32);
         assert_eq!(offset_of!(SocketClocks, rcv_tstamp), 16);
-        assert_eq!(offset_of!(SocketClocks, _pad), 26);
+        assert_eq!(offset_of!(SocketClocks, _pad), 30);
     }
 
     #[test]

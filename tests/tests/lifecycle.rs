@@ -452,6 +452,82 @@ fn retransmissions_during_a_short_outage_are_counted() {
     assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
 }
 
+/// One lost segment at the tail of a send, repaired by a tail loss probe: a retransmission
+/// that leaves TCP in its normal congestion state (an RTO would not). The stall ends when the
+/// probe is acknowledged, as it happens, not at the connection's next event (the BTF programs
+/// settle most segments from the socket's own clocks, and must not take this acknowledgement
+/// for one of them), and nothing is cut.
+#[test]
+fn a_tail_loss_probe_ends_its_stall_when_it_is_acknowledged() {
+    require_root();
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    exchange(&mut client, &mut server);
+
+    // The client's next data segment is lost, once: it spends the quota, its retransmission
+    // passes (a pure ACK is 52 bytes long with timestamps, this segment 61).
+    let port = client.local_addr().expect("local addr").port();
+    net.router_rules(&format!(
+        "tcp sport {port} ip length > 56 quota until 100 bytes drop"
+    ));
+    let probes_before = loss_probes(&net);
+    std::io::Write::write_all(&mut client, b"a3 NOOP\r\n").expect("write");
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut server, &mut buf).expect("the data arrives after the probe");
+    assert_eq!(&buf[..n], b"a3 NOOP\r\n");
+    assert!(
+        loss_probes(&net) > probes_before,
+        "the loss was repaired by a tail loss probe (TcpExtTCPLossProbes did not move)"
+    );
+
+    // Nothing else happens on the connection until the stall shows as recovered.
+    let server_path = net.server_path_v4();
+    let labels = [
+        ("service", "imap"),
+        ("role", "client"),
+        ("path", server_path.as_str()),
+        ("outcome", "recovered"),
+    ];
+    let scrape = agent.wait_for("the stall's end", |s| {
+        s.value("idlecut_stall_seconds_count", &labels) >= 1.0
+    });
+    assert_eq!(
+        scrape.value("idlecut_stall_seconds_count", &labels),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    // From the probe to its acknowledgement: a round trip here, far below a refresh period.
+    let stalled = scrape.value("idlecut_stall_seconds_sum", &labels);
+    assert!(stalled < 0.1, "stalled for {stalled} s\n{}", scrape.text);
+    close_gracefully(client, server);
+    let scrape = agent.wait_for("the close", |s| s.sum_in(CLOSED, &[], &net.paths()) >= 2.0);
+    assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
+    assert_eq!(
+        scrape.sum_in("idlecut_cuts_total", &[], &net.paths()),
+        0.0,
+        "{}",
+        scrape.text
+    );
+}
+
+/// TcpExtTCPLossProbes in the client's namespace: tail loss probes sent.
+fn loss_probes(net: &Topology) -> u64 {
+    let netstat = net.client.exec("cat", &["/proc/net/netstat"]);
+    let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no TcpExt lines in /proc/net/netstat:\n{netstat}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPLossProbes")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no TCPLossProbes in /proc/net/netstat:\n{netstat}"))
+}
+
 /// `pairs` IMAP connections from the client namespace to the server's, all open.
 struct Burst {
     net: Topology,

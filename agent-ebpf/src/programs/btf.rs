@@ -166,7 +166,8 @@ struct Clocks {
     now: u32,
     /// The later of the last data and the last acknowledgement received.
     received: u32,
-    retransmitting: bool,
+    /// Recovering from a loss: retransmitting, or probing for one (see [`SocketClocks`]).
+    recovering: bool,
     segments_in: u32,
 }
 
@@ -195,7 +196,9 @@ impl Clocks {
             } else {
                 data
             },
-            retransmitting: load::<u32>(tp, layout.retrans_stamp) != 0,
+            recovering: load::<u8>(tp, layout.ca_state) & CA_STATE_MASK != 0
+                || load::<u32>(tp, layout.retrans_out) != 0
+                || load::<u32>(tp, layout.tlp_high_seq) != 0,
             segments_in: load::<u32>(tp, layout.segs_in),
             layout,
         })
@@ -211,7 +214,7 @@ impl Clocks {
     /// which the first event of each refresh period brings up to date (see [`SocketClocks`]).
     #[inline(always)]
     fn quiet(&self) -> bool {
-        !self.retransmitting
+        !self.recovering
             && self.since_received() < self.layout.min_gap_jiffies
             && self.now >> self.layout.refresh_shift == self.received >> self.layout.refresh_shift
     }
@@ -224,6 +227,9 @@ impl Clocks {
         }
     }
 }
+
+/// `icsk_ca_state` within its byte.
+const CA_STATE_MASK: u8 = (1 << SocketClocks::CA_STATE_BITS) - 1;
 
 /// A connection's first segments lend the state their TTL, against which a RST's is judged (a
 /// lookup, even when they are quiet). Counted by `segs_in`, which includes the handshake's

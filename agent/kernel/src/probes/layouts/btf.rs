@@ -70,12 +70,30 @@ pub fn socket_clock_offsets(btf: &Btf) -> anyhow::Result<SocketClocks> {
     Ok(SocketClocks {
         rcv_tstamp: tcp_sock(&["rcv_tstamp"])?,
         lrcvtime: tcp_sock(&["inet_conn", "icsk_ack", "lrcvtime"])?,
-        retrans_stamp: tcp_sock(&["retrans_stamp"])?,
+        ca_state: ca_state_byte(btf)?,
+        retrans_out: tcp_sock(&["retrans_out"])?,
+        tlp_high_seq: tcp_sock(&["tlp_high_seq"])?,
         segs_in: tcp_sock(&["segs_in"])?,
         skb_tcp_flags: byte_offset(btf, "sk_buff", &["cb"])?
             + byte_offset(btf, "tcp_skb_cb", &["tcp_flags"])?,
         ..SocketClocks::unknown()
     })
+}
+
+/// The byte holding `icsk_ca_state` in `struct tcp_sock`, which the programs mask with
+/// [`SocketClocks::CA_STATE_BITS`]: refused unless the member starts its byte and is that wide
+/// (a bitfield, or a plain byte), so that another layout cannot be misread.
+fn ca_state_byte(btf: &Btf) -> anyhow::Result<u16> {
+    let path = ["inet_conn", "icsk_ca_state"];
+    let (_, member) = member_at(btf, "tcp_sock", &path)?;
+    let width = member.bitfield_size().unwrap_or(8);
+    if !(SocketClocks::CA_STATE_BITS..=8).contains(&width) {
+        bail!(
+            "tcp_sock.inet_conn.icsk_ca_state is {width} bits wide, not the {} the programs read",
+            SocketClocks::CA_STATE_BITS
+        );
+    }
+    byte_offset(btf, "tcp_sock", &path)
 }
 
 /// The offset of a member that only one fact needs (`fact`), or 0 when this kernel's BTF does
@@ -93,8 +111,18 @@ fn optional_offset(btf: &Btf, root: &str, path: &[&str], fact: &str) -> u16 {
 /// following embedded structs and unions (not pointers): the one way this module finds where a
 /// member sits.
 fn byte_offset(btf: &Btf, root: &str, path: &[&str]) -> anyhow::Result<u16> {
+    let (bits, _) = member_at(btf, root, path)?;
+    if !bits.is_multiple_of(8) {
+        bail!("{root}.{} is not byte aligned", path.join("."));
+    }
+    u16::try_from(bits / 8).with_context(|| format!("{root}.{} offset too large", path.join(".")))
+}
+
+/// The bit offset of a member path in a struct, and the member (see [`byte_offset`]).
+fn member_at(btf: &Btf, root: &str, path: &[&str]) -> anyhow::Result<(u32, btf_rs::Member)> {
     let mut current = struct_named(btf, root)?;
     let mut bits = 0u32;
+    let mut found = None;
     for (i, name) in path.iter().enumerate() {
         let member = find_member(btf, &current, name).with_context(|| match i {
             0 => format!("no member `{name}` in struct {root}"),
@@ -110,11 +138,10 @@ fn byte_offset(btf: &Btf, root: &str, path: &[&str]) -> anyhow::Result<u16> {
                 None => bail!("{root}.{} is not a struct or union", path[..=i].join(".")),
             };
         }
+        found = Some(member.1);
     }
-    if !bits.is_multiple_of(8) {
-        bail!("{root}.{} is not byte aligned", path.join("."));
-    }
-    u16::try_from(bits / 8).with_context(|| format!("{root}.{} offset too large", path.join(".")))
+    let member = found.with_context(|| format!("an empty member path in struct {root}"))?;
+    Ok((bits, member))
 }
 
 fn struct_named(btf: &Btf, name: &str) -> anyhow::Result<Struct> {
@@ -207,6 +234,10 @@ mod tests {
         let clocks = socket_clock_offsets(&btf).unwrap();
         assert!(
             clocks.rcv_tstamp > 0 && clocks.lrcvtime > 0 && clocks.segs_in > 0,
+            "{clocks:?}"
+        );
+        assert!(
+            clocks.ca_state > 0 && clocks.retrans_out > 0 && clocks.tlp_high_seq > 0,
             "{clocks:?}"
         );
         // The flags lie within the 48-byte control block.
