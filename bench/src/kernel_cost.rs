@@ -2,8 +2,11 @@
 //! (`run_time_ns / run_cnt` with BPF statistics on) for idlecut's programs and for do-nothing
 //! programs of the same hook kind attached to the same tracepoints at the same time, so that both
 //! see exactly the same events. Each round runs the agent once per hook kind (`--hooks auto`: BTF
-//! tracepoints; `--hooks classic`), their order swapped every round; under each, phases of
-//! non-mail traffic and of mail traffic alternate; each phase gives one ratio per tracepoint.
+//! tracepoints; `--hooks classic`), their order swapped every round; under each, four phases
+//! follow one another, one per class of ports and kind of load: traffic on open connections
+//! (what the per-event targets are about) and connection churn (whose every open and end is an
+//! event with state to create or drop), on ports idlecut does not watch and on mail ports; each
+//! phase gives one ratio per tracepoint.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -31,11 +34,32 @@ pub struct Settings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
-    /// Bulk transfer, small exchanges and churn on ports idlecut does not watch.
+    /// Ports idlecut does not watch.
     NonMail,
-    /// Small exchanges on open IMAP connections and churn on Submission.
+    /// IMAP (small exchanges) and Submission (bulk transfer, churn).
     Mail,
 }
+
+/// What a phase does on the ports of its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Load {
+    /// Small request/answer exchanges on open connections and a bulk transfer: the segments
+    /// and sends of connections that last, as a mail server's IMAP and Submission traffic.
+    Traffic,
+    /// Connections opened, given one message and closed (every eighth with a RST), as fast as
+    /// the machine goes: about ten thousand a second here, each an open and an end on both of
+    /// its sockets.
+    Churn,
+}
+
+/// The four phases of an agent's run, in the order of even rounds (odd rounds reverse it).
+const PHASES: [(Class, Load); 4] = [
+    (Class::NonMail, Load::Traffic),
+    (Class::Mail, Load::Traffic),
+    (Class::NonMail, Load::Churn),
+    (Class::Mail, Load::Churn),
+];
 
 #[derive(Debug, Serialize)]
 pub struct Sample {
@@ -46,6 +70,7 @@ pub struct Sample {
     /// measured beside it): with `--hooks auto` a probe may fall back to a classic tracepoint.
     pub kind: HookKind,
     pub class: Class,
+    pub load: Load,
     pub tracepoint: String,
     pub idlecut_runs: u64,
     pub idlecut_ns_per_run: f64,
@@ -58,6 +83,7 @@ pub struct Sample {
 pub struct Summary {
     pub hooks: HookKind,
     pub class: Class,
+    pub load: Load,
     /// A tracepoint, or `all` for the run-weighted mean over all of them.
     pub tracepoint: String,
     pub idlecut_ns_per_run: Spread,
@@ -86,16 +112,17 @@ struct Workload {
     mail_chatter: Vec<Pair>,
     nonmail_listener: TcpListener,
     mail_listener: TcpListener,
-    bulk: TcpListener,
+    nonmail_bulk: TcpListener,
     nonmail_churn: TcpListener,
-    mail_churn: TcpListener,
+    /// Mail's bulk transfer and churn, one phase at a time.
+    submission: TcpListener,
 }
 
-const BULK_PORT: u16 = 5001;
+const NONMAIL_BULK_PORT: u16 = 5001;
 const NONMAIL_CHATTER_PORT: u16 = 5002;
 const NONMAIL_CHURN_PORT: u16 = 5003;
 const MAIL_CHATTER_PORT: u16 = 143;
-const MAIL_CHURN_PORT: u16 = 587;
+const SUBMISSION_PORT: u16 = 587;
 /// Every this many churned connections ends with a RST (resets and error reports get events).
 const ABORT_EVERY: u64 = 8;
 
@@ -112,9 +139,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
             mail_chatter: Vec::new(),
             nonmail_listener: listen(NONMAIL_CHATTER_PORT)?,
             mail_listener: listen(MAIL_CHATTER_PORT)?,
-            bulk: listen(BULK_PORT)?,
+            nonmail_bulk: listen(NONMAIL_BULK_PORT)?,
             nonmail_churn: listen(NONMAIL_CHURN_PORT)?,
-            mail_churn: listen(MAIL_CHURN_PORT)?,
+            submission: listen(SUBMISSION_PORT)?,
             ns: name,
         })
     }))?;
@@ -150,8 +177,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<KernelCost> {
                  tracepoints) and once with --hooks classic, in alternating order; per phase, \
                  the change in run_time_ns / run_cnt of each idlecut program and of a \
                  do-nothing program of the same hook kind attached to the same tracepoint \
-                 after it (both run on every event); phases of non-mail and mail traffic \
-                 alternate, their order swapped every round",
+                 after it (both run on every event); four phases per agent (traffic on open \
+                 connections, then connection churn, each on non-mail then mail ports), their \
+                 order reversed every round",
         summary: summarize(&samples),
         samples,
     })
@@ -197,14 +225,13 @@ fn block(
     let measured = (|| -> anyhow::Result<(Workload, u64)> {
         workload = open_chatter(workload, settings.chatter_connections)?;
         let misses_before = agent.recursion_misses()?;
-        let order = if round.is_multiple_of(2) {
-            [Class::NonMail, Class::Mail]
-        } else {
-            [Class::Mail, Class::NonMail]
-        };
-        for class in order {
+        let mut order = PHASES;
+        if !round.is_multiple_of(2) {
+            order.reverse();
+        }
+        for (class, load) in order {
             let before = kernel::run_stats(&ids)?;
-            workload = phase(workload, class, settings.phase)?;
+            workload = phase(workload, class, load, settings.phase)?;
             let after = kernel::run_stats(&ids)?;
             let delta = |id: u32| -> RunStats {
                 match (after.get(&id), before.get(&id)) {
@@ -214,7 +241,7 @@ fn block(
             };
             for &(at, kind, agent_id, baseline_id) in &pairs {
                 let (a, b) = (delta(agent_id), delta(baseline_id));
-                samples.push(sample(round, hooks, kind, class, at.label(), a, b));
+                samples.push(sample(round, hooks, kind, (class, load), at.label(), a, b));
             }
         }
         let misses = agent.recursion_misses()? - misses_before;
@@ -250,7 +277,7 @@ fn sample(
     round: usize,
     hooks: HookKind,
     kind: HookKind,
-    class: Class,
+    (class, load): (Class, Load),
     tracepoint: String,
     a: RunStats,
     b: RunStats,
@@ -261,6 +288,7 @@ fn sample(
         hooks,
         kind,
         class,
+        load,
         tracepoint,
         idlecut_runs: a.count,
         idlecut_ns_per_run: per_run(a),
@@ -270,17 +298,18 @@ fn sample(
     }
 }
 
-/// Per hook kind, class and tracepoint, and per hook kind and class over all tracepoints (total
-/// time over total runs: the mean cost of an event of that class, whatever tracepoint it fires).
+/// Per hook kind, class, load and tracepoint, and per hook kind, class and load over all
+/// tracepoints (total time over total runs: the mean cost of an event of that phase, whatever
+/// tracepoint it fires).
 fn summarize(samples: &[Sample]) -> Vec<Summary> {
     let mut summary = Vec::new();
     for hooks in HookKind::ALL {
-        for class in [Class::NonMail, Class::Mail] {
+        for (class, load) in PHASES {
             let of_class: Vec<&Sample> = samples
                 .iter()
-                .filter(|s| s.class == class && s.hooks == hooks)
+                .filter(|s| s.class == class && s.load == load && s.hooks == hooks)
                 .collect();
-            summary.push(overall(hooks, class, &of_class));
+            summary.push(overall(hooks, (class, load), &of_class));
             for nop in NOPS {
                 let label = nop.at.label();
                 let of_tp: Vec<&Sample> = of_class
@@ -294,6 +323,7 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
                 summary.push(Summary {
                     hooks,
                     class,
+                    load,
                     tracepoint: label,
                     idlecut_ns_per_run: pick(|s| s.idlecut_ns_per_run),
                     baseline_ns_per_run: pick(|s| s.baseline_ns_per_run),
@@ -307,7 +337,7 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
 }
 
 /// The run-weighted mean over all tracepoints, per round.
-fn overall(hooks: HookKind, class: Class, samples: &[&Sample]) -> Summary {
+fn overall(hooks: HookKind, (class, load): (Class, Load), samples: &[&Sample]) -> Summary {
     let mut rounds: HashMap<usize, (f64, f64, f64, f64)> = HashMap::new();
     for s in samples {
         if s.idlecut_runs == 0 || s.baseline_runs == 0 {
@@ -330,6 +360,7 @@ fn overall(hooks: HookKind, class: Class, samples: &[&Sample]) -> Summary {
     Summary {
         hooks,
         class,
+        load,
         tracepoint: "all".to_owned(),
         idlecut_ns_per_run: Spread::of(&a),
         baseline_ns_per_run: Spread::of(&b),
@@ -338,46 +369,49 @@ fn overall(hooks: HookKind, class: Class, samples: &[&Sample]) -> Summary {
     }
 }
 
-/// Runs one phase of traffic of a class for `duration`; returns the workload's connections.
-fn phase(mut w: Workload, class: Class, duration: Duration) -> anyhow::Result<Workload> {
+/// Runs one phase of a load on the ports of a class for `duration`; returns the workload's
+/// connections.
+fn phase(
+    mut w: Workload,
+    class: Class,
+    load: Load,
+    duration: Duration,
+) -> anyhow::Result<Workload> {
     let deadline = Instant::now() + duration;
     let ns = w.ns.clone();
-    let (chatter_pairs, churn_listener) = match class {
-        Class::NonMail => (
-            std::mem::take(&mut w.nonmail_chatter),
-            w.nonmail_churn.try_clone()?,
-        ),
-        Class::Mail => (
-            std::mem::take(&mut w.mail_chatter),
-            w.mail_churn.try_clone()?,
-        ),
+    let (churn_listener, bulk_listener, bulk_port) = match class {
+        Class::NonMail => (&w.nonmail_churn, &w.nonmail_bulk, NONMAIL_BULK_PORT),
+        Class::Mail => (&w.submission, &w.submission, SUBMISSION_PORT),
     };
-    let chatter = spawn_in(&ns, move || workload::chatter(chatter_pairs, deadline));
-    let churn = spawn_in(&ns, move || {
-        workload::churn(&churn_listener, ABORT_EVERY, None, deadline)
-    });
-    let bulk = match class {
-        Class::NonMail => {
-            let listener = w.bulk.try_clone()?;
-            let receiver = std::thread::spawn(move || workload::bulk_receive(&listener));
-            let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, BULK_PORT);
-            let sender = spawn_in(&ns, move || workload::bulk_send(to, deadline));
-            Some((sender, receiver))
+    match load {
+        Load::Churn => {
+            let listener = churn_listener.try_clone()?;
+            join(spawn_in(&ns, move || {
+                workload::churn(&listener, ABORT_EVERY, None, deadline)
+            }))
+            .context("churn")?;
         }
-        Class::Mail => None,
-    };
-    let (pairs, _) = join(chatter).context("chatter")?;
-    join(churn).context("churn")?;
-    if let Some((sender, receiver)) = bulk {
-        join(sender).context("bulk sender")?;
-        receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("the bulk receiver panicked"))?
-            .context("bulk receiver")?;
-    }
-    match class {
-        Class::NonMail => w.nonmail_chatter = pairs,
-        Class::Mail => w.mail_chatter = pairs,
+        Load::Traffic => {
+            let pairs = match class {
+                Class::NonMail => std::mem::take(&mut w.nonmail_chatter),
+                Class::Mail => std::mem::take(&mut w.mail_chatter),
+            };
+            let chatter = spawn_in(&ns, move || workload::chatter(pairs, deadline));
+            let listener = bulk_listener.try_clone()?;
+            let receiver = std::thread::spawn(move || workload::bulk_receive(&listener));
+            let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, bulk_port);
+            let sender = spawn_in(&ns, move || workload::bulk_send(to, deadline));
+            let (pairs, _) = join(chatter).context("chatter")?;
+            join(sender).context("bulk sender")?;
+            receiver
+                .join()
+                .map_err(|_| anyhow::anyhow!("the bulk receiver panicked"))?
+                .context("bulk receiver")?;
+            match class {
+                Class::NonMail => w.nonmail_chatter = pairs,
+                Class::Mail => w.mail_chatter = pairs,
+            }
+        }
     }
     Ok(w)
 }

@@ -3,21 +3,25 @@
 
 use super::Row;
 use crate::{
-    kernel_cost::{Class, KernelCost},
+    kernel_cost::{Class, KernelCost, Load},
     stats::ratio,
 };
 
-/// Kernel cost per hook kind, class and tracepoint, as a Markdown table (what
+/// Kernel cost per hook kind, class, load and tracepoint, as a Markdown table (what
 /// docs/performance.md shows under "Kernel cost per event").
 pub fn kernel_detail(k: &KernelCost) -> String {
     let mut out = String::from(
-        "| hooks | class | tracepoint | idlecut ns/run | do-nothing ns/run | ratio median [min-max] | runs per phase |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| hooks | class | load | tracepoint | idlecut ns/run | do-nothing ns/run | ratio median [min-max] | runs per phase |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for s in &k.summary {
         let class = match s.class {
             Class::NonMail => "non-mail",
             Class::Mail => "mail",
+        };
+        let load = match s.load {
+            Load::Traffic => "traffic",
+            Load::Churn => "churn",
         };
         let ratio = if s.ratio.is_measured() {
             format!(
@@ -30,7 +34,7 @@ pub fn kernel_detail(k: &KernelCost) -> String {
             "not exercised".to_owned()
         };
         out.push_str(&format!(
-            "| {} | {class} | {} | {} | {} | {ratio} | {} |\n",
+            "| {} | {class} | {load} | {} | {} | {} | {ratio} | {} |\n",
             s.hooks.label(),
             s.tracepoint,
             number(s.idlecut_ns_per_run.median),
