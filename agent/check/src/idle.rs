@@ -29,6 +29,18 @@ use idlecut_core::{
 /// whose timer runs a little fast, or starts at a packet before the last one seen here.
 const KEEPALIVE_SHARE: f64 = 0.8;
 
+/// The longest interval Linux takes for TCP keepalive (`TCP_KEEPIDLE` and `TCP_KEEPINTVL`, its
+/// `MAX_TCP_KEEPIDLE`): more is refused with EINVAL, and a path that cuts only after more than
+/// 11 hours is as well kept open by a probe every 9.
+const MAX_KEEPALIVE_SECONDS: f64 = 32_767.0;
+
+/// The keepalive interval to recommend for a path whose cut-off is above `lower` seconds, in
+/// whole seconds (None below one second): [`KEEPALIVE_SHARE`] of it, at most what TCP takes.
+fn recommended_keepalive(lower: f64) -> Option<f64> {
+    let seconds = (lower * KEEPALIVE_SHARE).floor().min(MAX_KEEPALIVE_SECONDS);
+    (seconds >= 1.0).then_some(seconds)
+}
+
 /// The silences to try next, in seconds. With the cut-off's upper bound unknown, the whole
 /// range up to `cap` (the longest testable silence) is spread evenly, `cap` included; once a
 /// cut is known, the points divide (lower, upper) evenly, no more of them than `precision`
@@ -200,8 +212,7 @@ pub async fn search(
     .filter(|(count, _)| *count > 0)
     .max_by_key(|(count, _)| *count)
     .map(|(_, signature)| signature);
-    let recommended = (lower * KEEPALIVE_SHARE).floor();
-    let recommended = (upper.is_some() && recommended >= 1.0).then_some(recommended);
+    let recommended = upper.and(recommended_keepalive(lower));
     let idle = IdleReport {
         cutoff_lower_seconds: (lower > 0.0).then_some(lower),
         cutoff_upper_seconds: upper,
@@ -462,6 +473,16 @@ mod tests {
 
     fn close(a: &[f64], b: &[f64]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+    }
+
+    #[test]
+    fn the_recommended_keepalive_is_one_tcp_takes() {
+        // 0.8 of the lower bound, in whole seconds.
+        assert_eq!(recommended_keepalive(300.0), Some(240.0));
+        assert_eq!(recommended_keepalive(1.0), None);
+        // A path that cuts after 15 hours: TCP refuses more than 32767 s (EINVAL), which the
+        // confirmation would have asked for.
+        assert_eq!(recommended_keepalive(54_000.0), Some(32_767.0));
     }
 
     #[test]

@@ -183,6 +183,8 @@ fn set_user_timeout(socket: &TcpSocket, timeout: Duration) -> io::Result<()> {
 }
 
 /// Turns TCP keepalive on: a probe after `interval` of silence, then every `interval`, 4 of them.
+/// `interval` is at most what TCP takes (`idle::MAX_KEEPALIVE_SECONDS`, the recommendation's
+/// cap): the kernel refuses a longer one.
 pub fn set_keepalive(stream: &TcpStream, interval: Duration) -> io::Result<()> {
     let seconds = Duration::from_secs(interval.as_secs().max(1));
     let keepalive = TcpKeepalive::new()
