@@ -241,16 +241,14 @@ impl Pipeline {
                 "scan found connections the probes had not reported"
             );
         }
+        // Said once, at the first scan; later ones (namespaces come and go) only in debug logs.
         if let Some((ns, error)) = scan.failures.first() {
-            let log = if first {
-                tracing::Level::WARN
+            let failed = scan.failures.len();
+            let namespace = ns.path.display();
+            if first {
+                warn!(failed, %namespace, error, "cannot read some network namespaces' sockets");
             } else {
-                tracing::Level::DEBUG
-            };
-            if log == tracing::Level::WARN {
-                warn!(failed = scan.failures.len(), namespace = %ns.path.display(), error, "cannot read some network namespaces' sockets");
-            } else {
-                debug!(failed = scan.failures.len(), namespace = %ns.path.display(), error, "cannot read some network namespaces' sockets");
+                debug!(failed, %namespace, error, "cannot read some network namespaces' sockets");
             }
         }
     }

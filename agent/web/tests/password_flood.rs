@@ -24,6 +24,8 @@ use common::TestServer;
 const FLOOD_CONNECTIONS: usize = 600;
 const FLOOD_FOR: Duration = Duration::from_secs(6);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// 429s the flood must get for the test to have tested something (see the assertion).
+const MIN_FLOOD_ANSWERS: u64 = 200;
 
 fn basic(user: &str, password: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -180,8 +182,11 @@ fn a_flood_of_wrong_passwords_shuts_nobody_out() {
         "shut out during the flood:\n{}",
         failures.join("\n")
     );
+    // The flood really reached the server and was throttled: hundreds of answers (850 to
+    // 1,100 on a quiet 2-CPU machine, 494 once while a compiler shared it; the bound used to
+    // be one per attacker connection, 600, which a busy machine missed).
     assert!(
-        throttled >= FLOOD_CONNECTIONS as u64,
+        throttled >= MIN_FLOOD_ANSWERS,
         "the flood was not answered: {throttled} 429s"
     );
     // From one address, the wait doubles after each failure (0.25 s, 0.5 s, ... up to 8 s):
