@@ -39,6 +39,13 @@ pub const SOCK_OFFSETS_GLOBAL: &str = "SOCK_OFFSETS";
 /// clocks, without its state.
 pub const SOCKET_CLOCKS_GLOBAL: &str = "SOCKET_CLOCKS";
 
+/// Name of the global (`u8`) that is 1 when the kernel's tcp_retransmit_skb tracepoint has its
+/// `err` argument (newer kernels, where it also fires for a retransmission the kernel could not
+/// send, such as one refused while the original still waits in a queue of this host): the BTF
+/// program then reports only those that left. 0 leaves the argument unread (the verifier
+/// refuses an argument a tracepoint does not have, and skips code a frozen global rules out).
+pub const RETRANSMIT_ERR_GLOBAL: &str = "RETRANSMIT_HAS_ERR";
+
 /// Every map the agent opens or sizes, by name: the built object must have exactly these (plus
 /// aya-log's), which a test of the agent checks against the embedded object.
 pub const MAPS: [&str; 6] = [
@@ -52,7 +59,7 @@ pub const MAPS: [&str; 6] = [
 
 /// Every global the agent sets at load time, by name: the built object must have exactly these
 /// (plus aya-log's level), which a test of the agent checks against the embedded object.
-pub const GLOBALS: [&str; 15] = [
+pub const GLOBALS: [&str; 16] = [
     PORTS_GLOBAL,
     PORT_RANGE_GLOBAL,
     WAKEUP_BYTES_GLOBAL,
@@ -60,6 +67,7 @@ pub const GLOBALS: [&str; 15] = [
     SKB_OFFSETS_GLOBAL,
     SOCK_OFFSETS_GLOBAL,
     SOCKET_CLOCKS_GLOBAL,
+    RETRANSMIT_ERR_GLOBAL,
     offsets_global::INET_SOCK_SET_STATE,
     offsets_global::TCP_PROBE,
     offsets_global::TCP_RECEIVE_RESET,
@@ -142,7 +150,9 @@ pub mod event_kind {
     pub const RESET_RECEIVED: u8 = 3;
     /// The socket sent a RST (tcp:tcp_send_reset).
     pub const RESET_SENT: u8 = 4;
-    /// A segment of the socket was retransmitted. `count` is the total so far, `value_ns` how
+    /// A segment of the socket was retransmitted: it left (an attempt the kernel could not send,
+    /// where its tracepoint says so, is no retransmission on the path and is not reported; the
+    /// kernel does not count it in RetransSegs either). `count` is the total so far, `value_ns` how
     /// long the current stall has lasted (0 for its first retransmission), `error` the
     /// socket's soft error (`sk_err_soft`, a positive errno an ICMP error left; 0 for none).
     /// `aux_ns` is the segment's size: its payload bytes in the high 32 bits, the socket's MSS

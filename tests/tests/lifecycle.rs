@@ -452,6 +452,101 @@ fn retransmissions_during_a_short_outage_are_counted() {
     assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
 }
 
+/// A retransmission that never left the host is not one. A shaper on the client's link (tbf
+/// at 4 kbit/s) holds a full-size segment in its queue for about three seconds, so TCP's
+/// retransmission timer fires while the original is still queued: the kernel refuses to send
+/// the copy (EBUSY, counted as TCPSpuriousRtxHostQueues, not as RetransSegs). Nothing was lost
+/// on the path: idlecut counts what the kernel counts, and sees no stall when nothing was
+/// retransmitted.
+#[test]
+fn retransmissions_refused_while_the_original_is_queued_on_the_host_are_not_counted() {
+    require_root();
+    let net = Topology::new();
+    let agent = Agent::start(&[]);
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    exchange(&mut client, &mut server);
+
+    net.client.exec(
+        "tc",
+        &[
+            "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "4kbit", "burst", "1600",
+            "latency", "30s",
+        ],
+    );
+    let before = tcp_counters(&net, &["RetransSegs", "TCPSpuriousRtxHostQueues"]);
+    // The first segment spends the shaper's bucket, the second waits for it to refill.
+    std::io::Write::write_all(&mut client, &[b'x'; 2800]).expect("write");
+    let mut got = vec![0u8; 2800];
+    std::io::Read::read_exact(&mut server, &mut got).expect("the data arrives, late");
+    thread::sleep(Duration::from_millis(300));
+    let after = tcp_counters(&net, &["RetransSegs", "TCPSpuriousRtxHostQueues"]);
+    let (retransmitted, refused) = (after[0] - before[0], after[1] - before[1]);
+    assert!(
+        refused > 0,
+        "no retransmission was refused for a queued original (TCPSpuriousRtxHostQueues)"
+    );
+    net.client
+        .exec("tc", &["qdisc", "del", "dev", "eth0", "root"]);
+    close_gracefully(client, server);
+
+    let server_path = net.server_path_v4();
+    let scrape = agent.wait_for("the close", |s| s.sum_in(CLOSED, &[], &net.paths()) >= 2.0);
+    let client_side = [
+        ("service", "imap"),
+        ("role", "client"),
+        ("path", server_path.as_str()),
+    ];
+    assert_eq!(
+        scrape.value("idlecut_retransmits_total", &client_side),
+        retransmitted as f64,
+        "RetransSegs moved by {retransmitted}, {refused} refused\n{}",
+        scrape.text
+    );
+    if retransmitted == 0 {
+        assert_eq!(
+            scrape.sum_in("idlecut_stall_seconds_count", &[], &net.paths()),
+            0.0,
+            "{}",
+            scrape.text
+        );
+    }
+    assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
+}
+
+/// TCP counters of the client's namespace (`Tcp:` of /proc/net/snmp, `TcpExt:` of
+/// /proc/net/netstat), by name.
+fn tcp_counters(net: &Topology, names: &[&str]) -> Vec<u64> {
+    let text = net
+        .client
+        .exec("cat", &["/proc/net/snmp", "/proc/net/netstat"]);
+    let mut values = std::collections::HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.windows(2) {
+        let (header, numbers) = (pair[0], pair[1]);
+        let Some((prefix, fields)) = header.split_once(':') else {
+            continue;
+        };
+        if !matches!(prefix, "Tcp" | "TcpExt") || !numbers.starts_with(prefix) {
+            continue;
+        }
+        let numbers = numbers.split_once(':').map_or("", |(_, rest)| rest);
+        for (name, value) in fields.split_whitespace().zip(numbers.split_whitespace()) {
+            if let Ok(value) = value.parse::<u64>() {
+                values.insert(name.to_owned(), value);
+            }
+        }
+    }
+    names
+        .iter()
+        .map(|name| {
+            *values
+                .get(*name)
+                .unwrap_or_else(|| panic!("no TCP counter {name} in:\n{text}"))
+        })
+        .collect()
+}
+
 /// One lost segment at the tail of a send, repaired by a tail loss probe: a retransmission
 /// that leaves TCP in its normal congestion state (an RTO would not). The stall ends when the
 /// probe is acknowledged, as it happens, not at the connection's next event (the BTF programs
@@ -515,17 +610,7 @@ fn a_tail_loss_probe_ends_its_stall_when_it_is_acknowledged() {
 
 /// TcpExtTCPLossProbes in the client's namespace: tail loss probes sent.
 fn loss_probes(net: &Topology) -> u64 {
-    let netstat = net.client.exec("cat", &["/proc/net/netstat"]);
-    let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        panic!("no TcpExt lines in /proc/net/netstat:\n{netstat}");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "TCPLossProbes")
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or_else(|| panic!("no TCPLossProbes in /proc/net/netstat:\n{netstat}"))
+    tcp_counters(net, &["TCPLossProbes"])[0]
 }
 
 /// `pairs` IMAP connections from the client namespace to the server's, all open.

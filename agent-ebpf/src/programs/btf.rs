@@ -19,7 +19,7 @@ use idlecut_ebpf::{
 };
 
 use super::{
-    SKB_OFFSETS, SOCK_OFFSETS, SOCKET_CLOCKS,
+    RETRANSMIT_HAS_ERR, SKB_OFFSETS, SOCK_OFFSETS, SOCKET_CLOCKS,
     facts::{self, Heard, Segment, Side},
     global, kernel_read, v4_mapped, watched,
 };
@@ -341,9 +341,18 @@ pub fn btf_tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err).
+/// tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb[, int err]): `err`, on
+/// kernels whose tracepoint has it, is non-zero for a retransmission the kernel could not send.
+/// Only read where the agent found it in BTF: the global is frozen, so the verifier never walks
+/// the read on kernels without it (where it would refuse the missing argument).
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn btf_tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
+    if global(&RETRANSMIT_HAS_ERR) != 0 {
+        let err: i32 = ctx.arg(2);
+        if err != 0 {
+            return 0;
+        }
+    }
     let sk: *const u8 = ctx.arg(0);
     if let Some(ports) = mail_ports(sk)
         && let Some(socket) = socket_id(&ctx)

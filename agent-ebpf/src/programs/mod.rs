@@ -71,6 +71,9 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets::unknown();
 static SKB_OFFSETS: SkbOffsets = SkbOffsets::unknown();
 #[unsafe(no_mangle)]
 static SOCKET_CLOCKS: SocketClocks = SocketClocks::unknown();
+/// See `idlecut_ebpf::RETRANSMIT_ERR_GLOBAL`.
+#[unsafe(no_mangle)]
+static RETRANSMIT_HAS_ERR: u8 = 0;
 
 /// A global's value as the agent set it.
 #[inline(always)]

@@ -210,13 +210,17 @@ fn reset(ctx: &TracePointContext, off: &FieldOffsets, kind: u8) {
     }
 }
 
-/// tcp:tcp_retransmit_skb: a segment of the socket was retransmitted.
+/// tcp:tcp_retransmit_skb: a segment of the socket was retransmitted, unless the record's `err`
+/// (newer kernels) says the kernel could not send it.
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let off = global(&OFFSETS_TCP_RETRANSMIT_SKB);
     let Some(ports) = mail_ports(&ctx, &off) else {
         return 0;
     };
+    if read::<i32>(&ctx, off.error).is_some_and(|err| err != 0) {
+        return 0;
+    }
     if let Some(socket) = read::<u64>(&ctx, off.skaddr) {
         let skb = read::<u64>(&ctx, off.skbaddr).unwrap_or(0);
         facts::retransmit(socket, ports, skb);

@@ -17,9 +17,9 @@ use aya::{
 };
 use idlecut_ebpf::{
     CONNECTIONS_MAP, COUNTERS_MAP, EVENTS_MAP, FieldOffsets, MIN_IDLE_GAP_GLOBAL,
-    PORT_RANGE_GLOBAL, PORTS_GLOBAL, PortBitmap, PortRange, SEEDING_MAP, SEEDS_MAP,
-    SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SOCKET_CLOCKS_GLOBAL, SkbOffsets, SockOffsets,
-    SocketClocks, UNREPORTED_MAP, WAKEUP_BYTES_GLOBAL,
+    PORT_RANGE_GLOBAL, PORTS_GLOBAL, PortBitmap, PortRange, RETRANSMIT_ERR_GLOBAL, SEEDING_MAP,
+    SEEDS_MAP, SKB_OFFSETS_GLOBAL, SOCK_OFFSETS_GLOBAL, SOCKET_CLOCKS_GLOBAL, SkbOffsets,
+    SockOffsets, SocketClocks, UNREPORTED_MAP, WAKEUP_BYTES_GLOBAL,
 };
 use layouts::{
     btf,
@@ -104,6 +104,8 @@ struct KernelLayouts {
     skb: anyhow::Result<SkbOffsets>,
     /// Where TCP keeps a socket's clocks, timing left unknown.
     clocks: anyhow::Result<SocketClocks>,
+    /// Whether the BTF tracepoint tcp_retransmit_skb has its `err` argument.
+    retransmit_has_err: bool,
     /// Each tracepoint's record offsets for its classic program, or why there are none; in
     /// `PROBES` order (`Ok(None)` for hooks that are not tracepoints).
     records: Vec<Result<Option<FieldOffsets>, String>>,
@@ -114,16 +116,18 @@ struct KernelLayouts {
 /// and BTF, tracefs is read only if it is already mounted (for a fallback that is rarely
 /// needed), so that the agent needs neither the mount nor root's access to tracefs.
 fn kernel_layouts(config: &ProbeSettings) -> anyhow::Result<(KernelLayouts, bool)> {
-    let (sock, skb, clocks) = match btf::vmlinux() {
+    let (sock, skb, clocks, retransmit_has_err) = match btf::vmlinux() {
         Ok(btf) => (
             btf::sock_offsets(&btf),
             btf::skb_offsets(&btf),
             btf::socket_clock_offsets(&btf),
+            btf::tracepoint_arguments(&btf, "tcp_retransmit_skb") >= Some(3),
         ),
         Err(err) => (
             Err(anyhow::anyhow!("{err:#}")),
             Err(anyhow::anyhow!("{err:#}")),
             Err(err),
+            false,
         ),
     };
     if let Err(err) = &sock {
@@ -165,6 +169,7 @@ fn kernel_layouts(config: &ProbeSettings) -> anyhow::Result<(KernelLayouts, bool
             sock,
             skb,
             clocks,
+            retransmit_has_err,
             records,
         },
         prefer_btf,
@@ -221,6 +226,8 @@ pub fn load(config: &ProbeSettings) -> anyhow::Result<Probes> {
         }
     };
     loader.override_global(SOCKET_CLOCKS_GLOBAL, &socket_clocks, true);
+    let retransmit_has_err = u8::from(layouts.retransmit_has_err);
+    loader.override_global(RETRANSMIT_ERR_GLOBAL, &retransmit_has_err, true);
     for (spec, record) in PROBES.iter().zip(&layouts.records) {
         if let (Hook::Tracepoint { offsets_global, .. }, Ok(Some(offsets))) = (spec.hook, record) {
             loader.override_global(offsets_global, offsets, true);

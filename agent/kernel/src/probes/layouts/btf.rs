@@ -80,6 +80,26 @@ pub fn socket_clock_offsets(btf: &Btf) -> anyhow::Result<SocketClocks> {
     })
 }
 
+/// How many arguments a BTF tracepoint hands its programs (its `btf_trace_<name>` prototype,
+/// less the context the kernel puts first), or None when BTF does not describe it.
+pub fn tracepoint_arguments(btf: &Btf, name: &str) -> Option<usize> {
+    let typedef = btf
+        .resolve_types_by_name(&format!("btf_trace_{name}"))
+        .ok()?
+        .into_iter()
+        .find_map(|ty| match ty {
+            Type::Typedef(t) => Some(t),
+            _ => None,
+        })?;
+    let Type::Ptr(pointer) = btf.resolve_chained_type(&typedef).ok()? else {
+        return None;
+    };
+    match btf.resolve_chained_type(&pointer).ok()? {
+        Type::FuncProto(proto) => proto.parameters.len().checked_sub(1),
+        _ => None,
+    }
+}
+
 /// The byte holding `icsk_ca_state` in `struct tcp_sock`, which the programs mask with
 /// [`SocketClocks::CA_STATE_BITS`]: refused unless the member starts its byte and is that wide
 /// (a bitfield, or a plain byte), so that another layout cannot be misread.
@@ -240,6 +260,11 @@ mod tests {
             clocks.ca_state > 0 && clocks.retrans_out > 0 && clocks.tlp_high_seq > 0,
             "{clocks:?}"
         );
+        // inet_sock_set_state(sk, oldstate, newstate); this kernel's tcp_retransmit_skb has
+        // its `err` (its tracefs record says so too).
+        assert_eq!(tracepoint_arguments(&btf, "inet_sock_set_state"), Some(3));
+        assert_eq!(tracepoint_arguments(&btf, "tcp_retransmit_skb"), Some(3));
+        assert_eq!(tracepoint_arguments(&btf, "no_such_tracepoint"), None);
         // The flags lie within the 48-byte control block.
         let cb = byte_offset(&btf, "sk_buff", &["cb"]).unwrap();
         assert!(

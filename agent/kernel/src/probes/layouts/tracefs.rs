@@ -146,8 +146,8 @@ pub enum Needs {
     /// Socket pointer and host-order ports (tcp_receive_reset, tcp_retransmit_skb).
     SocketAndPorts,
     /// Socket pointer, ports and the segment, when the record has it (tcp_probe: the segment's
-    /// TTL and RST flag; tcp_retransmit_skb: its size; without `skbaddr` they go unread, the
-    /// rest works).
+    /// TTL and RST flag; tcp_retransmit_skb: its size, and `err`, whether it was sent; without
+    /// them they go unread, the rest works).
     SocketPortsAndSegment,
     /// Socket pointer and ports, which may only exist inside `sockaddr` fields
     /// (tcp:tcp_send_reset since Linux 6.10).
@@ -191,6 +191,8 @@ pub fn offsets_for(format: &Format, needs: Needs) -> Result<FieldOffsets, String
             off.skaddr = format.offset("skaddr", 8)?;
             ports(&mut off)?;
             off.skbaddr = format.offset("skbaddr", 8).unwrap_or(FieldOffsets::ABSENT);
+            // Newer kernels also report the retransmissions they could not send.
+            off.error = format.offset("err", 4).unwrap_or(FieldOffsets::ABSENT);
         }
         Needs::SocketAndAnyPorts => {
             off.skaddr = format.offset("skaddr", 8)?;
@@ -326,6 +328,25 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
             (old.local_port, old.remote_port, old.ports_in_sockaddr),
             (28, 30, 0)
         );
+    }
+
+    #[test]
+    fn a_retransmission_tells_whether_it_was_sent_where_the_record_has_err() {
+        let fields = "\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+";
+        // Linux 6.18's record ends with `int err`; older ones have none.
+        let new = format!("{fields}\tfield:int err;\toffset:76;\tsize:4;\tsigned:1;\n");
+        let new = offsets_for(&Format::parse(&new).unwrap(), Needs::SocketPortsAndSegment);
+        assert_eq!(new.unwrap().error, 76);
+        let old = offsets_for(
+            &Format::parse(fields).unwrap(),
+            Needs::SocketPortsAndSegment,
+        );
+        let old = old.unwrap();
+        assert_eq!((old.error, old.skbaddr), (FieldOffsets::ABSENT, 8));
     }
 
     #[test]
