@@ -5,7 +5,7 @@
 //! Both ends of every connection live on this host (in different namespaces), so the agent sees
 //! each connection twice: once as the client, once as the server.
 
-use std::{thread, time::Duration};
+use std::{net::TcpStream, thread, time::Duration};
 
 use idlecut_integration_tests::{
     Agent, Scrape, TRACEPOINT_PROBES, Topology, abort, close_gracefully, connect, exchange,
@@ -35,6 +35,15 @@ fn closed(scrape: &Scrape, service: &str, role: &str, path: &str, end: &str) -> 
             ("end", end),
         ],
     )
+}
+
+/// An IMAP connection from the client namespace to the server's, after one request and its
+/// answer: (client, server).
+fn imap_after_an_exchange(net: &Topology) -> (TcpStream, TcpStream) {
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    exchange(&mut client, &mut server);
+    (client, server)
 }
 
 /// RSTs `received` (with the `origin` their TTL tells) or `sent` (origin `local`).
@@ -191,9 +200,7 @@ fn open_connections_are_counted_while_they_last() {
         )
     };
     let before = agent.scrape();
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
+    let (client, server) = imap_after_an_exchange(&net);
     let tracked_before = before.value("idlecut_tracked_connections", &[]);
     let scrape = agent.wait_for("one open connection on each side", |s| {
         s.value("idlecut_tracked_connections", &[]) >= tracked_before + 2.0
@@ -228,9 +235,7 @@ fn peer_reset_with_so_linger_zero() {
     require_root();
     let net = Topology::new();
     let agent = Agent::start(&[]);
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
+    let (mut client, server) = imap_after_an_exchange(&net);
     // The server aborts: it sends a RST, the client receives it.
     abort(server);
     let mut buf = [0u8; 8];
@@ -416,9 +421,7 @@ fn retransmissions_during_a_short_outage_are_counted() {
     require_root();
     let net = Topology::new();
     let agent = Agent::start(&[]);
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
+    let (mut client, mut server) = imap_after_an_exchange(&net);
 
     // Everything towards the server is lost for a second: the client retransmits (RTO starts
     // at 200 ms or more), then the path recovers and the data gets through.
@@ -463,9 +466,7 @@ fn retransmissions_refused_while_the_original_is_queued_on_the_host_are_not_coun
     require_root();
     let net = Topology::new();
     let agent = Agent::start(&[]);
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
+    let (mut client, mut server) = imap_after_an_exchange(&net);
 
     net.client.exec(
         "tc",
@@ -557,9 +558,7 @@ fn a_tail_loss_probe_ends_its_stall_when_it_is_acknowledged() {
     require_root();
     let net = Topology::new();
     let agent = Agent::start(&[]);
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
+    let (mut client, mut server) = imap_after_an_exchange(&net);
 
     // The client's next data segment is lost, once: it spends the quota, its retransmission
     // passes (a pure ACK is 52 bytes long with timestamps, this segment 61).
