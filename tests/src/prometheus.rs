@@ -2,6 +2,28 @@
 
 use std::collections::BTreeMap;
 
+/// The agent's count of connections that ended, by service, role, path and end.
+pub const CONNECTIONS_CLOSED: &str = "idlecut_connections_closed_total";
+
+/// `idlecut_connections_closed_total` for one service, role, path and way of ending.
+pub fn connections_closed(
+    scrape: &Scrape,
+    service: &str,
+    role: &str,
+    path: &str,
+    end: &str,
+) -> f64 {
+    scrape.value(
+        CONNECTIONS_CLOSED,
+        &[
+            ("service", service),
+            ("role", role),
+            ("path", path),
+            ("end", end),
+        ],
+    )
+}
+
 /// A parsed `/metrics` exposition.
 #[derive(Debug, Clone)]
 pub struct Scrape {

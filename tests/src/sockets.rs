@@ -9,7 +9,7 @@ use std::{
 
 use socket2::{SockRef, TcpKeepalive};
 
-use crate::topology::Netns;
+use crate::topology::{Netns, Topology};
 
 /// A listener in the server namespace.
 pub fn listen(ns: &Netns, addr: &str) -> TcpListener {
@@ -106,4 +106,13 @@ pub fn accept_within(listener: &std::net::TcpListener, timeout: Duration) -> Tcp
             Err(err) => panic!("accept: {err}"),
         }
     }
+}
+
+/// An IMAP connection from the client namespace to the server's, after one request and its
+/// answer: (client, server).
+pub fn imap_after_an_exchange(net: &Topology) -> (TcpStream, TcpStream) {
+    let imap = listen(&net.server, "0.0.0.0:143");
+    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
+    exchange(&mut client, &mut server);
+    (client, server)
 }

@@ -5,15 +5,15 @@
 //! Both ends of every connection live on this host (in different namespaces), so the agent sees
 //! each connection twice: once as the client, once as the server.
 
-use std::{net::TcpStream, thread, time::Duration};
+use std::{thread, time::Duration};
 
 use idlecut_integration_tests::{
-    Agent, Scrape, TRACEPOINT_PROBES, Topology, abort, close_gracefully, connect, exchange,
-    expected_tracepoint_kind, listen, require_root,
+    Agent, CONNECTIONS_CLOSED, Scrape, TRACEPOINT_PROBES, Topology, abort, close_gracefully,
+    connect, connections_closed, exchange, expected_tracepoint_kind, imap_after_an_exchange,
+    listen, require_root,
 };
 
 const OPENED: &str = "idlecut_connections_opened_total";
-const CLOSED: &str = "idlecut_connections_closed_total";
 const RESETS: &str = "idlecut_resets_total";
 /// Most instructions the verifier may walk for one of our programs.
 const VERIFIER_BUDGET: f64 = 50_000.0;
@@ -23,27 +23,6 @@ fn opened(scrape: &Scrape, service: &str, role: &str, path: &str) -> f64 {
         OPENED,
         &[("service", service), ("role", role), ("path", path)],
     )
-}
-
-fn closed(scrape: &Scrape, service: &str, role: &str, path: &str, end: &str) -> f64 {
-    scrape.value(
-        CLOSED,
-        &[
-            ("service", service),
-            ("role", role),
-            ("path", path),
-            ("end", end),
-        ],
-    )
-}
-
-/// An IMAP connection from the client namespace to the server's, after one request and its
-/// answer: (client, server).
-fn imap_after_an_exchange(net: &Topology) -> (TcpStream, TcpStream) {
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
-    (client, server)
 }
 
 /// RSTs `received` (with the `origin` their TTL tells) or `sent` (origin `local`).
@@ -88,7 +67,7 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
 
     let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
     let scrape = agent.wait_for("three FIN closes on each side", |s| {
-        s.sum_in(CLOSED, &[("end", "fin")], &net.paths()) >= 6.0
+        s.sum_in(CONNECTIONS_CLOSED, &[("end", "fin")], &net.paths()) >= 6.0
     });
     for (service, count) in [("imap", 2.0), ("submission", 1.0)] {
         assert_eq!(
@@ -102,13 +81,13 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
             "{service} client"
         );
         assert_eq!(
-            closed(&scrape, service, "server", &client_path, "fin"),
+            connections_closed(&scrape, service, "server", &client_path, "fin"),
             count,
             "{service} server\n{}",
             scrape.text
         );
         assert_eq!(
-            closed(&scrape, service, "client", &server_path, "fin"),
+            connections_closed(&scrape, service, "client", &server_path, "fin"),
             count
         );
         // The gauge has no path label: a connection of an earlier test's namespaces that the
@@ -130,7 +109,7 @@ fn fin_closes_on_imap_and_submission_and_an_unwatched_port_is_ignored() {
         scrape.text
     );
     assert_eq!(
-        scrape.sum_in(CLOSED, &[], &net.paths()),
+        scrape.sum_in(CONNECTIONS_CLOSED, &[], &net.paths()),
         6.0,
         "{}",
         scrape.text
@@ -219,7 +198,7 @@ fn open_connections_are_counted_while_they_last() {
     );
     close_gracefully(client, server);
     let scrape = agent.wait_for("both closed", |s| {
-        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+        s.sum_in(CONNECTIONS_CLOSED, &[], &net.paths()) >= 2.0
     });
     assert_eq!(
         scrape.value("idlecut_tracked_connections", &[]),
@@ -245,16 +224,16 @@ fn peer_reset_with_so_linger_zero() {
 
     let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
     let scrape = agent.wait_for("the abort on both sides", |s| {
-        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+        s.sum_in(CONNECTIONS_CLOSED, &[], &net.paths()) >= 2.0
     });
     assert_eq!(
-        closed(&scrape, "imap", "server", &client_path, "reset_sent"),
+        connections_closed(&scrape, "imap", "server", &client_path, "reset_sent"),
         1.0,
         "{}",
         scrape.text
     );
     assert_eq!(
-        closed(&scrape, "imap", "client", &server_path, "reset_received"),
+        connections_closed(&scrape, "imap", "client", &server_path, "reset_received"),
         1.0
     );
     assert_eq!(resets(&scrape, "imap", "server", &client_path, "sent"), 1.0);
@@ -269,7 +248,7 @@ fn peer_reset_with_so_linger_zero() {
         "{}",
         scrape.text
     );
-    assert_eq!(scrape.sum_in(CLOSED, &[], &net.paths()), 2.0);
+    assert_eq!(scrape.sum_in(CONNECTIONS_CLOSED, &[], &net.paths()), 2.0);
 }
 
 #[test]
@@ -298,10 +277,10 @@ fn reset_from_a_middlebox_rule_on_the_router() {
 
     let (client_path, server_path) = (net.client_path_v4(), net.server_path_v4());
     let scrape = agent.wait_for("both ends cut", |s| {
-        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+        s.sum_in(CONNECTIONS_CLOSED, &[], &net.paths()) >= 2.0
     });
     assert_eq!(
-        closed(
+        connections_closed(
             &scrape,
             "submission",
             "client",
@@ -324,7 +303,7 @@ fn reset_from_a_middlebox_rule_on_the_router() {
         1.0
     );
     assert_eq!(
-        closed(
+        connections_closed(
             &scrape,
             "submission",
             "server",
@@ -372,7 +351,7 @@ fn ipv6_fin_and_reset() {
 
     let (client_path, server_path) = (net.client_path_v6(), net.server_path_v6());
     let scrape = agent.wait_for("two IPv6 connections closed on both sides", |s| {
-        s.sum_in(CLOSED, &[], &net.paths()) >= 4.0
+        s.sum_in(CONNECTIONS_CLOSED, &[], &net.paths()) >= 4.0
     });
     assert_eq!(
         opened(&scrape, "imap", "server", &client_path),
@@ -381,14 +360,20 @@ fn ipv6_fin_and_reset() {
         scrape.text
     );
     assert_eq!(opened(&scrape, "imap", "client", &server_path), 2.0);
-    assert_eq!(closed(&scrape, "imap", "server", &client_path, "fin"), 1.0);
-    assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
     assert_eq!(
-        closed(&scrape, "imap", "client", &server_path, "reset_sent"),
+        connections_closed(&scrape, "imap", "server", &client_path, "fin"),
         1.0
     );
     assert_eq!(
-        closed(&scrape, "imap", "server", &client_path, "reset_received"),
+        connections_closed(&scrape, "imap", "client", &server_path, "fin"),
+        1.0
+    );
+    assert_eq!(
+        connections_closed(&scrape, "imap", "client", &server_path, "reset_sent"),
+        1.0
+    );
+    assert_eq!(
+        connections_closed(&scrape, "imap", "server", &client_path, "reset_received"),
         1.0
     );
 }
@@ -405,211 +390,15 @@ fn ipv4_clients_of_a_dual_stack_server_are_grouped_as_ipv4() {
     close_gracefully(client, server);
 
     let scrape = agent.wait_for("the close on both sides", |s| {
-        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
+        s.sum_in(CONNECTIONS_CLOSED, &[], &net.paths()) >= 2.0
     });
     assert_eq!(
-        closed(&scrape, "imap", "server", &net.client_path_v4(), "fin"),
+        connections_closed(&scrape, "imap", "server", &net.client_path_v4(), "fin"),
         1.0,
         "{}",
         scrape.text
     );
     assert!(!scrape.text.contains("::ffff:"), "{}", scrape.text);
-}
-
-#[test]
-fn retransmissions_during_a_short_outage_are_counted() {
-    require_root();
-    let net = Topology::new();
-    let agent = Agent::start(&[]);
-    let (mut client, mut server) = imap_after_an_exchange(&net);
-
-    // Everything towards the server is lost for a second: the client retransmits (RTO starts
-    // at 200 ms or more), then the path recovers and the data gets through.
-    net.router_rules("tcp dport 143 drop");
-    std::io::Write::write_all(&mut client, b"a3 NOOP\r\n").expect("write");
-    thread::sleep(Duration::from_millis(1200));
-    net.clear_router_rules();
-    let mut buf = [0u8; 16];
-    let n = std::io::Read::read(&mut server, &mut buf).expect("the data arrives after the outage");
-    assert_eq!(&buf[..n], b"a3 NOOP\r\n");
-    close_gracefully(client, server);
-
-    let server_path = net.server_path_v4();
-    let scrape = agent.wait_for("the close after the outage", |s| {
-        s.sum_in(CLOSED, &[], &net.paths()) >= 2.0
-    });
-    let retransmits = scrape.value(
-        "idlecut_retransmits_total",
-        &[
-            ("service", "imap"),
-            ("role", "client"),
-            ("path", &server_path),
-        ],
-    );
-    // At least two timeouts fit in the outage (200 ms, then 400 ms); at most a handful.
-    assert!(
-        (2.0..=6.0).contains(&retransmits),
-        "{retransmits} retransmits\n{}",
-        scrape.text
-    );
-    assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
-}
-
-/// A retransmission that never left the host is not one. A shaper on the client's link (tbf
-/// at 4 kbit/s) holds a full-size segment in its queue for about three seconds, so TCP's
-/// retransmission timer fires while the original is still queued: the kernel refuses to send
-/// the copy (EBUSY, counted as TCPSpuriousRtxHostQueues, not as RetransSegs). Nothing was lost
-/// on the path: idlecut counts what the kernel counts, and sees no stall when nothing was
-/// retransmitted.
-#[test]
-fn retransmissions_refused_while_the_original_is_queued_on_the_host_are_not_counted() {
-    require_root();
-    let net = Topology::new();
-    let agent = Agent::start(&[]);
-    let (mut client, mut server) = imap_after_an_exchange(&net);
-
-    net.client.exec(
-        "tc",
-        &[
-            "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "4kbit", "burst", "1600",
-            "latency", "30s",
-        ],
-    );
-    let before = tcp_counters(&net, &["RetransSegs", "TCPSpuriousRtxHostQueues"]);
-    // The first segment spends the shaper's bucket, the second waits for it to refill.
-    std::io::Write::write_all(&mut client, &[b'x'; 2800]).expect("write");
-    let mut got = vec![0u8; 2800];
-    std::io::Read::read_exact(&mut server, &mut got).expect("the data arrives, late");
-    thread::sleep(Duration::from_millis(300));
-    let after = tcp_counters(&net, &["RetransSegs", "TCPSpuriousRtxHostQueues"]);
-    let (retransmitted, refused) = (after[0] - before[0], after[1] - before[1]);
-    assert!(
-        refused > 0,
-        "no retransmission was refused for a queued original (TCPSpuriousRtxHostQueues)"
-    );
-    net.client
-        .exec("tc", &["qdisc", "del", "dev", "eth0", "root"]);
-    close_gracefully(client, server);
-
-    let server_path = net.server_path_v4();
-    let scrape = agent.wait_for("the close", |s| s.sum_in(CLOSED, &[], &net.paths()) >= 2.0);
-    let client_side = [
-        ("service", "imap"),
-        ("role", "client"),
-        ("path", server_path.as_str()),
-    ];
-    assert_eq!(
-        scrape.value("idlecut_retransmits_total", &client_side),
-        retransmitted as f64,
-        "RetransSegs moved by {retransmitted}, {refused} refused\n{}",
-        scrape.text
-    );
-    if retransmitted == 0 {
-        assert_eq!(
-            scrape.sum_in("idlecut_stall_seconds_count", &[], &net.paths()),
-            0.0,
-            "{}",
-            scrape.text
-        );
-    }
-    assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
-}
-
-/// TCP counters of the client's namespace (`Tcp:` of /proc/net/snmp, `TcpExt:` of
-/// /proc/net/netstat), by name.
-fn tcp_counters(net: &Topology, names: &[&str]) -> Vec<u64> {
-    let text = net
-        .client
-        .exec("cat", &["/proc/net/snmp", "/proc/net/netstat"]);
-    let mut values = std::collections::HashMap::new();
-    let lines: Vec<&str> = text.lines().collect();
-    for pair in lines.windows(2) {
-        let (header, numbers) = (pair[0], pair[1]);
-        let Some((prefix, fields)) = header.split_once(':') else {
-            continue;
-        };
-        if !matches!(prefix, "Tcp" | "TcpExt") || !numbers.starts_with(prefix) {
-            continue;
-        }
-        let numbers = numbers.split_once(':').map_or("", |(_, rest)| rest);
-        for (name, value) in fields.split_whitespace().zip(numbers.split_whitespace()) {
-            if let Ok(value) = value.parse::<u64>() {
-                values.insert(name.to_owned(), value);
-            }
-        }
-    }
-    names
-        .iter()
-        .map(|name| {
-            *values
-                .get(*name)
-                .unwrap_or_else(|| panic!("no TCP counter {name} in:\n{text}"))
-        })
-        .collect()
-}
-
-/// One lost segment at the tail of a send, repaired by a tail loss probe: a retransmission
-/// that leaves TCP in its normal congestion state (an RTO would not). The stall ends when the
-/// probe is acknowledged, as it happens, not at the connection's next event (the BTF programs
-/// settle most segments from the socket's own clocks, and must not take this acknowledgement
-/// for one of them), and nothing is cut.
-#[test]
-fn a_tail_loss_probe_ends_its_stall_when_it_is_acknowledged() {
-    require_root();
-    let net = Topology::new();
-    let agent = Agent::start(&[]);
-    let (mut client, mut server) = imap_after_an_exchange(&net);
-
-    // The client's next data segment is lost, once: it spends the quota, its retransmission
-    // passes (a pure ACK is 52 bytes long with timestamps, this segment 61).
-    let port = client.local_addr().expect("local addr").port();
-    net.router_rules(&format!(
-        "tcp sport {port} ip length > 56 quota until 100 bytes drop"
-    ));
-    let probes_before = loss_probes(&net);
-    std::io::Write::write_all(&mut client, b"a3 NOOP\r\n").expect("write");
-    let mut buf = [0u8; 16];
-    let n = std::io::Read::read(&mut server, &mut buf).expect("the data arrives after the probe");
-    assert_eq!(&buf[..n], b"a3 NOOP\r\n");
-    assert!(
-        loss_probes(&net) > probes_before,
-        "the loss was repaired by a tail loss probe (TcpExtTCPLossProbes did not move)"
-    );
-
-    // Nothing else happens on the connection until the stall shows as recovered.
-    let server_path = net.server_path_v4();
-    let labels = [
-        ("service", "imap"),
-        ("role", "client"),
-        ("path", server_path.as_str()),
-        ("outcome", "recovered"),
-    ];
-    let scrape = agent.wait_for("the stall's end", |s| {
-        s.value("idlecut_stall_seconds_count", &labels) >= 1.0
-    });
-    assert_eq!(
-        scrape.value("idlecut_stall_seconds_count", &labels),
-        1.0,
-        "{}",
-        scrape.text
-    );
-    // From the probe to its acknowledgement: a round trip here, far below a refresh period.
-    let stalled = scrape.value("idlecut_stall_seconds_sum", &labels);
-    assert!(stalled < 0.1, "stalled for {stalled} s\n{}", scrape.text);
-    close_gracefully(client, server);
-    let scrape = agent.wait_for("the close", |s| s.sum_in(CLOSED, &[], &net.paths()) >= 2.0);
-    assert_eq!(closed(&scrape, "imap", "client", &server_path, "fin"), 1.0);
-    assert_eq!(
-        scrape.sum_in("idlecut_cuts_total", &[], &net.paths()),
-        0.0,
-        "{}",
-        scrape.text
-    );
-}
-
-/// TcpExtTCPLossProbes in the client's namespace: tail loss probes sent.
-fn loss_probes(net: &Topology) -> u64 {
-    tcp_counters(net, &["TCPLossProbes"])[0]
 }
 
 /// `pairs` IMAP connections from the client namespace to the server's, all open.
@@ -693,13 +482,13 @@ fn ends_that_overflow_the_ring_buffer_are_kept_and_outlive_their_namespaces() {
     });
     burst.abort_while_frozen(&agent);
     let scrape = agent.wait_for("every open connection closed", |s| {
-        sides
-            .iter()
-            .all(|(role, path)| count(s, CLOSED, role, path) >= count(s, OPENED, role, path))
+        sides.iter().all(|(role, path)| {
+            count(s, CONNECTIONS_CLOSED, role, path) >= count(s, OPENED, role, path)
+        })
     });
     for (role, path) in &sides {
         assert_eq!(
-            count(&scrape, CLOSED, role, path),
+            count(&scrape, CONNECTIONS_CLOSED, role, path),
             count(&scrape, OPENED, role, path),
             "{role} {path}:\n{}\nopened before the burst: {}",
             scrape.text,
