@@ -427,13 +427,13 @@ impl SkbOffsets {
 /// (`icsk_ack.lrcvtime`) and an acknowledgement (`rcv_tstamp`), and whether it is recovering
 /// from a loss: its congestion state (`icsk_ca_state`, not TCP_CA_Open, as after an RTO or a
 /// fast retransmit), retransmitted segments not yet acknowledged (`retrans_out`), a tail loss
-/// probe in flight (`tlp_high_seq`: a probe retransmits without changing the congestion state,
-/// nor setting `retrans_stamp`, which this used to read and so took the probe's acknowledgement
-/// for a quiet segment, leaving the stall open). An event is quiet, and ends at that test, when the
-/// peer was heard from less than the minimum idle gap ago (so no gap ends, and no answer is
-/// awaited: an answer ends a gap of the peer's), TCP is not recovering from a loss (no stall
-/// ends), it is not a RST nor a connection's first segment (whose TTL the state keeps), and the
-/// peer was last heard from in the same refresh period as now. So the first event of each
+/// probe in flight (`tlp_high_seq`: a probe retransmits without changing the congestion state
+/// or setting `retrans_stamp`, and its acknowledgement must end the stall it started). An event
+/// is quiet, and ends at that test, when the peer was heard from less than the minimum idle
+/// gap ago (so no gap ends, and no answer is awaited: an answer ends a gap of the peer's), TCP
+/// is not recovering from a loss (no stall ends), it is not a RST nor a connection's first
+/// segment (whose TTL the state keeps), and the peer was last heard from in the same refresh
+/// period as now. So the first event of each
 /// period takes the full path, and the state's idle clocks are at most one period (under a
 /// second) old for the connection view; the programs correct the state's clock of the peer
 /// from the socket's before they measure a gap. `tick_ns` is 0 when the agent could not fill

@@ -13,8 +13,8 @@ use std::{
 
 use idlecut_integration_tests::api::connections::ConnectionsResponse;
 use idlecut_integration_tests::{
-    Agent, Netns, Topology, agent_binary, close_gracefully, connect, exchange, http_get, listen,
-    require_root, set_keepalive,
+    Agent, Netns, Topology, agent_binary, close_gracefully, connect, exchange, http_get,
+    imap_after_an_exchange, listen, require_root, set_keepalive,
 };
 use serde_json::Value;
 
@@ -71,9 +71,7 @@ fn connections_open_before_the_agent_are_found_and_a_later_cut_is_measured_from_
     // The middlebox forgets idle flows after 3 s and answers with a RST (AWS NAT style).
     net.router_conntrack(3, false);
     net.router_rules("ct state invalid reject with tcp reset");
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
+    let (mut client, server) = imap_after_an_exchange(&net);
     // A second namespace of another kind: a loopback Submission connection in it.
     let aux = Netns::new(format!("ic{}-aux", std::process::id()));
     let (mut aux_client, mut aux_server) = aux.run(|| {
@@ -281,9 +279,7 @@ fn a_periodic_exchange_yields_the_application_keepalive_interval() {
     require_root();
     let net = Topology::new();
     let agent = Agent::start(&["--min-idle-gap", "1s"]);
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
+    let (mut client, mut server) = imap_after_an_exchange(&net);
     // Dovecot's "* OK Still here", every 2 s instead of every 2 min.
     for _ in 0..6 {
         thread::sleep(Duration::from_secs(2));

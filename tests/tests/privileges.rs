@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use idlecut_integration_tests::{
-    Agent, TRACEPOINT_PROBES, Topology, agent_copy_for_nobody, close_gracefully, connect, exchange,
-    expected_tracepoint_kind, hooks_under_test, listen, require_root,
+    Agent, TRACEPOINT_PROBES, Topology, agent_copy_for_nobody, close_gracefully,
+    expected_tracepoint_kind, hooks_under_test, imap_after_an_exchange, require_root,
 };
 
 /// README's list, as setpriv spells it.
@@ -121,9 +121,7 @@ fn runs_as_a_non_root_user_with_exactly_the_documented_capabilities() {
     }
     // And it follows connections in other namespaces.
     let net = Topology::new();
-    let imap = listen(&net.server, "0.0.0.0:143");
-    let (mut client, mut server) = connect(&net.client, &imap, &format!("{}:143", net.server_v4()));
-    exchange(&mut client, &mut server);
+    let (client, server) = imap_after_an_exchange(&net);
     close_gracefully(client, server);
     let path = net.client_path_v4();
     agent.wait_for("the connection, opened and closed", |scrape| {
